@@ -1,0 +1,41 @@
+"""The ``veripo`` command. Each area registers its commands from its own module in this package;
+commands import their heavy dependencies (torch, transformers) inside the function so ``--help`` is fast."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="veripo",
+    help="Train video LLMs with VerIPO: GRPO explores, a rollout-aware verifier builds pairs, DPO aligns.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the veripo, torch and transformers versions."""
+    import importlib.metadata as md
+
+    for name in ("veripo", "torch", "transformers"):
+        try:
+            typer.echo(f"{name} {md.version(name)}")
+        except md.PackageNotFoundError:
+            typer.echo(f"{name} not installed")
+
+
+def _register() -> None:
+    # Each area adds its module here: it defines register(app) that adds its commands or sub-apps.
+    from veripo.cli import config as config_cli
+
+    for module in (config_cli,):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

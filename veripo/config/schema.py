@@ -1,0 +1,204 @@
+"""The config schema: one frozen dataclass per section. Defaults are the project's documented defaults.
+
+Where the VerIPO paper publishes a value (Table 1) the default follows it; where it does not (KL, clip,
+frames) the default follows the paper's framework lineage and the comment says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from veripo.config.core import ConfigError
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str | None = None  # a local Qwen2.5-VL / Qwen2-VL directory (from_pretrained)
+    build_tiny: Literal["tiny", "small"] | None = None  # build a random tiny model when path is missing
+    dtype: Dtype = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    fps: float = 2.0
+    max_frames: int = 16
+    min_frames: int = 2
+    min_pixels: int = 4 * 28 * 28
+    max_pixels: int = 256 * 28 * 28  # VerIPO eval default per frame
+    cache_dir: str | None = None  # decoded-frame cache; None = <run dir>/../.veripo-cache
+
+    def validate(self, prefix: str) -> None:
+        if self.fps <= 0:
+            raise ConfigError(f"config key '{prefix}.fps': got {self.fps}; expected a positive number of frames per second.")
+        if self.max_frames < self.min_frames or self.min_frames < 1:
+            raise ConfigError(f"config key '{prefix}.max_frames': need 1 <= min_frames <= max_frames, got {self.min_frames}..{self.max_frames}.")
+        if self.min_pixels > self.max_pixels:
+            raise ConfigError(f"config key '{prefix}.min_pixels': {self.min_pixels} is above max_pixels {self.max_pixels}.")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    path: str  # a Video-R1 / VerIPO JSON, a JSONL file or a synthetic dataset folder
+    name: str | None = None
+    media_root: str | None = None  # media paths resolve under this folder; None = the file's folder
+    format: Literal["auto", "videor1", "videor1-eval", "veripo-eval", "jsonl"] = "auto"
+    on_error: Literal["skip", "fail"] = "skip"
+    weight: float = 1.0
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: Literal["hf", "vllm"] = "hf"
+    num_generations: int = 8  # G, responses per question (paper: 8)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    prefill_once: bool = True  # prefill the prompt once per group and expand its KV cache
+    stop_at_answer: bool = True  # stop a response at </answer>
+
+    def validate(self, prefix: str) -> None:
+        if self.num_generations < 1:
+            raise ConfigError(f"config key '{prefix}.num_generations': got {self.num_generations}; expected >= 1.")
+        if self.temperature < 0:
+            raise ConfigError(f"config key '{prefix}.temperature': got {self.temperature}; expected >= 0.")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"config key '{prefix}.top_p': got {self.top_p}; expected 0 < top_p <= 1.")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    profile: str = "veripo"  # a scoring profile from veripo.rewards (videor1-train, videor1-eval, veripo-eval, veripo)
+    extra: tuple[str, ...] = ()  # extra reward functions by registry name, added to the profile's
+    weights: dict[str, float] = field(default_factory=dict)  # per-reward weight overrides
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    lr: float = 1e-6
+    rollout_batch_size: int = 64  # questions per rollout phase (paper Table 1)
+    global_batch_size: int = 64  # questions per optimizer step (paper Table 1); rollout/global = steps per batch
+    micro_batch_size: int = 1  # groups per forward/backward
+    response_micro_batch: int | None = None  # responses per backward within a group (None = all G)
+    rollout_batches: int = 1  # rollout batches in this phase
+    advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
+    clip_low: float = 0.2  # lineage default (paper: not published)
+    clip_high: float = 0.2
+    dual_clip: float | None = None
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    kl_coef: float = 0.0  # lineage default: no KL term
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    weight_decay: float = 0.0
+    shared_prefix: bool = True  # one prompt pass per group; False = per-sequence baseline
+    filter_equal_groups: bool = False  # drop groups whose rewards are all equal (zero advantage)
+    accuracy_band: tuple[float, float] | None = None  # keep groups whose mean accuracy lies in [lo, hi]
+    save_every: int = 0  # optimizer steps between checkpoints (0 = end of phase only)
+
+    def validate(self, prefix: str) -> None:
+        if self.rollout_batch_size % self.global_batch_size:
+            raise ConfigError(
+                f"config key '{prefix}.rollout_batch_size': {self.rollout_batch_size} must be a multiple of "
+                f"global_batch_size {self.global_batch_size}."
+            )
+        if self.lr <= 0:
+            raise ConfigError(f"config key '{prefix}.lr': got {self.lr}; expected a positive learning rate.")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    lr: float = 1e-4
+    batch_size: int = 8
+    epochs: int = 1
+    max_steps: int | None = None
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    judge: Literal["rule", "hf", "openai"] = "rule"
+    judge_url: str | None = None  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+    judge_model: str | None = None
+    api_key_env: str = "VERIPO_JUDGE_API_KEY"  # the key is read from this variable, never logged
+    timeout_s: float = 30.0
+    retries: int = 3
+    concurrency: int = 8
+    fallback_to_rule: bool = True
+    prompt_template: str | None = None  # a file replacing the shipped judge prompt
+    min_thinking_tokens: int = 0
+    repetition_ngram: int = 4
+    repetition_threshold: float = 0.5  # share of repeated n-grams above which a rollout counts as repetitive
+    max_pairs_per_question: int = 2
+    pair_types: tuple[str, ...] = ("consistency", "penalty", "reflective")
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    beta: float = 0.1  # paper Table 1
+    lr: float = 5e-7  # paper Table 1
+    global_batch_size: int = 32  # paper Table 1
+    micro_batch_size: int = 1
+    epochs: int = 1
+    nll_coef: float = 0.0  # optional NLL term on the chosen response
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    repetition_penalty: float = 1.05  # VerIPO eval
+    profile: str = "veripo-eval"
+    prompt: Literal["veripo", "videor1"] = "veripo"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the curriculum. ``kind`` picks the recipe; the section of that kind overrides the base."""
+
+    name: str
+    kind: Literal["sft", "grpo", "verify", "dpo", "eval"]
+    data: tuple[DataSource, ...] = ()
+    sft: dict[str, Any] = field(default_factory=dict)
+    grpo: dict[str, Any] = field(default_factory=dict)
+    dpo: dict[str, Any] = field(default_factory=dict)
+    rollout: dict[str, Any] = field(default_factory=dict)
+    verifier: dict[str, Any] = field(default_factory=dict)
+    repeat: int = 1  # iterations of a stage group (used by the loop)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "veripo"
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: tuple[DataSource, ...] = ()
+    stages: tuple[Stage, ...] = ()
+    iterations: int = 1  # repeats of the (grpo -> verify -> dpo) loop after the first
+    discard_easy_prob: float = 0.8  # paper: drop 80% of questions whose rollouts were all correct
+
+    def validate(self, prefix: str) -> None:
+        if not 0.0 <= self.discard_easy_prob <= 1.0:
+            raise ConfigError(f"config key 'discard_easy_prob': got {self.discard_easy_prob}; expected 0..1.")

@@ -1,0 +1,2 @@
+"""Data: the records that flow through a run, their JSONL files, dataset loaders, media decoding and the
+synthetic video reasoning tasks."""
