@@ -202,3 +202,13 @@ class RunConfig:
     def validate(self, prefix: str) -> None:
         if not 0.0 <= self.discard_easy_prob <= 1.0:
             raise ConfigError(f"config key 'discard_easy_prob': got {self.discard_easy_prob}; expected 0..1.")
+        for i, stage in enumerate(self.stages):
+            for section in ("sft", "grpo", "dpo", "rollout", "verifier"):
+                self.section_for(stage, section, prefix=f"stages[{i}].{section}")
+
+    def section_for(self, stage: Stage, section: str, prefix: str | None = None) -> Any:
+        """The base ``section`` (e.g. ``grpo``) with ``stage``'s overrides applied, validated."""
+        from veripo.config.core import build, to_dict
+
+        merged = {**to_dict(getattr(self, section)), **getattr(stage, section)}
+        return build(type(getattr(self, section)), merged, prefix=prefix or f"stages.{stage.name}.{section}")
