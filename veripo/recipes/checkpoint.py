@@ -1,0 +1,118 @@
+"""Checkpoints that survive ``kill -9`` and resume exactly.
+
+A checkpoint is a folder ``ckpt-<step>/`` holding the model (``save_pretrained``: safetensors plus config,
+so any checkpoint loads with ``load_policy``), the processor files, the optimizer and scheduler state
+(``torch.save``; loaded with ``weights_only=True``) and ``progress.json`` (counters and the byte sizes of
+the stage's JSONL outputs at that moment). ``latest.json`` names the newest complete checkpoint and is
+written atomically after the folder is complete, so a kill mid-save leaves the previous one in force.
+On resume the outputs are truncated back to the recorded sizes: work after the checkpoint is redone
+(deterministically: every random draw is seeded from the run seed, stage and step), never duplicated.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from veripo.recipes.run_dir import atomic_write_json, read_json
+
+LATEST = "latest.json"
+
+
+@dataclass
+class Progress:
+    """Counters of a stage; ``outputs`` maps a JSONL file name to its byte size at checkpoint time."""
+
+    step: int = 0  # optimizer steps taken in this stage
+    unit: int = 0  # completed work units (rollout batches for GRPO, epochs x batches for SFT/DPO)
+    global_step: int = 0  # optimizer steps across the run when this stage started + step
+    done: bool = False
+    outputs: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def output_sizes(stage_dir: Path, names: list[str]) -> dict[str, int]:
+    return {n: (stage_dir / n).stat().st_size if (stage_dir / n).exists() else 0 for n in names}
+
+
+def truncate_outputs(stage_dir: Path, sizes: dict[str, int]) -> None:
+    """Cut each output file back to its checkpointed size (drop records written after the checkpoint)."""
+    for name, size in sizes.items():
+        path = stage_dir / name
+        if path.exists() and path.stat().st_size > size:
+            with open(path, "r+b") as f:
+                f.truncate(size)
+
+
+def save_checkpoint(
+    stage_dir: Path,
+    model: torch.nn.Module,
+    processor: Any,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any,
+    progress: Progress,
+    keep: int = 1,
+) -> Path:
+    """Write ``ckpt-<unit>/`` completely, then point ``latest.json`` at it; keep the newest ``keep``."""
+    ckpt_root = stage_dir / "checkpoints"
+    final = ckpt_root / f"ckpt-{progress.unit:06d}"
+    tmp = ckpt_root / f".tmp-ckpt-{progress.unit:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if processor is not None and hasattr(processor, "save_pretrained"):
+        processor.save_pretrained(tmp)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if scheduler is not None:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    atomic_write_json(tmp / "progress.json", progress.__dict__)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    atomic_write_json(stage_dir / LATEST, {"checkpoint": final.name})
+    for old in sorted(p for p in ckpt_root.glob("ckpt-*") if p != final)[: max(0, len(list(ckpt_root.glob("ckpt-*"))) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(stage_dir: Path) -> Path | None:
+    pointer = read_json(stage_dir / LATEST)
+    if not pointer:
+        return None
+    path = stage_dir / "checkpoints" / pointer["checkpoint"]
+    return path if (path / "progress.json").exists() else None
+
+
+def load_progress(ckpt: Path) -> Progress:
+    return Progress(**read_json(ckpt / "progress.json"))
+
+
+def load_model_weights(model: torch.nn.Module, ckpt: Path) -> None:
+    """Load safetensors weights saved by ``save_pretrained`` into an existing model (strict)."""
+    from safetensors.torch import load_file
+
+    files = sorted(ckpt.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{ckpt}: no *.safetensors weights in this checkpoint")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # save_pretrained drops tied weights (lm_head tied to embeddings): those are the only allowed gaps.
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"{ckpt}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer | None, scheduler: Any) -> None:
+    if optimizer is not None and (ckpt / "optimizer.pt").exists():
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    if scheduler is not None and (ckpt / "scheduler.pt").exists():
+        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
