@@ -62,9 +62,13 @@ def test_bool_is_not_an_int():
 
 
 def test_cross_field_validation():
+    # 10 questions x 8 responses = 80 responses: 64 per optimizer step does not divide them
     with pytest.raises(ConfigError) as e:
-        build(GRPOConfig, {"rollout_batch_size": 10, "global_batch_size": 4}, prefix="grpo")
-    assert "grpo.rollout_batch_size" in str(e.value)
+        load(RunConfig, None, ["grpo.rollout_batch_size=10", "grpo.global_batch_size=64"])
+    assert "grpo.global_batch_size" in str(e.value) and "80 responses" in str(e.value)
+    # paper Table 1, stage 1: 64 questions x 8 = 512 responses, 128 per step -> 4 steps
+    cfg = load(RunConfig, None, ["grpo.rollout_batch_size=64", "grpo.global_batch_size=128"])
+    assert cfg.grpo.global_batch_size == 128
 
 
 def test_stage_list_entries_are_validated(tmp_path: Path):

@@ -83,7 +83,9 @@ class RewardConfig:
 class GRPOConfig:
     lr: float = 1e-6
     rollout_batch_size: int = 64  # questions per rollout phase (paper Table 1)
-    global_batch_size: int = 64  # questions per optimizer step (paper Table 1); rollout/global = steps per batch
+    # responses per optimizer step (paper Table 1: 128 / 64 with 64 questions x 8 responses per rollout
+    # batch, i.e. 4 / 8 optimizer steps per rollout batch; the reading that makes Table 1 consistent)
+    global_batch_size: int = 64
     micro_batch_size: int = 1  # groups per forward/backward
     response_micro_batch: int | None = None  # responses per backward within a group (None = all G)
     rollout_batches: int = 1  # rollout batches in this phase
@@ -104,13 +106,18 @@ class GRPOConfig:
     save_every: int = 0  # optimizer steps between checkpoints (0 = end of phase only)
 
     def validate(self, prefix: str) -> None:
-        if self.rollout_batch_size % self.global_batch_size:
-            raise ConfigError(
-                f"config key '{prefix}.rollout_batch_size': {self.rollout_batch_size} must be a multiple of "
-                f"global_batch_size {self.global_batch_size}."
-            )
         if self.lr <= 0:
             raise ConfigError(f"config key '{prefix}.lr': got {self.lr}; expected a positive learning rate.")
+
+
+def check_grpo_batches(grpo: GRPOConfig, rollout: RolloutConfig, prefix: str) -> None:
+    responses = grpo.rollout_batch_size * rollout.num_generations
+    if responses % grpo.global_batch_size:
+        raise ConfigError(
+            f"config key '{prefix}.global_batch_size': {grpo.global_batch_size} responses per optimizer step must "
+            f"divide the {responses} responses of a rollout batch (rollout_batch_size {grpo.rollout_batch_size} x "
+            f"num_generations {rollout.num_generations})."
+        )
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,9 @@ class RunConfig:
         for i, stage in enumerate(self.stages):
             for section in ("sft", "grpo", "dpo", "rollout", "verifier"):
                 self.section_for(stage, section, prefix=f"stages[{i}].{section}")
+            if stage.kind == "grpo":
+                check_grpo_batches(self.section_for(stage, "grpo"), self.section_for(stage, "rollout"), f"stages[{i}].grpo")
+        check_grpo_batches(self.grpo, self.rollout, "grpo")
 
     def section_for(self, stage: Stage, section: str, prefix: str | None = None) -> Any:
         """The base ``section`` (e.g. ``grpo``) with ``stage``'s overrides applied, validated."""
