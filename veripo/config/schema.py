@@ -184,7 +184,6 @@ class Stage:
     dpo: dict[str, Any] = field(default_factory=dict)
     rollout: dict[str, Any] = field(default_factory=dict)
     verifier: dict[str, Any] = field(default_factory=dict)
-    repeat: int = 1  # iterations of a stage group (used by the loop)
 
 
 @dataclass(frozen=True)
@@ -202,18 +201,20 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: tuple[DataSource, ...] = ()
-    stages: tuple[Stage, ...] = ()
-    iterations: int = 1  # repeats of the (grpo -> verify -> dpo) loop after the first
+    stages: tuple[Stage, ...] = ()  # run once, in order (e.g. sft -> grpo -> grpo -> verify -> dpo)
+    loop: tuple[Stage, ...] = ()  # then repeated `iterations` times (e.g. video grpo -> verify -> dpo)
+    iterations: int = 1
     discard_easy_prob: float = 0.8  # paper: drop 80% of questions whose rollouts were all correct
 
     def validate(self, prefix: str) -> None:
         if not 0.0 <= self.discard_easy_prob <= 1.0:
             raise ConfigError(f"config key 'discard_easy_prob': got {self.discard_easy_prob}; expected 0..1.")
-        for i, stage in enumerate(self.stages):
+        named = [(f"stages[{i}]", s) for i, s in enumerate(self.stages)] + [(f"loop[{i}]", s) for i, s in enumerate(self.loop)]
+        for where, stage in named:
             for section in ("sft", "grpo", "dpo", "rollout", "verifier"):
-                self.section_for(stage, section, prefix=f"stages[{i}].{section}")
+                self.section_for(stage, section, prefix=f"{where}.{section}")
             if stage.kind == "grpo":
-                check_grpo_batches(self.section_for(stage, "grpo"), self.section_for(stage, "rollout"), f"stages[{i}].grpo")
+                check_grpo_batches(self.section_for(stage, "grpo"), self.section_for(stage, "rollout"), f"{where}.grpo")
         check_grpo_batches(self.grpo, self.rollout, "grpo")
 
     def section_for(self, stage: Stage, section: str, prefix: str | None = None) -> Any:
