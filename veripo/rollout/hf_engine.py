@@ -1,0 +1,241 @@
+"""Rollouts on transformers: prefill each prompt once, expand its KV cache to G, sample G continuations.
+
+`model.generate(num_return_sequences=G)` copies the prompt G times and runs the LLM prefill over all G
+copies (it already runs the vision tower once). Here the prompt, video included, goes through the model once
+per question; its `DynamicCache` is then repeated G times along the batch (`batch_repeat_interleave`) and
+the G responses are decoded against it. Several questions share one prefill batch (left padding); a
+question leaves the batch as soon as all its G responses have finished.
+
+Positions follow Qwen2-VL's M-RoPE: the prompt's 3-D positions and its `delta` come from
+`model.model.get_rope_index`; the t-th response token sits at `P + t + delta` on all three axes
+(P = the prompt's unpadded length), passed explicitly as (3, N, 1) `position_ids` at each step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from veripo.rollout.engine import GeneratedResponse, GroupOutput, SamplingParams
+from veripo.rollout.sampling import completes_stop_string, end_of_text_ids, next_token_distribution, vision_token_ids
+
+_MEDIA_KEYS = ("pixel_values_videos", "video_grid_thw", "pixel_values", "image_grid_thw")
+
+
+class HFRolloutEngine:
+    """A `RolloutEngine` for Qwen2-VL / Qwen2.5-VL models on transformers.
+
+    Features: prefill once per question, KV cache expanded to G; temperature, top-p, greedy and repetition
+    penalty with transformers' semantics; vision special tokens never sampled; stop at a stop string or an
+    end-of-text token; per-token log-probs; seeded, reproducible sampling (one `torch.Generator` per
+    question, so a question's responses do not depend on which other questions share its batch, up to
+    the float rounding of left padding).
+
+    Log-probs: `logprobs[t]` is `log_softmax(raw logits)[token_t]` at temperature 1, before any masking,
+    penalty or top-p: the log-probability of the sampled token under the policy itself. They equal a
+    teacher-forced forward of prompt + response, so they serve as GRPO's old log-probs while the policy
+    has not changed since sampling.
+
+    Args:
+        model: a `Qwen2_5_VLForConditionalGeneration` or `Qwen2VLForConditionalGeneration` (eval mode is
+            set for the duration of `generate` and restored after).
+        tokenizer: its tokenizer (or a processor with a `.tokenizer`).
+        max_batch_questions: questions prefilled and decoded together.
+    """
+
+    def __init__(self, model, tokenizer, *, max_batch_questions: int = 4) -> None:
+        if max_batch_questions < 1:
+            raise ValueError(f"max_batch_questions must be >= 1, got {max_batch_questions}")
+        self.model = model
+        self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        self.max_batch_questions = max_batch_questions
+        self.banned_token_ids = vision_token_ids(model.config, self.tokenizer)
+        self.eos_token_ids = end_of_text_ids(getattr(model, "generation_config", None), self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[dict[str, torch.Tensor]], params: SamplingParams) -> list[GroupOutput]:
+        """Sample `params.num_generations` responses per prompt; see `RolloutEngine.generate`."""
+        for index, prompt in enumerate(prompts):
+            _check_prompt(prompt, index)
+        base_seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outputs: list[GroupOutput] = []
+            for start in range(0, len(prompts), self.max_batch_questions):
+                chunk = list(prompts[start : start + self.max_batch_questions])
+                seeds = [_question_seed(base_seed, start + i) for i in range(len(chunk))]
+                outputs.extend(self._generate_chunk(chunk, params, seeds))
+            return outputs
+        finally:
+            self.model.train(was_training)
+
+    def _generate_chunk(self, prompts: list[dict[str, torch.Tensor]], params: SamplingParams, seeds: list[int]):
+        device = self.model.device
+        G, Q = params.num_generations, len(prompts)
+        batch = collate_prompts(prompts, self.pad_token_id, device)
+        position_ids, rope_delta = self.model.model.get_rope_index(
+            batch["input_ids"],
+            batch["mm_token_type_ids"],
+            image_grid_thw=batch.get("image_grid_thw"),
+            video_grid_thw=batch.get("video_grid_thw"),
+            second_per_grid_ts=batch.get("second_per_grid_ts"),
+            attention_mask=batch["attention_mask"],
+        )
+        prefill = self.model(**batch, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+        cache = prefill.past_key_values
+        cache.batch_repeat_interleave(G)
+
+        prompt_lengths = batch["attention_mask"].sum(-1)  # (Q,)
+        next_position = (prompt_lengths + rope_delta.view(-1)).repeat_interleave(G)  # (Q*G,) first response position
+        attention_mask = batch["attention_mask"].repeat_interleave(G, dim=0)  # (Q*G, P)
+        logits = prefill.logits[:, -1].float().repeat_interleave(G, dim=0)  # (Q*G, V)
+        vocab = logits.shape[-1]
+        banned = torch.zeros(vocab, dtype=torch.bool, device=device)
+        banned[[i for i in self.banned_token_ids if i < vocab]] = True
+        eos = torch.tensor(self.eos_token_ids, device=device)
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = torch.zeros(Q * G, vocab, dtype=torch.bool, device=device)
+            # Pad positions repeat the row's last prompt token so that padding marks nothing new as seen.
+            prompt_ids = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 0)
+            prompt_ids = torch.where(batch["attention_mask"] == 1, prompt_ids, batch["input_ids"][:, -1:])
+            seen.scatter_(1, prompt_ids.repeat_interleave(G, dim=0), True)
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        stop_window = max((len(s.encode("utf-8")) for s in params.stop_strings), default=0) + 1
+
+        tokens: list[list[int]] = [[] for _ in range(Q * G)]
+        logprobs: list[list[float]] = [[] for _ in range(Q * G)]
+        finish: list[str | None] = [None] * (Q * G)
+        alive_questions = list(range(Q))  # questions whose rows are still in the batch, in batch order
+        for step in range(params.max_new_tokens):
+            policy_logprobs = torch.log_softmax(logits, dim=-1)
+            if params.greedy:
+                processed = next_token_distribution(
+                    logits, banned=banned, seen=seen, repetition_penalty=params.repetition_penalty,
+                    temperature=1.0, top_p=1.0,
+                )
+                sampled = processed.argmax(dim=-1)
+            else:
+                processed = next_token_distribution(
+                    logits, banned=banned, seen=seen, repetition_penalty=params.repetition_penalty,
+                    temperature=params.temperature, top_p=params.top_p,
+                )
+                probs = processed.softmax(dim=-1).view(len(alive_questions), G, vocab)
+                sampled = torch.cat([
+                    torch.multinomial(probs[i], 1, generator=generators[q]).view(G)
+                    for i, q in enumerate(alive_questions)
+                ])
+            sampled_logprobs = policy_logprobs.gather(1, sampled[:, None]).view(-1)
+
+            rows = [q * G + g for q in alive_questions for g in range(G)]
+            for batch_row, (row, token, logprob, is_eos) in enumerate(
+                zip(rows, sampled.tolist(), sampled_logprobs.tolist(), torch.isin(sampled, eos).tolist())
+            ):
+                if finish[row] is not None:
+                    continue
+                tokens[row].append(token)
+                logprobs[row].append(logprob)
+                if is_eos:
+                    finish[row] = "eos"
+                elif params.stop_strings and completes_stop_string(
+                    self.tokenizer.decode(tokens[row][-stop_window:]), params.stop_strings
+                ):
+                    finish[row] = "stop"
+                elif len(tokens[row]) == params.max_new_tokens:
+                    finish[row] = "length"
+
+            still = [i for i, q in enumerate(alive_questions) if any(finish[q * G + g] is None for g in range(G))]
+            if not still:
+                break
+            if len(still) < len(alive_questions):  # drop questions whose G responses have all finished
+                keep = torch.tensor([i * G + g for i in still for g in range(G)], device=device)
+                cache.batch_select_indices(keep)
+                sampled, attention_mask, next_position = sampled[keep], attention_mask[keep], next_position[keep]
+                seen = seen[keep] if seen is not None else None
+                alive_questions = [alive_questions[i] for i in still]
+            if seen is not None:
+                seen.scatter_(1, sampled[:, None], True)
+
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(sampled), 1)], dim=1)
+            positions = (next_position + step).view(1, -1, 1).expand(3, -1, 1)
+            logits = self.model(
+                input_ids=sampled[:, None], attention_mask=attention_mask, position_ids=positions,
+                past_key_values=cache, use_cache=True,
+            ).logits[:, -1].float()
+
+        groups = []
+        for q in range(Q):
+            responses = [
+                GeneratedResponse(
+                    token_ids=tokens[q * G + g],
+                    text=self.tokenizer.decode(tokens[q * G + g], skip_special_tokens=True),
+                    logprobs=logprobs[q * G + g],
+                    finish_reason=finish[q * G + g] or "length",
+                )
+                for g in range(G)
+            ]
+            groups.append(GroupOutput(responses=responses, prompt_tokens=int(prompt_lengths[q])))
+        return groups
+
+
+def collate_prompts(prompts: list[dict[str, torch.Tensor]], pad_token_id: int, device) -> dict[str, torch.Tensor]:
+    """Left-pad Q batch-of-1 prompts into one batch and concatenate their media in prompt order.
+
+    Returns:
+        `input_ids`, `attention_mask`, `mm_token_type_ids` (Q, P_max), left padded; `pixel_values_videos` /
+        `video_grid_thw` / `pixel_values` / `image_grid_thw` concatenated along dim 0 where any prompt has
+        them; `second_per_grid_ts` (num_videos,) where any prompt has it (1.0 for videos without it).
+    """
+    length = max(p["input_ids"].shape[1] for p in prompts)
+
+    def left_pad(key: str, value: int) -> torch.Tensor:
+        rows = []
+        for p in prompts:
+            row = p[key] if key in p else torch.zeros_like(p["input_ids"])
+            rows.append(torch.cat([row.new_full((1, length - row.shape[1]), value), row], dim=1))
+        return torch.cat(rows).to(device)
+
+    batch = {
+        "input_ids": left_pad("input_ids", pad_token_id),
+        "attention_mask": left_pad("attention_mask", 0),
+        "mm_token_type_ids": left_pad("mm_token_type_ids", 0),
+    }
+    for key in _MEDIA_KEYS:
+        parts = [p[key] for p in prompts if p.get(key) is not None]
+        if parts:
+            batch[key] = torch.cat(parts).to(device)
+    if any(p.get("second_per_grid_ts") is not None for p in prompts):
+        batch["second_per_grid_ts"] = torch.cat([
+            torch.as_tensor(p["second_per_grid_ts"], dtype=torch.float).view(-1)
+            if p.get("second_per_grid_ts") is not None
+            else torch.ones(len(p["video_grid_thw"]) if p.get("video_grid_thw") is not None else 0)
+            for p in prompts
+        ]).to(device)
+    return batch
+
+
+def _check_prompt(prompt: dict[str, torch.Tensor], index: int) -> None:
+    """Raise a ValueError naming the prompt and the field when a prompt is not a batch-of-1 input dict."""
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        value = prompt.get(key)
+        if value is None:
+            raise ValueError(
+                f"prompt {index}: missing '{key}' (expected a (1, P) tensor; pass mm_token_type_ids or Qwen-VL "
+                "silently uses 1-D positions)"
+            )
+        if value.dim() != 2 or value.shape[0] != 1:
+            raise ValueError(f"prompt {index}: '{key}' must have shape (1, P), got {tuple(value.shape)}")
+    if prompt["attention_mask"].shape != prompt["input_ids"].shape or not bool(prompt["attention_mask"].all()):
+        raise ValueError(f"prompt {index}: 'attention_mask' must be all ones with the shape of 'input_ids' (unpadded)")
+    for pixels, grid in (("pixel_values_videos", "video_grid_thw"), ("pixel_values", "image_grid_thw")):
+        if (prompt.get(pixels) is None) != (prompt.get(grid) is None):
+            raise ValueError(f"prompt {index}: '{pixels}' and '{grid}' must be given together")
+
+
+def _question_seed(base_seed: int, question_index: int) -> int:
+    """A distinct, reproducible 63-bit seed per question of a call."""
+    return (base_seed * 1_000_003 + question_index * 7_919 + 1) % (2**63 - 1)
