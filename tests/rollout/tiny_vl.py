@@ -54,37 +54,55 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, codes)))
 
 
-def tiny_model(tokenizer, *, hidden: int = 32, layers: int = 2, seed: int = 0):
-    """A randomly initialised Qwen2_5_VLForConditionalGeneration in fp32, eval mode."""
+def tiny_model(
+    tokenizer,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vision_hidden: int = 32,
+    vision_depth: int = 2,
+    patch_size: int = 4,
+    seed: int = 0,
+):
+    """A randomly initialised Qwen2_5_VLForConditionalGeneration in fp32, eval mode (defaults: 81k params)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    half_head = hidden // heads // 2  # M-RoPE splits each head's rotary half into temporal/height/width
+    temporal = half_head // 4
+    height = (half_head - temporal) // 2
     config = Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
             hidden_size=hidden,
-            intermediate_size=2 * hidden,
+            intermediate_size=hidden * 11 // 4,
             num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            max_position_embeddings=32768,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [temporal, height, half_head - temporal - height],
+            },
             tie_word_embeddings=False,
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
         ),
         vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_heads=max(2, vision_hidden // 64),
             out_hidden_size=hidden,
-            patch_size=4,
+            patch_size=patch_size,
             temporal_patch_size=2,
             spatial_merge_size=2,
-            window_size=16,
-            fullatt_block_indexes=[1],
+            window_size=8 * patch_size,
+            fullatt_block_indexes=[vision_depth - 1],
             in_channels=3,
             tokens_per_second=2,
         ),
