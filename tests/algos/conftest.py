@@ -1,0 +1,64 @@
+"""A tiny random Qwen2.5-VL (about 0.2M parameters) and one video prompt, built offline from a config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+VIDEO_PAD, VISION_START, VISION_END, IMAGE_PAD = 251, 252, 253, 250
+
+
+def tiny_qwen25_vl(seed: int = 0):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
+            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+            temporal_patch_size=2, spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1], in_channels=3,
+        ),
+        image_token_id=IMAGE_PAD, video_token_id=VIDEO_PAD, vision_start_token_id=VISION_START,
+        vision_end_token_id=VISION_END,
+    )
+    torch.manual_seed(seed)
+    return Qwen2_5_VLForConditionalGeneration(config).float().train()
+
+
+def video_prompt(frames: int = 4, patches: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """<text> <|vision_start|> N x <|video_pad|> <|vision_end|> <text>, with random patchified frames."""
+    generator = torch.Generator().manual_seed(seed)
+    grid = torch.tensor([[frames // 2, patches, patches]])
+    num_pads = int(grid.prod()) // 4  # spatial merge 2x2
+    ids = [1, 7, 9, VISION_START] + [VIDEO_PAD] * num_pads + [VISION_END, 11, 13, 17, 19]
+    input_ids = torch.tensor([ids])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "pixel_values_videos": torch.randn(int(grid.prod()), 3 * 2 * 14 * 14, generator=generator),
+        "video_grid_thw": grid,
+        "mm_token_type_ids": (input_ids == VIDEO_PAD).long() * 2,
+    }
+
+
+@pytest.fixture
+def tiny_model():
+    return tiny_qwen25_vl()
+
+
+@pytest.fixture
+def prompt():
+    return video_prompt()
+
+
+@pytest.fixture
+def responses():
+    """G=4 right-padded responses of up to R=7 tokens."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(20, 240, (4, 7), generator=generator)
+    lengths = torch.tensor([7, 4, 6, 2])
+    mask = (torch.arange(7)[None, :] < lengths[:, None]).float()
+    return ids, mask

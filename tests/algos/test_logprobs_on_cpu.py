@@ -1,0 +1,170 @@
+"""Shared-prefix log-probs on a tiny Qwen2.5-VL with a video prompt: loss and every parameter gradient equal
+the per-sequence computation (fp32, relative 1e-4), with micro-batches and gradient checkpointing; a prompt
+whose K/V is detached must fail the same check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from veripo.algos import logprobs as lp
+from veripo.algos.policy_loss import clipped_policy_loss
+
+RTOL = 1e-4
+
+
+def grpo_loss_fn(old_log_probs, advantages, mask):
+    """Token-mean clipped GRPO loss over the whole group, split additively over micro-batches of rows."""
+
+    def loss_fn(log_probs, entropy, rows):
+        out = clipped_policy_loss(log_probs, old_log_probs[rows], advantages[rows], mask[rows], clip_high=0.28)
+        return out.per_token_loss.sum() / mask.sum()
+
+    return loss_fn
+
+
+def run_group(model, prompt, responses, **kwargs):
+    """(loss, {parameter name: gradient}) of one GRPO group through ``backward_group``."""
+    ids, mask = responses
+    generator = torch.Generator().manual_seed(2)
+    old = lp.response_log_probs(model, prompt, ids, mask).log_probs + 0.2 * torch.randn(ids.shape, generator=generator)
+    advantages = torch.tensor([1.0, -0.5, 0.8, -1.3])[:, None].expand_as(mask)
+    model.zero_grad(set_to_none=True)
+    stats = lp.backward_group(model, prompt, ids, mask, grpo_loss_fn(old, advantages, mask), **kwargs)
+    return stats.loss, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def worst_gradient_error(reference: dict, other: dict) -> float:
+    """Largest ``|g - g_ref| / |g_ref|`` over all parameters; a missing gradient counts as zero."""
+    worst = 0.0
+    for name, expected in reference.items():
+        got = other.get(name, torch.zeros_like(expected))
+        worst = max(worst, ((got - expected).norm() / expected.norm().clamp(min=1e-30)).item())
+    return worst
+
+
+def assert_matches(reference, other):
+    (loss_ref, grads_ref), (loss, grads) = reference, other
+    assert loss.item() == pytest.approx(loss_ref.item(), rel=RTOL)
+    assert set(grads) == set(grads_ref)
+    assert worst_gradient_error(grads_ref, grads) < RTOL
+
+
+@pytest.fixture
+def reference(tiny_model, prompt, responses):
+    return run_group(tiny_model, prompt, responses, shared_prefix=False)
+
+
+def test_every_parameter_has_a_gradient_in_the_baseline(tiny_model, reference):
+    _, grads = reference
+    vision = [name for name in grads if ".visual." in f".{name}"]
+    assert len(grads) == sum(1 for _ in tiny_model.parameters()) and vision
+
+
+def test_shared_prefix_equals_per_sequence(tiny_model, prompt, responses, reference):
+    assert_matches(reference, run_group(tiny_model, prompt, responses))
+
+
+@pytest.mark.parametrize("micro_batch", [1, 3])
+def test_shared_prefix_with_response_micro_batches(tiny_model, prompt, responses, reference, micro_batch):
+    assert_matches(reference, run_group(tiny_model, prompt, responses, micro_batch=micro_batch))
+
+
+def test_per_sequence_micro_batches_equal_per_sequence(tiny_model, prompt, responses, reference):
+    assert_matches(reference, run_group(tiny_model, prompt, responses, shared_prefix=False, micro_batch=3))
+
+
+def test_shared_prefix_with_gradient_checkpointing(tiny_model, prompt, responses, reference):
+    tiny_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert all(layer.gradient_checkpointing for layer in lp._decoder_layers(tiny_model))
+    assert_matches(reference, run_group(tiny_model, prompt, responses, micro_batch=2))
+    # The flag that lets our read-only caches through checkpointing is put back afterwards.
+    assert all("_can_checkpoint_with_cache" not in layer.__dict__ for layer in lp._decoder_layers(tiny_model))
+
+
+def test_checkpointing_dropping_the_cache_is_caught(tiny_model, prompt, responses, monkeypatch):
+    """The pitfall: transformers drops ``past_key_values`` in checkpointed layers; that must fail loudly."""
+    from contextlib import nullcontext
+
+    tiny_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    monkeypatch.setattr(lp, "cache_kept_under_checkpointing", lambda layers: nullcontext())
+    with pytest.raises(RuntimeError, match="did not write"):
+        run_group(tiny_model, prompt, responses)
+
+
+def test_reentrant_checkpointing_is_refused(tiny_model, prompt, responses):
+    tiny_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ValueError, match="non-reentrant"):
+        run_group(tiny_model, prompt, responses)
+
+
+def test_negative_control_detached_prompt_kv_fails_the_check(tiny_model, prompt, responses, reference):
+    """The responses see the prompt's K/V but no gradient flows back through it: the check must catch that."""
+    ids, mask = responses
+    tiny_model.zero_grad(set_to_none=True)
+    state = lp._prompt_pass(tiny_model, lp._single_prompt(prompt))
+    detached = state._replace(keys=[k.detach() for k in state.keys], values=[v.detach() for v in state.values])
+    out = lp._continuation(tiny_model, detached, ids, mask, with_entropy=False)
+    generator = torch.Generator().manual_seed(2)
+    old = lp.response_log_probs(tiny_model, prompt, ids, mask).log_probs + 0.2 * torch.randn(ids.shape, generator=generator)
+    advantages = torch.tensor([1.0, -0.5, 0.8, -1.3])[:, None].expand_as(mask)
+    loss = grpo_loss_fn(old, advantages, mask)(out.log_probs, None, torch.arange(4))
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in tiny_model.named_parameters() if p.grad is not None}
+    assert loss.item() == pytest.approx(reference[0].item(), rel=RTOL)  # forward is right ...
+    error = worst_gradient_error(reference[1], grads)
+    assert error > 0.1, error  # ... the gradients are not
+
+
+def test_no_grad_log_probs_equal_a_plain_forward(tiny_model, prompt, responses):
+    ids, mask = responses
+    prompt_len = prompt["input_ids"].shape[1]
+    full = {
+        "input_ids": torch.cat([prompt["input_ids"].expand(4, -1), ids], dim=1),
+        "attention_mask": torch.cat([torch.ones(4, prompt_len, dtype=torch.long), mask.long()], dim=1),
+        "mm_token_type_ids": torch.cat([prompt["mm_token_type_ids"].expand(4, -1), torch.zeros_like(ids)], dim=1),
+        "pixel_values_videos": prompt["pixel_values_videos"].repeat(4, 1),
+        "video_grid_thw": prompt["video_grid_thw"].repeat(4, 1),
+    }
+    with torch.no_grad():
+        logits = tiny_model(**full).logits[:, prompt_len - 1 : -1]
+    expected = logits.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1) * mask
+    for shared_prefix in (True, False):
+        for micro_batch in (None, 3):
+            out = lp.response_log_probs(
+                tiny_model, prompt, ids, mask, shared_prefix=shared_prefix, micro_batch=micro_batch, with_entropy=True
+            )
+            torch.testing.assert_close(out.log_probs * mask, expected, rtol=1e-5, atol=1e-5)
+            probs = logits.softmax(-1)
+            entropy = -(probs * logits.log_softmax(-1)).sum(-1)
+            torch.testing.assert_close(out.entropy * mask, entropy * mask, rtol=1e-5, atol=1e-5)
+            assert not out.log_probs.requires_grad
+
+
+def test_left_padded_prompt_gives_the_same_log_probs(tiny_model, prompt, responses):
+    ids, mask = responses
+    padded = dict(prompt)
+    padded["input_ids"] = torch.cat([torch.zeros(1, 2, dtype=torch.long), prompt["input_ids"]], dim=1)
+    padded["attention_mask"] = torch.cat([torch.zeros(1, 2, dtype=torch.long), prompt["attention_mask"]], dim=1)
+    padded["mm_token_type_ids"] = torch.cat([torch.zeros(1, 2, dtype=torch.long), prompt["mm_token_type_ids"]], dim=1)
+    expected = lp.response_log_probs(tiny_model, prompt, ids, mask).log_probs
+    torch.testing.assert_close(lp.response_log_probs(tiny_model, padded, ids, mask).log_probs, expected)
+
+
+def test_single_token_responses(tiny_model, prompt):
+    ids, mask = torch.tensor([[30], [40]]), torch.ones(2, 1)
+    shared = lp.group_log_probs(tiny_model, prompt, ids, mask).log_probs
+    torch.testing.assert_close(shared, lp.group_log_probs(tiny_model, prompt, ids, mask, shared_prefix=False).log_probs)
+
+
+def test_bad_inputs_are_named(tiny_model, prompt, responses):
+    ids, mask = responses
+    two = dict(prompt, input_ids=prompt["input_ids"].repeat(2, 1))
+    with pytest.raises(ValueError, match=r"\[1, P\]"):
+        lp.response_log_probs(tiny_model, two, ids, mask)
+    with pytest.raises(ValueError, match="mm_token_type_ids"):
+        lp.response_log_probs(tiny_model, {k: v for k, v in prompt.items() if k != "mm_token_type_ids"}, ids, mask)
+    with pytest.raises(ValueError, match="response_mask"):
+        lp.response_log_probs(tiny_model, prompt, ids, mask[:, :3])
+    with pytest.raises(ValueError, match="micro_batch"):
+        lp.response_log_probs(tiny_model, prompt, ids, mask, micro_batch=0)
