@@ -215,3 +215,27 @@ def test_malformed_prompt_is_rejected_with_its_index(model, tokenizer, prompts):
         engine.generate([prompts[0], bad], greedy(2))
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(num_generations=2, temperature=1.0, top_p=0.0, max_new_tokens=4)
+
+
+def test_qwen2_vl_greedy_equals_hf_generate(tokenizer):
+    from tiny_vl import tiny_qwen2_vl, video_prompt
+
+    model = tiny_qwen2_vl(tokenizer)
+    prompts = [video_prompt(tokenizer, model.config, q, frames=f, side=s, seed=f)
+               for q, f, s in (("Why?", 4, 16), ("What colour is it?", 2, 8))]
+    engine = HFRolloutEngine(model, tokenizer, max_batch_questions=2)
+    groups = engine.generate(prompts, greedy(16))
+    for prompt, group in zip(prompts, groups):
+        assert group.responses[0].token_ids == hf_greedy(model, prompt, engine, 16)
+        tf = teacher_forced_logprobs(model, prompt, group.responses[0].token_ids)
+        assert torch.allclose(torch.tensor(group.responses[0].logprobs), tf, atol=1e-4, rtol=0)
+
+
+def test_image_and_video_prompts_batched_together(model, tokenizer, prompts):
+    from tiny_vl import image_prompt
+
+    mixed = [image_prompt(tokenizer, model.config, "Describe it.", side=16, seed=7), prompts[1],
+             image_prompt(tokenizer, model.config, "Is there a dot? Answer yes or no.", side=8, seed=8)]
+    engine = HFRolloutEngine(model, tokenizer, max_batch_questions=3)
+    for prompt, group in zip(mixed, engine.generate(mixed, greedy(16))):
+        assert group.responses[0].token_ids == hf_greedy(model, prompt, engine, 16)

@@ -141,3 +141,51 @@ def video_prompt(tokenizer, config, question: str, *, frames: int = 4, side: int
         "video_grid_thw": torch.tensor([[grid_t, grid_h, grid_w]]),
         "mm_token_type_ids": mm_token_type_ids,
     }
+
+
+def tiny_qwen2_vl(tokenizer, *, hidden: int = 32, seed: int = 0):
+    """A randomly initialised Qwen2VLForConditionalGeneration (the Qwen2-VL generation) in fp32."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            tie_word_embeddings=False, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=4,
+                           temporal_patch_size=2, spatial_merge_size=2),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    return model
+
+
+def image_prompt(tokenizer, config, question: str, *, side: int = 16, seed: int = 0):
+    """Batch-of-1 model inputs for a chat prompt holding one random image of `side` px."""
+    vc = config.vision_config
+    grid_h = grid_w = side // vc.patch_size
+    n_patches = grid_h * grid_w
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(n_patches, vc.in_channels * vc.temporal_patch_size * vc.patch_size**2, generator=gen)
+    text = (
+        "<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * (n_patches // vc.spatial_merge_size**2)
+        + "<|vision_end|>" + question + "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    input_ids = torch.tensor([tokenizer(text)["input_ids"]])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "pixel_values": pixels,
+        "image_grid_thw": torch.tensor([[1, grid_h, grid_w]]),
+        "mm_token_type_ids": (input_ids == config.image_token_id).long(),
+    }
