@@ -185,26 +185,6 @@ def _per_sequence(
     return _token_log_probs(model, hidden[:, size - 1 : size - 1 + length], response_ids, with_entropy)
 
 
-def group_log_probs(
-    model: nn.Module,
-    prompt_inputs: Mapping[str, torch.Tensor],
-    response_ids: torch.Tensor,
-    response_mask: torch.Tensor,
-    *,
-    shared_prefix: bool = True,
-    with_entropy: bool = False,
-) -> LogProbs:
-    """Log-probs ``[G, R]`` (and entropy) of G responses to one prompt, differentiable when grad is enabled.
-
-    For training with response micro-batches use ``backward_group``; for old/reference log-probs use
-    ``response_log_probs``.
-    """
-    _check_responses(response_ids, response_mask)
-    prompt = _single_prompt(prompt_inputs)
-    state = _prompt_pass(model, prompt) if shared_prefix else None
-    return _rows_log_probs(model, prompt, state, response_ids, response_mask, with_entropy)
-
-
 def _row_chunks(count: int, micro_batch: int | None, device: torch.device) -> list[torch.Tensor]:
     if micro_batch is not None and micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1 or None; got {micro_batch}")
@@ -225,8 +205,7 @@ def _rows_log_probs(
     return _continuation(model, state, response_ids, response_mask, with_entropy)
 
 
-@torch.no_grad()
-def response_log_probs(
+def group_log_probs(
     model: nn.Module,
     prompt_inputs: Mapping[str, torch.Tensor],
     response_ids: torch.Tensor,
@@ -236,15 +215,32 @@ def response_log_probs(
     micro_batch: int | None = None,
     with_entropy: bool = False,
 ) -> LogProbs:
-    """No-grad log-probs ``[G, R]`` of G responses (old-policy or reference log-probs), in micro-batches of rows."""
+    """Log-probs ``[G, R]`` (and entropy) of G responses to one prompt, differentiable when grad is enabled.
+
+    ``micro_batch`` bounds the responses per forward. To train with micro-batches use ``backward_group``
+    (it frees each micro-batch's graph); for old/reference log-probs use ``response_log_probs``.
+    """
     _check_responses(response_ids, response_mask)
     prompt = _single_prompt(prompt_inputs)
     state = _prompt_pass(model, prompt) if shared_prefix else None
-    parts = []
-    for rows in _row_chunks(response_ids.shape[0], micro_batch, response_ids.device):
-        parts.append(_rows_log_probs(model, prompt, state, response_ids[rows], response_mask[rows], with_entropy))
+    parts = [
+        _rows_log_probs(model, prompt, state, response_ids[rows], response_mask[rows], with_entropy)
+        for rows in _row_chunks(response_ids.shape[0], micro_batch, response_ids.device)
+    ]
     entropy = torch.cat([p.entropy for p in parts]) if with_entropy else None
     return LogProbs(torch.cat([p.log_probs for p in parts]), entropy)
+
+
+def response_log_probs(
+    model: nn.Module,
+    prompt_inputs: Mapping[str, torch.Tensor],
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    **options: bool | int | None,
+) -> LogProbs:
+    """No-grad ``group_log_probs`` (same options): old-policy or reference log-probs ``[G, R]``."""
+    with torch.no_grad():
+        return group_log_probs(model, prompt_inputs, response_ids, response_mask, **options)
 
 
 def backward_group(
