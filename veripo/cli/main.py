@@ -29,8 +29,9 @@ def version() -> None:
 def _register() -> None:
     # Each area adds its module here: it defines register(app) that adds its commands or sub-apps.
     from veripo.cli import config as config_cli
+    from veripo.cli import report as report_cli
 
-    for module in (config_cli,):
+    for module in (config_cli, report_cli,):
         module.register(app)
 
 
