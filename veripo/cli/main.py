@@ -29,9 +29,10 @@ def version() -> None:
 def _register() -> None:
     # Each area adds its module here: it defines register(app) that adds its commands or sub-apps.
     from veripo.cli import config as config_cli
+    from veripo.cli import data as data_cli
     from veripo.cli import report as report_cli
 
-    for module in (config_cli, report_cli,):
+    for module in (config_cli, report_cli, data_cli,):
         module.register(app)
 
 

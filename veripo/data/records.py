@@ -116,3 +116,11 @@ class Pair(Record):
 
 
 RECORD_TYPES: dict[str, type[Record]] = {c.kind: c for c in (Sample, Rollout, Verdict, Pair)}
+
+
+def reference_completion(sample: Sample) -> str | None:
+    """The full reference response for a sample with a reference chain of thought (SFT warm start):
+    ``<think>{reasoning}</think><answer>{answer}</answer>``; None when the sample has no reasoning."""
+    if sample.reasoning is None:
+        return None
+    return f"<think>{sample.reasoning}</think><answer>{sample.answer}</answer>"

@@ -1,0 +1,83 @@
+"""``veripo data make-synthetic OUT`` and ``veripo data inspect FILE``: make and look at datasets."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    data_app = typer.Typer(help="Make synthetic datasets and inspect dataset files.", no_args_is_help=True)
+
+    @data_app.command("make-synthetic")
+    def make_synthetic_cmd(
+        out: Path = typer.Argument(..., help="Folder to write (dataset.json + media/)."),
+        n: int = typer.Option(300, "--n", help="Number of samples."),
+        seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same dataset."),
+        kinds: str = typer.Option("video,image,text", "--kinds", help="Comma-separated: video, image, text."),
+        size: int = typer.Option(112, "--size", help="Frame side in pixels (a multiple of 28)."),
+        min_frames: int = typer.Option(4, "--min-frames"),
+        max_frames: int = typer.Option(8, "--max-frames"),
+        difficulty: str = typer.Option("1,2", "--difficulty", help="Comma-separated levels from 1 (easy) to 3."),
+    ) -> None:
+        """Render synthetic video/image/text reasoning tasks as a Video-R1-format dataset folder."""
+        from veripo.data.synthetic import make_synthetic
+
+        try:
+            path = make_synthetic(out, n=n, seed=seed, kinds=_csv(kinds), size=size, frames=(min_frames, max_frames),
+                                  difficulties=[int(d) for d in _csv(difficulty)], progress=True)
+        except ValueError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"wrote {n} samples to {path}")
+
+    @data_app.command("inspect")
+    def inspect_cmd(
+        file: Path = typer.Argument(..., help="A dataset JSON/JSONL file or a synthetic dataset folder."),
+        media_root: Optional[Path] = typer.Option(None, "--media-root", help="Media paths resolve under it."),
+        format: str = typer.Option("auto", "--format", help="auto, videor1, videor1-eval, veripo-eval or jsonl."),
+        examples: int = typer.Option(3, "--examples", help="How many examples to print."),
+    ) -> None:
+        """Counts by problem type and data type, missing media, skipped records and a few examples."""
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        from veripo.data.loaders import DataError, load_samples
+
+        console = Console()
+        try:
+            result = load_samples(file, media_root=media_root, format=format, require_media=False)
+        except DataError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        console.print(f"[bold]{file}[/bold]: format {result.format}, {len(result.samples)} samples, "
+                      f"{len(result.skipped)} skipped, {len(result.missing_media)} with missing media")
+        table = Table("problem type", "data type", "count")
+        for (ptype, dtype), count in sorted(Counter((s.problem_type, s.data_type) for s in result.samples).items()):
+            table.add_row(ptype, dtype, str(count))
+        console.print(table)
+        for title, records in (("missing media", result.missing_media), ("skipped", result.skipped)):
+            for record in records[:20]:
+                console.print(f"[yellow]{title}[/yellow]: {escape(str(record))}", highlight=False)
+            if len(records) > 20:
+                console.print(f"[yellow]... {len(records) - 20} more {title}[/yellow]")
+        for sample in result.samples[:examples]:
+            media = sample.video or ", ".join(sample.images) or "(text only)"
+            body = [f"[bold]{escape(sample.id)}[/bold] {escape(f'[{sample.problem_type} / {sample.data_type}]')} "
+                    f"{escape(media)}", f"  Q: {escape(sample.problem)}"]
+            body += [f"     {escape(o)}" for o in sample.options]
+            body.append(f"  gold: {escape(sample.answer)}")
+            if sample.reasoning:
+                short = sample.reasoning[:200] + ("..." if len(sample.reasoning) > 200 else "")
+                body.append(f"  reasoning: {escape(short)}")
+            console.print("\n".join(body), highlight=False)
+
+    app.add_typer(data_app, name="data")
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
