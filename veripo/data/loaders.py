@@ -319,6 +319,7 @@ def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[
         format = "videor1"  # a synthetic dataset folder
     result.format = fmt = detect_format(path, first) if format == "auto" else format
     build = _BUILDERS[fmt]
+    seen_ids: Counter[str] = Counter()
     for index, row in rows:
         if limit is not None and len(result.samples) >= limit:
             break
@@ -339,6 +340,11 @@ def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[
             if require_media:
                 skip(index, record.field, record.reason)
                 continue
+        seen_ids[sample.id] += 1
+        if seen_ids[sample.id] > 1:
+            # Some published files reuse an id for different questions (TOMATO: 62 ids); ids must be unique.
+            sample.extra["original_id"] = sample.id
+            sample.id = f"{sample.id}#{seen_ids[sample.id]}"
         result.samples.append(sample)
     log.info(result.summary())
     return result
