@@ -1,0 +1,84 @@
+"""Load a policy (model + processor + tokenizer) from a local Qwen2-VL / Qwen2.5-VL directory.
+
+Uses the real ``from_pretrained`` path of transformers, so a released checkpoint and a directory written by
+:func:`veripo.models.tiny.build_tiny` load the same way. Nothing is downloaded: the path must exist.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veripo.models.processor import VeripoProcessor
+
+# model_type in config.json -> transformers class name
+SUPPORTED_MODEL_TYPES: dict[str, str] = {
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+}
+_DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+@dataclass
+class Policy:
+    """A loaded policy. ``model`` is in eval mode on ``device``; ``processor`` builds its inputs."""
+
+    model: Any
+    processor: VeripoProcessor
+    tokenizer: Any
+    path: Path
+
+
+def read_model_type(path: str | Path) -> str:
+    """The ``model_type`` of a model directory's config.json.
+
+    Raises ValueError naming the directory and what is missing or unsupported.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"{path}: not a directory (expected a local Qwen2-VL / Qwen2.5-VL model directory)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{path}: no config.json, so this is not a model directory "
+                         f"(build one with `veripo model build-tiny {path}`)")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file}: not valid JSON ({e})") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{config_file}: model_type {model_type!r} is not supported; "
+                         f"expected one of {sorted(SUPPORTED_MODEL_TYPES)}")
+    return model_type
+
+
+def load_policy(path: str | Path, *, dtype: str = "float32", device: str = "cpu") -> Policy:
+    """Load model, processor and tokenizer from ``path``.
+
+    Args:
+        path: a local directory with config.json, weights, tokenizer files and preprocessor_config.json.
+        dtype: one of float32, bfloat16, float16, float64.
+        device: a torch device string ("cpu", "cuda", "cuda:1").
+    Raises:
+        ValueError: the directory is missing, is not a Qwen2-VL/Qwen2.5-VL model, lacks weights, tokenizer
+            or preprocessor files, or ``dtype`` is unknown; the message names the directory and the file.
+    """
+    import torch
+    import transformers
+
+    path = Path(path)
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; choose one of {list(_DTYPES)}")
+    model_type = read_model_type(path)
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise ValueError(f"{path}: no weights (*.safetensors or *.bin) next to config.json")
+    for required, what in (("preprocessor_config.json", "the image processor config"),
+                           ("tokenizer_config.json", "the tokenizer")):
+        if not (path / required).is_file():
+            raise ValueError(f"{path}: missing {required} ({what})")
+    model_class = getattr(transformers, SUPPORTED_MODEL_TYPES[model_type])
+    model = model_class.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    processor = VeripoProcessor.from_pretrained(path, model_type=model_type)
+    return Policy(model=model, processor=processor, tokenizer=processor.tokenizer, path=path)
