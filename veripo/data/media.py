@@ -198,12 +198,13 @@ def _decode_at(path: Path, targets: list[float] | None, start: float | None) -> 
         t0, ti, pos = start, 0, -1.0
         prev = None  # (time, frame): the last frame decoded before the current one
         frames_iter = container.decode(stream)
+        seeking, sought = True, -1  # seek at most once per target; stop when seeks land behind us
         while targets is None or ti < len(targets):
-            if (targets is not None and t0 is not None and prev is not None and stream.time_base
-                    and targets[ti] - pos > SEEK_GAP_S):
+            if (seeking and targets is not None and t0 is not None and prev is not None and stream.time_base
+                    and sought < ti and targets[ti] - pos > SEEK_GAP_S):
                 container.seek(int((t0 + targets[ti] - 0.5) / stream.time_base), stream=stream, backward=True)
                 frames_iter = container.decode(stream)
-                prev, out.exact_count = None, False
+                prev, out.exact_count, sought, landed = None, False, ti, False
             try:
                 frame = next(frames_iter, None)
             except av.error.FFmpegError as e:
@@ -216,6 +217,9 @@ def _decode_at(path: Path, targets: list[float] | None, start: float | None) -> 
             if t0 is None:
                 t0 = frame.time if frame.time is not None else 0.0
             t = frame.time - t0 if frame.time is not None else pos + 1e-3
+            if sought == ti and not landed:
+                landed = True
+                seeking = t > pos  # the keyframes are further apart than our gaps: decode straight through
             if t <= pos:  # at or before where we were (a seek landed early, or a repeated timestamp)
                 continue
             pos = out.last_time = t
