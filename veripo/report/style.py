@@ -115,8 +115,8 @@ def plot_series(ax: "Axes", stages: Sequence[StageData], key: str, color: str, l
 def no_data(ax: "Axes", reason: str) -> None:
     ax.text(0.5, 0.5, f"no data\n{reason}", ha="center", va="center", fontsize=10, color="#666666",
             transform=ax.transAxes, wrap=True)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    # tick_params, not set_yticks: a y axis shared with another run's panel must keep its ticks there
+    ax.tick_params(left=False, bottom=False, labelleft=False, labelbottom=False)
 
 
 def stage_bars(ax: "Axes", run: RunData, values: dict[tuple[int, str], float], series: Sequence[str],
