@@ -1,0 +1,102 @@
+"""Synthetic tasks: deterministic by seed, loadable, every problem type, and the pictures match the answers."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from veripo.data.loaders import load_samples
+from veripo.data.media import load_image, load_video
+from veripo.data.records import PROBLEM_TYPES, reference_completion
+from veripo.data.synthetic import COLOURS, TASKS, make_synthetic
+
+PIXELS = dict(min_pixels=0, max_pixels=112 * 112)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 42 = 14 of each kind: every video task twice, every image and text task at least three times.
+    return make_synthetic(tmp_path_factory.mktemp("syn") / "a", n=42, seed=3, difficulties=(1, 2, 3))
+
+
+def _cell_colours(frame: np.ndarray, cell: int = 28) -> dict[tuple[int, int], str]:
+    """The colour name at the centre of each non-black cell of a decoded frame."""
+    found = {}
+    grid = frame.shape[0] // cell
+    for r in range(grid):
+        for c in range(grid):
+            rgb = frame[r * cell + cell // 2, c * cell + cell // 2].astype(int)
+            if rgb.sum() > 150:
+                found[(r, c)] = min(COLOURS, key=lambda k: np.abs(np.array(COLOURS[k]) - rgb).sum())
+    return found
+
+
+def test_same_seed_same_dataset_other_seed_differs(dataset: Path, tmp_path: Path) -> None:
+    again = make_synthetic(tmp_path / "b", n=42, seed=3, difficulties=(1, 2, 3))
+    assert (again / "dataset.json").read_text() == (dataset / "dataset.json").read_text()
+    for row in json.loads((dataset / "dataset.json").read_text()):
+        if row["data_type"] == "video":
+            a = load_video(dataset / row["path"], **PIXELS).frames
+            np.testing.assert_array_equal(a, load_video(again / row["path"], **PIXELS).frames)
+    other = make_synthetic(tmp_path / "c", n=42, seed=4, difficulties=(1, 2, 3))
+    assert (other / "dataset.json").read_text() != (dataset / "dataset.json").read_text()
+    # Sample i does not depend on n: a prefix of a bigger dataset is the smaller dataset.
+    bigger = make_synthetic(tmp_path / "d", n=45, seed=3, difficulties=(1, 2, 3))
+    assert json.loads((bigger / "dataset.json").read_text())[:42] == json.loads((dataset / "dataset.json").read_text())
+
+
+def test_loads_with_every_problem_type_and_reference_chains(dataset: Path) -> None:
+    result = load_samples(dataset)
+    assert result.format == "videor1" and not result.skipped and len(result.samples) == 42
+    assert set(s.problem_type for s in result.samples) == set(PROBLEM_TYPES)
+    assert Counter(s.data_type for s in result.samples) == {"video": 14, "image": 14, "text": 14}
+    assert {s.extra["task"] for s in result.samples if s.data_type == "video"} == set(TASKS["video"])
+    for s in result.samples:
+        assert s.reasoning and s.reasoning.endswith(f"the answer is {s.answer}."), s
+        assert reference_completion(s) == f"<think>{s.reasoning}</think><answer>{s.answer}</answer>"
+        assert s.difficulty in (1, 2, 3) and len(s.answer.split()) <= 6
+        if s.problem_type == "multiple choice":
+            assert 2 <= len(s.options) <= 4 and s.answer in {o[0] for o in s.options}
+        if s.data_type == "video":
+            assert Path(s.video).is_file() and s.reasoning.startswith(("Frame 1:", "A white digit"))
+        if s.data_type == "image":
+            assert load_image(s.images[0], **PIXELS).shape == (112, 112, 3)
+
+
+def test_decoded_videos_show_what_the_answers_say(dataset: Path) -> None:
+    checked = Counter()
+    for s in load_samples(dataset).samples:
+        if s.data_type != "video":
+            continue
+        video = load_video(s.video, **PIXELS)
+        assert video.fps == pytest.approx(2.0) and 4 <= len(video.frames) <= 8  # 2 fps: every frame kept
+        first, last = _cell_colours(video.frames[0]), _cell_colours(video.frames[-1])
+        task = s.extra["task"]
+        if task == "count":
+            assert len(last) == int(s.answer)
+        elif task == "colour_change":
+            assert list(last.values()) == [dict(o.split(". ") for o in s.options)[s.answer]]
+        elif task == "direction":
+            colour = s.problem.split()[-3]
+            (r0, c0), (r1, c1) = ([k for k, v in f.items() if v == colour][0] for f in (first, last))
+            moved = {(0, -1): "left", (0, 1): "right", (-1, 0): "up", (1, 0): "down"}[
+                (int(np.sign(r1 - r0)), int(np.sign(c1 - c0)))]
+            assert dict(o.split(". ") for o in s.options)[s.answer] == moved
+        elif task == "distance" and "cells" in s.problem:
+            (r0, c0), (r1, c1) = next(iter(first)), next(iter(last))
+            assert abs(r1 - r0) + abs(c1 - c0) == int(s.answer)
+        else:
+            continue
+        checked[task] += 1
+    assert set(checked) == {"count", "colour_change", "direction", "distance"}
+
+
+def test_bad_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown kinds"):
+        make_synthetic(tmp_path, n=1, kinds=("audio",))
+    with pytest.raises(ValueError, match="multiple of 28"):
+        make_synthetic(tmp_path, n=1, size=100)
