@@ -118,7 +118,7 @@ def test_malformed_summary_and_empty_run(tmp_path: Path) -> None:
     report = write_report(empty)
     page = report.read_text()
     assert "summary.json: line 1: not valid JSON" in page and "no stages found" in page
-    assert page.count('class="nodata"') == len(PLOT_NAMES)
+    assert page.count('class="nodata" id="plot-') == len(PLOT_NAMES) and "note(s) about missing" in page
     assert not list(report.parent.glob("*.png"))
 
 

@@ -71,6 +71,8 @@ def render_html(page: Page) -> str:
         f"<title>{html.escape(page.title)}</title><style>{CSS}</style></head><body>",
         f"<h1>{html.escape(page.title)}</h1>",
         *[f'<p class="meta">{html.escape(line)}</p>' for line in page.meta],
+        *([f'<p class="nodata">{len(page.notes)} note(s) about missing or malformed data: see '
+           '<a href="#notes">Notes</a>.</p>'] if page.notes else []),
         "<h2>Key numbers</h2>", *[_html_table(t) for t in page.tables],
         "<h2>Plots</h2>", *[_html_plot(p) for p in page.plots],
         "<h2>Config</h2>",
@@ -79,7 +81,7 @@ def render_html(page: Page) -> str:
         body = html.escape(text) if text is not None else "config.yaml not found"
         parts.append(f"<details><summary>config.yaml of {html.escape(name)}</summary><pre>{body}</pre></details>")
     if page.notes:
-        parts.append("<h2>Notes</h2><ul class=\"notes\">")
+        parts.append('<h2 id="notes">Notes</h2><ul class="notes">')
         parts += [f"<li>{html.escape(n)}</li>" for n in page.notes]
         parts.append("</ul>")
     parts.append("</body></html>")
@@ -100,7 +102,10 @@ def _md_table(table: Table) -> str:
 
 
 def render_markdown(page: Page) -> str:
-    parts = [f"# {page.title}", "", *[f"{line}  " for line in page.meta], "", "## Key numbers", ""]
+    parts = [f"# {page.title}", "", *[f"{line}  " for line in page.meta], ""]
+    if page.notes:
+        parts += [f"**{len(page.notes)} note(s) about missing or malformed data: see [Notes](#notes).**", ""]
+    parts += ["## Key numbers", ""]
     parts += [_md_table(t) for t in page.tables]
     parts += ["## Plots", ""]
     for plot in page.plots:

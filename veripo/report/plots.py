@@ -163,7 +163,7 @@ def draw_dpo(ax: "Axes", run: RunData) -> str | None:
     margin_ax.set_ylabel("reward margin chosen - rejected (dashed)")
     ax.grid(alpha=0.3)
     handles = ax.get_legend_handles_labels()[0] + margin_ax.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, fontsize=8, loc="center right")
+    legend_below(ax, handles)
     return None
 
 
