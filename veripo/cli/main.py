@@ -30,9 +30,11 @@ def _register() -> None:
     # Each area adds its module here: it defines register(app) that adds its commands or sub-apps.
     from veripo.cli import config as config_cli
     from veripo.cli import data as data_cli
+    from veripo.cli import demo as demo_cli
+    from veripo.cli import model as model_cli
     from veripo.cli import report as report_cli
 
-    for module in (config_cli, report_cli, data_cli,):
+    for module in (config_cli, report_cli, data_cli, model_cli, demo_cli,):
         module.register(app)
 
 
