@@ -77,11 +77,13 @@ def test_torn_last_line_and_bad_values_are_notes_not_crashes(make_run) -> None:
     metrics = root / "stages" / "01-grpo-activation" / "metrics.jsonl"
     rows = metrics.read_text().splitlines()
     rows[3] = json.dumps({**json.loads(rows[3]), "accuracy_mean": float("nan"), "response_len": "long"})
-    metrics.write_text("\n".join(rows) + "\n[1, 2]\n" + '{"stage": "grpo-activation", "step": 31, "glo')
+    repeated = json.dumps({**json.loads(rows[-1]), "accuracy_mean": 0.123})  # a resume re-ran the last step
+    metrics.write_text("\n".join(rows) + f"\n[1, 2]\n{repeated}\n" + '{"stage": "grpo-activation", "step": 31, "glo')
     run = load_run(root)
-    assert len(run.stages[1].rows) == 30
+    assert len(run.stages[1].rows) == 30 and run.stages[1].rows[-1]["accuracy_mean"] == 0.123
+    assert any("1 repeated step(s)" in n for n in run.notes)
     assert len(run.stages[1].series("accuracy_mean")[0]) == 29  # NaN dropped, the rest kept
-    assert any("line 32: the last line is incomplete" in n for n in run.notes)
+    assert any("line 33: the last line is incomplete" in n for n in run.notes)
     assert any("line 31: expected a JSON object, got list" in n for n in run.notes)
     page = write_report(root).read_text()
     assert "the last line is incomplete" in page

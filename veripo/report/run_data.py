@@ -156,7 +156,11 @@ def _metrics_rows(path: Path, notes: list[str], step_offset: float) -> list[dict
         rows.append({**row, "global_step": x})
     if missing:
         notes.append(f"{path}: {missing} row(s) without a numeric 'global_step' or 'step'; skipped")
-    return sorted(rows, key=lambda r: r["global_step"])
+    # a step logged twice (a resume that re-ran it) counts once: the later row is the one training kept
+    latest = {row["global_step"]: row for row in rows}
+    if len(latest) < len(rows):
+        notes.append(f"{path}: {len(rows) - len(latest)} repeated step(s); the last row of each step is used")
+    return sorted(latest.values(), key=lambda r: r["global_step"])
 
 
 def _pair_counts(data: Any) -> dict[str, int]:
