@@ -60,10 +60,12 @@ def _parse_gold(gold: str, timeout: int | None) -> Any:
     return mv.parse(gold, parsing_timeout=timeout)
 
 
+@functools.lru_cache(maxsize=65536)
 def math_equal(pred: str, gold: str, *, timeout_s: int = 5) -> bool:
     """Whether the answer text ``pred`` equals ``gold`` mathematically (math-verify, gold wrapped in ``$``).
 
-    Used by our own profile on the *answer* only. Returns False for unsafe or unparsable input.
+    Used by our own profile on the *answer* only. Returns False for unsafe or unparsable input. Cached:
+    the rollouts of one question repeat the same few answers, and a sympy comparison costs milliseconds.
     """
     if unsafe_math_reason(pred) or unsafe_math_reason(gold):
         return False

@@ -41,7 +41,12 @@ def ocr_accuracy(reference: str, hypothesis: str) -> float:
 def _rouge_scorer():  # type: ignore[no-untyped-def]
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    # Porter stemming dominates the cost and answers reuse a small vocabulary: memoise the stemmer.
+    stemmer = getattr(getattr(scorer, "_tokenizer", None), "_stemmer", None)
+    if stemmer is not None:
+        stemmer.stem = functools.lru_cache(maxsize=200_000)(stemmer.stem)
+    return scorer
 
 
 def rouge_mean_f1(reference: str, hypothesis: str) -> float:

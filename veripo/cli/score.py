@@ -1,0 +1,56 @@
+"""``veripo score FILE --profile NAME``: score a predictions file and print a table by problem type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("score")
+    def score(
+        file: Path = typer.Argument(..., help="Video-R1 or VerIPO eval output (JSON), or our JSONL (samples + completion, or rollouts)."),
+        profile: str = typer.Option("veripo", "--profile", "-p", help="videor1-train, videor1-eval, veripo-eval or veripo."),
+        samples: Optional[Path] = typer.Option(None, "--samples", help="Samples JSONL, needed to score rollouts.jsonl."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Scoring processes (0 = in this process)."),
+        timeout_s: float = typer.Option(15.0, "--timeout", help="Seconds one item may take before it scores 0."),
+    ) -> None:
+        """Score every prediction in FILE with a scoring profile; print mean accuracy per problem type."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from veripo.rewards import get_profile, score_batch
+        from veripo.rewards.predictions import PredictionsError, load_predictions
+
+        try:
+            scoring = get_profile(profile)
+            pairs = load_predictions(file, samples)
+        except (PredictionsError, KeyError) as e:
+            typer.secho(f"error: {e.args[0] if e.args else e}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        completions = [c for c, _ in pairs]
+        items = [s for _, s in pairs]
+        scores = score_batch(completions, items, scoring, workers=workers, timeout_s=timeout_s, progress=len(pairs) > 200)
+
+        table = Table(title=f"{file.name}: profile {profile}")
+        for column in ("problem type", "n", "accuracy", "format", "total"):
+            table.add_column(column, justify="left" if column == "problem type" else "right")
+        by_type: dict[str, list[dict[str, float]]] = {}
+        for sample, row in zip(items, scores):
+            by_type.setdefault(sample.problem_type, []).append(row)
+        for kind, rows in sorted(by_type.items()) + [("all", list(scores))]:
+            if not rows:
+                continue
+            table.add_row(
+                kind,
+                str(len(rows)),
+                *(f"{100 * sum(r[k] for r in rows) / len(rows):.2f}" if k == "accuracy" else f"{sum(r[k] for r in rows) / len(rows):.3f}" for k in ("accuracy", "format", "total")),
+                end_section=kind == sorted(by_type)[-1],
+            )
+        console = Console()
+        console.print(table)
+        console.print("accuracy in percent; format and total are means of the profile's rewards.")
+        if scores.failures:
+            console.print(f"[yellow]items scored 0 without a verdict: {dict(scores.failures)}[/yellow]")
