@@ -1,0 +1,211 @@
+"""Evaluate a policy on one benchmark: greedy decoding in batches, resumable, scored by every profile.
+
+The loop::
+
+    done = ids already in predictions.jsonl with status "ok"
+    for each batch of the remaining samples:
+        encode each sample (decode its media; missing or broken media -> a "missing_media" row)
+        greedy-decode the batch through the rollout engine (one engine call per batch)
+        score each response with every scoring profile, judge its consistency (optional)
+        append the rows to predictions.jsonl (one fsync per batch)
+    metrics.json + the Video-R1 / VerIPO exports from all rows
+
+Decoding follows VerIPO's evaluation: greedy, repetition penalty 1.05, stop after ``</answer>`` or an
+end-of-text token. A killed evaluation continues where it stopped: rows already written are never decoded
+again, and a row is written only once complete (a torn last line is dropped and that item redone).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from veripo.data.jsonl import JsonlWriter
+from veripo.data.loaders import DataError
+from veripo.data.media import MediaError
+from veripo.data.records import Sample
+from veripo.eval.metrics import compute_metrics
+from veripo.eval.predictions import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    STATUS_MISSING,
+    STATUS_OK,
+    read_predictions,
+    write_json_atomic,
+    write_peer_exports,
+)
+from veripo.rewards import PROFILES, get_profile, parse_completion, score_batch
+from veripo.rollout.engine import GroupOutput, SamplingParams
+
+log = logging.getLogger(__name__)
+
+Encode = Callable[[Sample], dict[str, Any]]
+# judge(samples, responses) -> one label per response: "consistent" | "inconsistent" | "unknown".
+ConsistencyJudge = Callable[[Sequence[Sample], Sequence[str]], list[str]]
+
+
+def greedy_params(max_new_tokens: int, repetition_penalty: float = 1.05) -> SamplingParams:
+    """VerIPO's evaluation decoding: one greedy response, repetition penalty 1.05, stop after ``</answer>``."""
+    return SamplingParams(num_generations=1, temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens,
+                          greedy=True, repetition_penalty=repetition_penalty, seed=0)
+
+
+def count_tokens(tokenizer: Any, text: str | None) -> int:
+    """Tokens of ``text`` without special tokens (0 for None or empty)."""
+    if not text:
+        return 0
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    return len(tok.encode(text, add_special_tokens=False))
+
+
+def prediction_row(sample: Sample, out: GroupOutput, *, benchmark: str, tokenizer: Any,
+                   scores: dict[str, dict[str, float]], consistency: str | None) -> dict[str, Any]:
+    """The ``predictions.jsonl`` row of one decoded response (fields: veripo.eval.predictions)."""
+    response = out.responses[0]
+    parsed = parse_completion(response.text)
+    row = {"id": sample.id, "benchmark": benchmark, "status": STATUS_OK, "sample": sample.to_dict(),
+           "output": response.text, "prediction": parsed.answer, "thinking": parsed.thinking,
+           "format_ok": parsed.format_ok, "prompt_tokens": out.prompt_tokens,
+           "response_tokens": len(response.token_ids), "thinking_tokens": count_tokens(tokenizer, parsed.thinking),
+           "finish_reason": response.finish_reason, "scores": scores}
+    if consistency is not None:
+        row["consistency"] = consistency
+    return row
+
+
+def missing_media_row(sample: Sample, reason: str, *, benchmark: str) -> dict[str, Any]:
+    return {"id": sample.id, "benchmark": benchmark, "status": STATUS_MISSING, "reason": reason,
+            "sample": sample.to_dict()}
+
+
+def score_all_profiles(texts: Sequence[str], samples: Sequence[Sample],
+                       profiles: Sequence[str]) -> list[dict[str, dict[str, float]]]:
+    """``[{profile: {"accuracy", "format", "total"}}]`` per response, each profile's own ``score``; an item
+    whose scoring raises scores the profile's zero (counted in the log), never stopping the evaluation."""
+    per_item: list[dict[str, dict[str, float]]] = [{} for _ in texts]
+    for name in profiles:
+        scored = score_batch(list(texts), list(samples), get_profile(name), workers=0)
+        if scored.failures:
+            log.warning("profile %s: %s", name, dict(scored.failures))
+        for item, score in zip(per_item, scored):
+            item[name] = dict(score)
+    return per_item
+
+
+def _encode_batch(batch: list[Sample], encode: Encode, benchmark: str, writer: JsonlWriter):
+    """Encoded prompts of the batch's readable samples; the others are written as missing_media rows."""
+    ready, prompts, missing = [], [], 0
+    for sample in batch:
+        try:
+            prompts.append(encode(sample))
+            ready.append(sample)
+        except (MediaError, DataError, FileNotFoundError) as e:
+            writer.write(missing_media_row(sample, str(e), benchmark=benchmark))
+            missing += 1
+    return ready, prompts, missing
+
+
+def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sample], *, out_dir: str | Path,
+             benchmark: str, profile: str = "veripo-eval", max_new_tokens: int = 1024, batch_size: int = 8,
+             repetition_penalty: float = 1.05, judge: ConsistencyJudge | None = None, judge_name: str | None = None,
+             key: str | None = None, profiles: Sequence[str] | None = None, engine: Any = None,
+             show_progress: bool = True) -> dict[str, Any]:
+    """Evaluate ``samples`` and write ``predictions.jsonl``, ``metrics.json`` and the peer exports to ``out_dir``.
+
+    Args:
+        model, tokenizer: the policy (Qwen2-VL / Qwen2.5-VL on transformers).
+        encode: sample -> model inputs (batch of one), e.g. ``veripo.models.inputs.SampleEncoder``; raises
+            ``MediaError`` for missing or broken media, which is recorded, never fatal.
+        samples: the benchmark's questions (unique ids).
+        out_dir: the benchmark's output folder; rows already there are kept and their items skipped.
+        benchmark: the benchmark name written in rows and metrics; key: its canonical settings key (names
+            the VerIPO export).
+        profile: the scoring profile of the headline ``accuracy``; every profile in ``profiles`` (default:
+            all registered) scores each response.
+        max_new_tokens, repetition_penalty: greedy decoding settings.
+        batch_size: questions per engine call.
+        judge: labels each response's consistency for the inconsistency rate (``veripo.eval.judges``).
+        engine: a ``RolloutEngine`` (default: ``HFRolloutEngine(model, tokenizer)``).
+    Returns: the metrics dict (also written to ``out_dir/metrics.json``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    profiles = list(profiles or PROFILES)
+    get_profile(profile)
+    if profile not in profiles:
+        profiles.append(profile)
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"benchmark {benchmark!r}: sample ids must be unique; repeated: {dupes}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / PREDICTIONS_FILE
+    done = {i for i, row in read_predictions(path).items() if row.get("status") == STATUS_OK}
+    todo = [s for s in samples if s.id not in done]
+    if done:
+        log.info("%s: %d of %d items already predicted in %s; evaluating the other %d",
+                 benchmark, len(samples) - len(todo), len(samples), path, len(todo))
+    if engine is None:
+        from veripo.rollout.hf_engine import HFRolloutEngine
+
+        engine = HFRolloutEngine(model, tokenizer, max_batch_questions=batch_size)
+    params = greedy_params(max_new_tokens, repetition_penalty)
+    started = time.perf_counter()
+    with JsonlWriter(path, kind="prediction", fsync="batch", batch_size=batch_size) as writer, \
+            _progress(show_progress, benchmark, len(todo)) as advance:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            ready, prompts, missing = _encode_batch(batch, encode, benchmark, writer)
+            outputs = engine.generate(prompts, params) if prompts else []
+            texts = [o.responses[0].text for o in outputs]
+            scores = score_all_profiles(texts, ready, profiles)
+            labels = judge(ready, texts) if judge is not None and ready else [None] * len(ready)
+            for sample, out, score, label in zip(ready, outputs, scores, labels):
+                writer.write(prediction_row(sample, out, benchmark=benchmark, tokenizer=tokenizer, scores=score,
+                                            consistency=label))
+            writer.sync()
+            advance(len(batch), missing)
+    rows = read_predictions(path)
+    current = [rows[i] for i in ids if i in rows]
+    metrics = compute_metrics(current, benchmark=benchmark, profile=profile, key=key, judge_name=judge_name)
+    metrics["wall_time_s"] = round(time.perf_counter() - started, 3)
+    metrics["resumed_items"] = len(samples) - len(todo)
+    metrics["settings"] = {"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty,
+                           "batch_size": batch_size, "greedy": True}
+    metrics["exports"] = {k: p.name for k, p in write_peer_exports(current, out_dir, key or benchmark).items()}
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    return metrics
+
+
+class _progress:
+    """A rich progress bar (items decoded, missing media so far), or nothing when disabled."""
+
+    def __init__(self, enabled: bool, benchmark: str, total: int) -> None:
+        self.enabled, self.benchmark, self.total = enabled, benchmark, total
+        self._bar: Any = None
+
+    def __enter__(self) -> Callable[[int, int], None]:
+        if not self.enabled:
+            return lambda n, missing: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("missing media: {task.fields[missing]}"), TimeElapsedColumn(),
+                             TimeRemainingColumn())
+        self._bar.start()
+        task = self._bar.add_task(f"eval {self.benchmark}", total=self.total, missing=0)
+        counted = {"missing": 0}
+
+        def advance(n: int, missing: int) -> None:
+            counted["missing"] += missing
+            self._bar.update(task, advance=n, missing=counted["missing"])
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
