@@ -183,10 +183,11 @@ def _eval_metrics(folder: Path, notes: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     top = read_json_object(folder / "metrics.json", notes)
     if top is not None:
-        if any(isinstance(v, dict) and "accuracy" in v for v in top.values()):
-            out.update({k: v for k, v in top.items() if isinstance(v, dict)})
-        else:
+        flat = as_number(top.get("accuracy")) is not None or not any(isinstance(v, dict) for v in top.values())
+        if flat:  # one benchmark's metrics (nested dicts such as by_type belong to it)
             out["heldout"] = top
+        else:
+            out.update({k: v for k, v in top.items() if isinstance(v, dict)})
     for sub in sorted(p for p in folder.glob("*/metrics.json")):
         data = read_json_object(sub, notes)
         if data is not None:
@@ -246,7 +247,8 @@ def load_run(run_dir: str | Path) -> RunData:
         if folder.is_dir() and match:
             stages[int(match.group(1))] = StageData(index=int(match.group(1)), name=match.group(2), folder=folder)
     for entry in entries:
-        stage = stages.setdefault(int(entry["index"]), StageData(index=int(entry["index"]), name=str(entry.get("name"))))
+        index = int(entry["index"])
+        stage = stages.setdefault(index, StageData(index=index, name=str(entry.get("name") or f"stage-{index}")))
         stage.name = str(entry.get("name") or stage.name)
         stage.kind = str(entry.get("kind") or stage.kind)
         stage.wall_time_s = as_number(entry.get("wall_time_s"))

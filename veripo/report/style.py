@@ -124,7 +124,7 @@ def stage_bars(ax: "Axes", run: RunData, values: dict[tuple[int, str], float], s
     """Grouped bars: one slot per stage that has a value (background in the stage kind's colour), one bar
     per series (benchmark) in the slot, the value written on top."""
     stages = [s for s in run.stages if any((s.index, name) in values for name in series)]
-    width = 0.8 / max(1, max(sum((s.index, name) in values for name in series) for s in stages))
+    width = 0.8 / max((sum((s.index, name) in values for name in series) for s in stages), default=1)
     positions: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in series}
     for slot, stage in enumerate(stages):
         ax.axvspan(slot - 0.45, slot + 0.45, color=kind_color(stage.kind), alpha=0.12, lw=0)
