@@ -10,7 +10,6 @@ videos in ../shared/data (when present) and on synthetic videos, as a throughput
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -19,10 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from veripo.data import media  # noqa: E402
-from veripo.data.synthetic import make_synthetic  # noqa: E402
+from veripo.data import media
+from veripo.data.synthetic import make_synthetic
 
-SETTINGS = dict(fps=2.0, max_frames=16, min_pixels=4 * 28 * 28, max_pixels=256 * 28 * 28)
+SETTINGS = {"fps": 2.0, "max_frames": 16, "min_pixels": 4 * 28 * 28, "max_pixels": 256 * 28 * 28}
 
 
 def _best(fn, repeats: int) -> float:
@@ -48,9 +47,9 @@ def bench_decode(videos: list[Path], cache: Path, repeats: int) -> None:
     raw_total = cached_total = 0.0
     for path in videos:
         video = media.load_video(path, cache_dir=cache, **SETTINGS)  # fills the cache
-        raw = _best(lambda: media.decode_video(path, **SETTINGS), repeats)
+        raw = _best(lambda p=path: media.decode_video(p, **SETTINGS), repeats)
         hits = media.stats["cache_hits"]
-        cached = _best(lambda: media.load_video(path, cache_dir=cache, **SETTINGS), repeats)
+        cached = _best(lambda p=path: media.load_video(p, cache_dir=cache, **SETTINGS), repeats)
         assert media.stats["cache_hits"] == hits + repeats
         raw_total, cached_total = raw_total + raw, cached_total + cached
         shape = "x".join(str(d) for d in video.frames.shape[:3])

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from veripo.data.curriculum import (QuestionStats, allocate, discard_easy, load_sources, mix_sources,
-                                    question_stats_from_verdicts)
+from veripo.data.curriculum import (
+    QuestionStats,
+    allocate,
+    discard_easy,
+    load_sources,
+    mix_sources,
+    question_stats_from_verdicts,
+)
 from veripo.data.records import Sample, Verdict
 from veripo.data.synthetic import make_synthetic
 

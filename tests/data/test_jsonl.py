@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from veripo.data.jsonl import JsonlError, JsonlWriter, TornLineWarning, read_jsonl, scan_jsonl
+from veripo.data.jsonl import (
+    JsonlError,
+    JsonlWriter,
+    TornLineWarning,
+    read_jsonl,
+    scan_jsonl,
+)
 from veripo.data.records import SCHEMA_VERSION, Pair, Rollout, Sample, Verdict
 
 

@@ -14,7 +14,7 @@ from veripo.data.media import load_image, load_video
 from veripo.data.records import PROBLEM_TYPES, reference_completion
 from veripo.data.synthetic import COLOURS, TASKS, make_synthetic
 
-PIXELS = dict(min_pixels=0, max_pixels=112 * 112)
+PIXELS = {"min_pixels": 0, "max_pixels": 112 * 112}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_same_seed_same_dataset_other_seed_differs(dataset: Path, tmp_path: Path
 def test_loads_with_every_problem_type_and_reference_chains(dataset: Path) -> None:
     result = load_samples(dataset)
     assert result.format == "videor1" and not result.skipped and len(result.samples) == 42
-    assert set(s.problem_type for s in result.samples) == set(PROBLEM_TYPES)
+    assert {s.problem_type for s in result.samples} == set(PROBLEM_TYPES)
     assert Counter(s.data_type for s in result.samples) == {"video": 14, "image": 14, "text": 14}
     assert {s.extra["task"] for s in result.samples if s.data_type == "video"} == set(TASKS["video"])
     for s in result.samples:
@@ -82,7 +82,7 @@ def test_decoded_videos_show_what_the_answers_say(dataset: Path) -> None:
             assert list(last.values()) == [dict(o.split(". ") for o in s.options)[s.answer]]
         elif task == "direction":
             colour = s.problem.split()[-3]
-            (r0, c0), (r1, c1) = ([k for k, v in f.items() if v == colour][0] for f in (first, last))
+            (r0, c0), (r1, c1) = (next(k for k, v in f.items() if v == colour) for f in (first, last))
             moved = {(0, -1): "left", (0, 1): "right", (-1, 0): "up", (1, 0): "down"}[
                 (int(np.sign(r1 - r0)), int(np.sign(c1 - c0)))]
             assert dict(o.split(". ") for o in s.options)[s.answer] == moved

@@ -34,7 +34,7 @@ _TYPE_ALIASES = {"multiple-choice": "multiple choice", "multiple_choice": "multi
                  "free form": "free-form", "free_form": "free-form", "open-ended": "free-form", "ocr": "OCR",
                  "numeric": "numerical", "number": "numerical"}
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.):]\s*(.+?)\s*$")
-_TAG = {name: re.compile(rf"<{name}>(.*?)</{name}>", re.S) for name in ("answer", "think")}
+_TAG = {name: re.compile(rf"<{name}>(.*?)</{name}>", re.DOTALL) for name in ("answer", "think")}
 
 
 class DataError(ValueError):

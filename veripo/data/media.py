@@ -28,6 +28,7 @@ MAX_PIXELS = 16384 * 28 * 28
 MAX_RATIO = 200
 VIDEO_MIN_PIXELS = 128 * 28 * 28
 VIDEO_MAX_PIXELS = 768 * 28 * 28
+VIDEO_TOTAL_PIXELS = int(128000 * 28 * 28 * 0.9)  # qwen-vl-utils' default budget for all frames together
 FRAME_FACTOR = 2
 IMAGE_PIXEL_CAP = 20000 * 20000  # refuse images whose header claims more pixels (decompression bombs)
 SEEK_GAP_S = 3.0  # seek instead of decoding through when the next sampled frame is this far ahead
@@ -145,8 +146,7 @@ def load_image(path: str | os.PathLike[str], *, min_pixels: int = MIN_PIXELS, ma
 
 def _video_max_pixels(nframes: int, min_pixels: int, max_pixels: int | None) -> int:
     # qwen-vl-utils fetch_video: per-frame budget from a total budget, never below min_pixels * 1.05.
-    total = VIDEO_MAX_PIXELS * 24 * FRAME_FACTOR  # generous default total budget (VIDEO_TOTAL_PIXELS-like)
-    budget = max(min(VIDEO_MAX_PIXELS, total / nframes * FRAME_FACTOR), int(min_pixels * 1.05))
+    budget = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / nframes * FRAME_FACTOR), int(min_pixels * 1.05))
     return int(min(max_pixels, budget)) if max_pixels is not None else int(budget)
 
 
@@ -164,7 +164,7 @@ def _probe(container, stream) -> tuple[float, int, float]:
         durations.append(frames / rate)
     duration = max(durations, default=0.0)
     if not frames and duration and rate:
-        frames = int(round(duration * rate))
+        frames = round(duration * rate)
     return duration, frames, rate or 25.0
 
 
@@ -177,7 +177,7 @@ class _Decoded:
     exact_count: bool  # no seek happened, so `count` is the number of frames up to `last_time`
 
 
-def _decode_at(path: Path, targets: list[float] | None, start: float | None) -> _Decoded:
+def _decode_at(path: Path, targets: list[float] | None, start: float | None, frame_dt: float) -> _Decoded:
     """Decode the frames nearest to each target time (seconds from the first frame); all frames when
     ``targets`` is None.
 
@@ -216,7 +216,8 @@ def _decode_at(path: Path, targets: list[float] | None, start: float | None) -> 
             stats["frames_decoded"] += 1
             if t0 is None:
                 t0 = frame.time if frame.time is not None else 0.0
-            t = frame.time - t0 if frame.time is not None else pos + 1e-3
+            # A stream without timestamps (a raw .h264 file) is timed by frame count at the nominal rate.
+            t = frame.time - t0 if frame.time is not None else (out.count - 1) * frame_dt
             if sought == ti and not landed:
                 landed = True
                 seeking = t > pos  # the keyframes are further apart than our gaps: decode straight through
@@ -265,17 +266,22 @@ def decode_video(path: str | os.PathLike[str], *, fps: float = 2.0, max_frames: 
             start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else None
         stats["video_decodes"] += 1
         n = count_sampled_frames(duration, claimed, fps=fps, min_frames=min_frames, max_frames=max_frames)
-        dec = _decode_at(path, None if n >= claimed else _sample_targets(duration, n, 1.0 / rate), start)
+        dec = _decode_at(path, None if n >= claimed else _sample_targets(duration, n, 1.0 / rate), start, 1.0 / rate)
         if len(dec.frames) < n and dec.count:
             # The header promised more than the file holds (a lying frame count or duration, a truncated
             # file): sample again over what really decoded.
             real_duration = dec.last_time + 1.0 / rate
-            real_frames = dec.count if dec.exact_count else max(1, int(round(real_duration * rate)))
+            real_frames = dec.count if dec.exact_count else max(1, round(real_duration * rate))
             n = count_sampled_frames(real_duration, real_frames, fps=fps, min_frames=min_frames, max_frames=max_frames)
             if len(dec.frames) < min(n, real_frames):
                 targets = None if n >= real_frames else _sample_targets(real_duration, n, 1.0 / rate)
-                dec = _decode_at(path, targets, start)
+                dec = _decode_at(path, targets, start, 1.0 / rate)
         kept, times = dec.frames, dec.times
+        if len(kept) > n:  # headers gave no usable length, so everything was decoded: sample by index now
+            n = count_sampled_frames(dec.last_time + 1.0 / rate, len(kept), fps=fps, min_frames=min_frames,
+                                     max_frames=max_frames)
+            pick = np.linspace(0, len(kept) - 1, n).round().astype(int)
+            kept, times = [kept[i] for i in pick], [times[i] for i in pick]
     except MediaError:
         raise
     except (av.error.FFmpegError, OSError, ValueError) as e:
@@ -338,8 +344,8 @@ def load_video(path: str | os.PathLike[str], *, fps: float = 2.0, max_frames: in
     undecodable video.
     """
     path = Path(path)
-    settings = dict(fps=fps, max_frames=max_frames, min_frames=min_frames, min_pixels=min_pixels,
-                    max_pixels=max_pixels)
+    settings = {"fps": fps, "max_frames": max_frames, "min_frames": min_frames, "min_pixels": min_pixels,
+                "max_pixels": max_pixels}
     if cache_dir is None:
         return decode_video(path, **settings)  # type: ignore[arg-type]
     if not path.is_file():

@@ -1,0 +1,296 @@
+"""The synthetic task generators: each draws one question (scene, question, options, gold answer, difficulty
+and a reference chain of thought) from a seeded generator. Registered by kind in ``TASKS``; rendering and
+writing live in ``veripo.data.synthetic``.
+
+Each task is a pure function ``(rng, canvas, frames, difficulty) -> Task``. Difficulty 1 uses 2 options in a
+fixed order and one object; 2 adds options or hides the event in time; 3 shuffles options and adds distractors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+COLOURS: dict[str, tuple[int, int, int]] = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240),
+                                            "yellow": (240, 220, 40)}
+DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
+LETTERS = "ABCD"
+FPS = 2  # frames per second written: the default sampler (2 fps) then keeps every frame
+# 3x5 bitmaps of the digits, drawn in white blocks of half a cell (one 14 px patch each).
+DIGIT_BITMAPS = ["111101101101111", "010110010010111", "111001111100111", "111001111001111", "101101111001001",
+           "111100111001111", "111100111101111", "111001001001001", "111101111101111", "111101111001111"]
+
+Obj = tuple[str, int, int]  # (colour, row, column), 0-based cells
+Scene = list[list[Obj]]  # the objects visible in each frame
+
+
+@dataclass
+class Task:
+    """One generated question before it is written: ``scene`` is None for text-only tasks."""
+
+    name: str
+    problem: str
+    problem_type: str
+    answer: str
+    reasoning: str
+    options: list[str] = field(default_factory=list)
+    scene: Scene | None = None
+    digit: tuple[int, list[int]] | None = None  # (digit, frames it is drawn on)
+    difficulty: int = 1
+
+
+@dataclass(frozen=True)
+class Canvas:
+    size: int = 112  # frame side in pixels
+    cell: int = 28
+
+    @property
+    def grid(self) -> int:
+        return self.size // self.cell
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _where(obj: Obj) -> str:
+    return f"{obj[0]} at row {obj[1] + 1}, column {obj[2] + 1}"
+
+
+def _describe_frames(scene: Scene) -> str:
+    lines = []
+    for t, objs in enumerate(scene):
+        seen = "; ".join(_where(o) for o in sorted(objs, key=lambda o: (o[1], o[2]))) or "nothing"
+        lines.append(f"Frame {t + 1}: {seen}.")
+    return " ".join(lines)
+
+
+def _choice(rng: np.random.Generator, items: Sequence[str], k: int) -> list[str]:
+    return [items[i] for i in rng.choice(len(items), size=k, replace=False)]
+
+
+def _multiple_choice(rng: np.random.Generator, correct: str, pool: Sequence[str], k: int,
+                     shuffle: bool) -> tuple[list[str], str]:
+    """Options "A. x" with ``correct`` among ``k`` values from ``pool``; fixed pool order unless ``shuffle``."""
+    others = [p for p in pool if p != correct]
+    values = [correct] + _choice(rng, others, k - 1)
+    values = [values[i] for i in rng.permutation(k)] if shuffle else sorted(values, key=list(pool).index)
+    letter = LETTERS[values.index(correct)]
+    return [f"{LETTERS[i]}. {v}" for i, v in enumerate(values)], letter
+
+
+def _cells(rng: np.random.Generator, canvas: Canvas, k: int) -> list[tuple[int, int]]:
+    flat = rng.choice(canvas.grid * canvas.grid, size=k, replace=False)
+    return [(int(c) // canvas.grid, int(c) % canvas.grid) for c in flat]
+
+
+def _path(start: tuple[int, int], direction: str, cells: int, frames: int) -> list[tuple[int, int]]:
+    """Positions over ``frames`` frames moving ``cells`` cells in ``direction`` at an even pace."""
+    dr, dc = DIRECTIONS[direction]
+    steps = [round(cells * t / (frames - 1)) for t in range(frames)]
+    return [(start[0] + dr * s, start[1] + dc * s) for s in steps]
+
+
+def _mover(rng: np.random.Generator, canvas: Canvas, frames: int, directions: Sequence[str],
+           max_cells: int) -> tuple[str, str, int, list[tuple[int, int]]]:
+    """A colour, a direction, a distance and a start cell such that the path stays on the grid."""
+    direction = str(rng.choice(list(directions)))
+    cells = int(rng.integers(1, min(max_cells, canvas.grid - 1) + 1))
+    dr, dc = DIRECTIONS[direction]
+    rows = range(canvas.grid) if dr == 0 else (range(canvas.grid - cells) if dr > 0 else range(cells, canvas.grid))
+    cols = range(canvas.grid) if dc == 0 else (range(canvas.grid - cells) if dc > 0 else range(cells, canvas.grid))
+    start = (int(rng.choice(list(rows))), int(rng.choice(list(cols))))
+    return str(rng.choice(list(COLOURS))), direction, cells, _path(start, direction, cells, frames)
+
+
+def _squares(n: int) -> str:
+    return f"{n} square" if n == 1 else f"{n} squares"
+
+
+def _conclude(observation: str, answer: str, options: list[str]) -> str:
+    if options:
+        return f"{observation} The option that matches is {answer}, so the answer is {answer}."
+    return f"{observation} So the answer is {answer}."
+
+
+# ------------------------------------------------------------------------------------------ video tasks
+
+
+def task_direction(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    directions = ("left", "right") if difficulty == 1 else tuple(DIRECTIONS)
+    colour, direction, _, path = _mover(rng, canvas, frames, directions, canvas.grid - 1)
+    scene: Scene = [[(colour, r, c)] for r, c in path]
+    if difficulty >= 3:  # a still distractor in a cell the mover never visits
+        free = [cell for cell in _cells(rng, canvas, canvas.grid * canvas.grid) if cell not in path]
+        other = str(rng.choice([c for c in COLOURS if c != colour]))
+        scene = [objs + [(other, *free[0])] for objs in scene]
+    options, letter = _multiple_choice(rng, direction, list(DIRECTIONS)[: len(directions)], len(directions),
+                                       shuffle=difficulty >= 3)
+    reasoning = _conclude(f"{_describe_frames(scene)} The {colour} square moves {direction}.", letter, options)
+    return Task("direction", f"In which direction does the {colour} square move?", "multiple choice", letter,
+                reasoning, options, scene, difficulty=difficulty)
+
+
+def task_appeared_first(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    k = 2 if difficulty < 3 else 3
+    colours = _choice(rng, list(COLOURS), k)
+    cells = _cells(rng, canvas, k)
+    onsets = sorted(int(x) for x in rng.choice(np.arange(frames - 1), size=k, replace=False))
+    scene: Scene = [[(c, *cells[i]) for i, c in enumerate(colours) if t >= onsets[i]] for t in range(frames)]
+    options, letter = _multiple_choice(rng, colours[0], colours, k, shuffle=difficulty >= 2)
+    reasoning = _conclude(f"{_describe_frames(scene)} The {colours[0]} square is the first to appear, in frame "
+                          f"{onsets[0] + 1}.", letter, options)
+    return Task("appeared_first", "Which square appears first?", "multiple choice", letter, reasoning, options,
+                scene, difficulty=difficulty)
+
+
+def task_colour_change(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    before, after = _choice(rng, list(COLOURS), 2)
+    cell = _cells(rng, canvas, 1)[0]
+    switch = int(rng.integers(1, frames))
+    scene: Scene = [[(before if t < switch else after, *cell)] for t in range(frames)]
+    options, letter = _multiple_choice(rng, after, list(COLOURS), 2 if difficulty == 1 else 4, shuffle=difficulty >= 3)
+    reasoning = _conclude(f"{_describe_frames(scene)} The square turns from {before} to {after} in frame "
+                          f"{switch + 1}.", letter, options)
+    return Task("colour_change", f"The {before} square changes colour. What colour does it become?",
+                "multiple choice", letter, reasoning, options, scene, difficulty=difficulty)
+
+
+def task_count(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    n = int(rng.integers(1, 4 if difficulty == 1 else 5))
+    cells = _cells(rng, canvas, n)
+    colours = [str(rng.choice(list(COLOURS))) for _ in range(n)]
+    if difficulty == 1:  # the same squares in every frame
+        scene: Scene = [[(colours[i], *cells[i]) for i in range(n)] for _ in range(frames)]
+        question, observation = "How many squares are there?", f"Every frame shows {_squares(n)}."
+    else:  # squares appear over time: count those in the last frame
+        onsets = [int(rng.integers(0, frames)) for _ in range(n)]
+        scene = [[(colours[i], *cells[i]) for i in range(n) if t >= onsets[i]] for t in range(frames)]
+        question, observation = "How many squares are in the last frame?", f"The last frame shows {_squares(n)}."
+    reasoning = _conclude(f"{_describe_frames(scene)} {observation}", str(n), [])
+    return Task("count", question, "numerical", str(n), reasoning, [], scene, difficulty=difficulty)
+
+
+def task_distance(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    directions = ("left", "right") if difficulty == 1 else tuple(DIRECTIONS)
+    colour, direction, cells, path = _mover(rng, canvas, frames, directions, canvas.grid - 1)
+    scene: Scene = [[(colour, r, c)] for r, c in path]
+    unit = "cells" if difficulty < 3 else "pixels"
+    answer = str(cells if unit == "cells" else cells * canvas.cell)
+    extra = "" if unit == "cells" else f" One cell is {canvas.cell} pixels, so it moves {cells} x {canvas.cell} pixels."
+    reasoning = _conclude(f"{_describe_frames(scene)} The {colour} square moves {cells} cells {direction}.{extra}",
+                          answer, [])
+    return Task("distance", f"How many {unit} does the {colour} square move?", "regression", answer, reasoning,
+                [], scene, difficulty=difficulty)
+
+
+def task_describe(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    event = str(rng.choice(["moves", "appears", "disappears", "turns"]))
+    if event == "moves":
+        colour, direction, _, path = _mover(rng, canvas, frames, tuple(DIRECTIONS), 2)
+        scene: Scene = [[(colour, r, c)] for r, c in path]
+        answer = f"the {colour} square moves {direction}"
+    else:
+        colour, after = _choice(rng, list(COLOURS), 2)
+        cell = _cells(rng, canvas, 1)[0]
+        switch = int(rng.integers(1, frames))
+        if event == "turns":
+            scene = [[(colour if t < switch else after, *cell)] for t in range(frames)]
+            answer = f"the {colour} square turns {after}"
+        else:
+            visible = (lambda t: t >= switch) if event == "appears" else (lambda t: t < switch)
+            scene = [[(colour, *cell)] if visible(t) else [] for t in range(frames)]
+            answer = f"the {colour} square {event}"
+    reasoning = _conclude(_describe_frames(scene), answer, [])
+    return Task("describe", "Describe in a few words what happens in the video.", "free-form", answer, reasoning,
+                [], scene, difficulty=difficulty)
+
+
+def task_digit(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    digit = int(rng.integers(0, 10))
+    shown = list(range(frames)) if difficulty == 1 else [int(rng.integers(0, frames))]
+    seen = "every frame" if difficulty == 1 else f"frame {shown[0] + 1}"
+    reasoning = _conclude(f"A white digit is drawn in {seen}. Its strokes form a {digit}.", str(digit), [])
+    return Task("digit", "What digit is written in the video?", "OCR", str(digit), reasoning, [],
+                [[] for _ in range(frames)], digit=(digit, shown), difficulty=difficulty)
+
+
+# ------------------------------------------------------------------------------------------ image tasks
+
+
+def task_image_colour(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    colour, cell = str(rng.choice(list(COLOURS))), _cells(rng, canvas, 1)[0]
+    options, letter = _multiple_choice(rng, colour, list(COLOURS), 2 if difficulty == 1 else 4, shuffle=difficulty >= 2)
+    scene: Scene = [[(colour, *cell)]]
+    reasoning = _conclude(f"The image shows a {colour} square at row {cell[0] + 1}, column {cell[1] + 1}.", letter, options)
+    return Task("colour", "What colour is the square?", "multiple choice", letter, reasoning, options, scene,
+                difficulty=difficulty)
+
+
+def task_image_side(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    colour = str(rng.choice(list(COLOURS)))
+    half = canvas.grid // 2
+    side = str(rng.choice(["left", "right"]))
+    col = int(rng.integers(0, half)) if side == "left" else int(rng.integers(half, canvas.grid))
+    row = int(rng.integers(0, canvas.grid))
+    options, letter = _multiple_choice(rng, side, ["left", "right"], 2, shuffle=difficulty >= 2)
+    reasoning = _conclude(f"The image shows a {colour} square in column {col + 1} of {canvas.grid}, the {side} half.",
+                          letter, options)
+    return Task("side", f"Is the {colour} square on the left or the right?", "multiple choice", letter, reasoning,
+                options, [[(colour, row, col)]], difficulty=difficulty)
+
+
+def task_image_count(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    task = task_count(rng, canvas, 1, 1)
+    task.reasoning = task.reasoning.replace("Frame 1", "The image shows").replace(" Every frame shows", " That is")
+    return task
+
+
+def task_image_digit(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    task = task_digit(rng, canvas, 1, 1)
+    task.problem = "What digit is written in the image?"
+    task.reasoning = task.reasoning.replace("in every frame", "in the image")
+    return task
+
+
+# ------------------------------------------------------------------------------------------- text tasks
+
+
+def task_text_add(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    hi = 5 if difficulty == 1 else 10
+    a, b = int(rng.integers(0, hi)), int(rng.integers(0, hi))
+    return Task("add", f"What is {a} + {b}?", "math", str(a + b), f"{a} + {b} = {a + b}. So the answer is {a + b}.")
+
+
+def task_text_compare(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    a, b = (int(x) for x in rng.choice(10, size=2, replace=False))
+    options = [f"A. {a}", f"B. {b}"]
+    letter = "A" if a > b else "B"
+    return Task("compare", "Which number is larger?", "multiple choice", letter, options=options,
+                reasoning=_conclude(f"{max(a, b)} is larger than {min(a, b)}.", letter, options))
+
+
+def task_text_move(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    start = int(rng.integers(1, 4))
+    end = int(rng.integers(start + 1, 6))
+    return Task("move", f"A square starts in column {start} and stops in column {end}. How many cells does it move?",
+                "regression", str(end - start), _conclude(f"{end} - {start} = {end - start}.", str(end - start), []))
+
+
+def task_text_change(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
+    before, after = _choice(rng, list(COLOURS), 2)
+    answer = f"the square turns {after}"
+    return Task("change", f"A square is {before} in the first frame and {after} in the last frame. "
+                "Describe in a few words what happens.", "free-form", answer,
+                _conclude(f"It starts {before} and ends {after}.", answer, []))
+
+
+TaskFn = Callable[[np.random.Generator, Canvas, int, int], Task]
+TASKS: dict[str, dict[str, TaskFn]] = {
+    "video": {"direction": task_direction, "appeared_first": task_appeared_first, "colour_change": task_colour_change,
+              "count": task_count, "distance": task_distance, "describe": task_describe, "digit": task_digit},
+    "image": {"colour": task_image_colour, "side": task_image_side, "count": task_image_count,
+              "digit": task_image_digit},
+    "text": {"add": task_text_add, "compare": task_text_compare, "move": task_text_move, "change": task_text_change},
+}
