@@ -40,6 +40,7 @@ class Page:
     plots: list[RenderedPlot]
     configs: dict[str, str | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    wide: bool = False  # comparisons: side-by-side panels need the width
 
 
 def page_notes(runs: Sequence[RunData], prefix_run: bool) -> list[str]:
@@ -68,7 +69,8 @@ def _html_plot(plot: RenderedPlot) -> str:
 def render_html(page: Page) -> str:
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(page.title)}</title><style>{CSS}</style></head><body>",
+        f"<title>{html.escape(page.title)}</title><style>{CSS}</style></head>",
+        '<body style="max-width: 1800px">' if page.wide else "<body>",
         f"<h1>{html.escape(page.title)}</h1>",
         *[f'<p class="meta">{html.escape(line)}</p>' for line in page.meta],
         *([f'<p class="nodata">{len(page.notes)} note(s) about missing or malformed data: see '

@@ -270,7 +270,7 @@ class RenderedPlot:
 def render_plot(spec: PlotSpec, runs: Sequence[RunData], out_dir: Path) -> RenderedPlot:
     """One PNG for ``spec``: one axes per run, side by side. Runs without data show "no data" in their
     axes; when no run has data no PNG is written and the note says why."""
-    fig = new_figure(min(10.0 * len(runs), 7.0 * len(runs) + 3), 5.0)
+    fig = new_figure(10.0 if len(runs) == 1 else 6.5 * len(runs) + 1.5, 5.0)
     axes = fig.subplots(1, len(runs), sharey=spec.share_y and len(runs) > 1, squeeze=False)[0]
     reasons = []
     for ax, run in zip(axes, runs):

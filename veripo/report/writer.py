@@ -95,5 +95,6 @@ def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path | None 
         plots=plots,
         configs={run.name: run.config_text for run in runs},
         notes=page_notes(runs, prefix_run=True) + [f"plot {p.name}: {p.note}" for p in plots if p.note],
+        wide=True,
     )
     return _write_pages(page, out)
