@@ -37,7 +37,7 @@ def sample_responses(policy, inputs: dict[str, Any], n: int, *, max_new_tokens: 
         policy: a :class:`~veripo.models.loading.Policy`.
         inputs: a batch-of-1 prompt from :func:`veripo.models.prompts.encode_prompt` (must include
             ``mm_token_type_ids``, without which Qwen2.5-VL silently uses 1-D positions).
-        temperature: 0 means greedy decoding.
+        temperature: 0 means greedy decoding (all ``n`` responses are then the same).
         seed: seeds torch's RNG inside a forked RNG state, so the same seed gives the same responses and
             the caller's global RNG is left untouched.
     Returns:
@@ -61,12 +61,14 @@ def sample_responses(policy, inputs: dict[str, Any], n: int, *, max_new_tokens: 
         out = model.generate(
             **batch,
             **sampling,
-            num_return_sequences=n,
+            num_return_sequences=n if temperature > 0 else 1,  # greedy: one decode, repeated below
             max_new_tokens=max_new_tokens,
             suppress_tokens=vision_token_ids(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
         )
     prompt_len = batch["input_ids"].shape[1]
+    if temperature <= 0:
+        out = out.expand(n, -1)
     responses = []
     for row in out[:, prompt_len:].tolist():
         ends = [i for i, t in enumerate(row) if t in eos_ids]
