@@ -25,7 +25,7 @@ def test_compare_two_runs(make_run, tmp_path: Path) -> None:
     for spec in (*PLOTS, *OVERLAYS):
         assert (index.parent / f"{spec.name}.png").is_file(), spec.name
     with Image.open(index.parent / "accuracy_reward.png") as image:  # two panels side by side
-        assert image.size[0] > 1.5 * image.size[1] * 2
+        assert image.size[0] > 2.5 * image.size[1]  # one panel alone is 2:1
     page = index.read_text()
     assert "veripo-run vs grpo-only-run" in page
     assert "<td>veripo-run</td>" in page and "<td>grpo-only-run</td>" in page
