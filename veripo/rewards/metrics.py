@@ -69,7 +69,11 @@ def relative_error_accuracy(pred: float, gold: float) -> float:
     return 1.0 - min(1.0, max(0.0, rel))
 
 
-MRA_THRESHOLDS = tuple(0.5 + 0.05 * i for i in range(10))  # 0.50, 0.55, ..., 0.95
+def relative_accuracy(pred: float, gold: float) -> float:
+    """``1 - |pred - gold| / |gold|`` clipped to [0, 1]; a zero gold uses the absolute error (no epsilon, so an
+    exact answer scores exactly 1, unlike Video-R1's :func:`relative_error_accuracy`)."""
+    rel = abs(pred - gold) / abs(gold) if gold else abs(pred)
+    return 0.0 if math.isnan(rel) else 1.0 - min(1.0, rel)
 
 
 def mean_relative_accuracy(pred: float, gold: float) -> float:

@@ -101,14 +101,16 @@ def _first_block(
 ) -> tuple[str | None, int, int, bool]:
     """(stripped inner text, start of the opening tag, end of the block, closed?) of the first ``name`` block.
 
-    An unclosed block runs to the next ``stop_at`` opening tag or the end of the text.
+    A block with no closing tag anywhere after it runs to the next ``stop_at`` opening tag or the end.
     """
     for i, (open_start, open_end, tag_name, closing) in enumerate(tags):
         if tag_name != name or closing:
             continue
-        for start, end, other, other_closing in tags[i + 1 :]:
+        later = tags[i + 1 :]
+        for start, end, other, other_closing in later:
             if other == name and other_closing:
                 return text[open_end:start].strip(), open_start, end, True
+        for start, _, other, other_closing in later:
             if other == stop_at and not other_closing:
                 return text[open_end:start].strip(), open_start, start, False
         return text[open_end:].strip(), open_start, len(text), False

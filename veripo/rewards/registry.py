@@ -15,7 +15,7 @@ from veripo.rewards.mathcheck import math_equal
 from veripo.rewards.metrics import (
     mean_relative_accuracy,
     ocr_accuracy,
-    relative_error_accuracy,
+    relative_accuracy,
     rouge_mean_f1,
 )
 from veripo.rewards.parsing import extract_choice, extract_number, parse_completion
@@ -99,9 +99,10 @@ def free_form_accuracy(completion: str, sample: Sample) -> float:
 
 @register_reward("accuracy_regression")
 def regression_accuracy(completion: str, sample: Sample) -> float:
-    """``1 - relative error`` clipped to [0, 1] (Video-R1's regression reward)."""
+    """``1 - relative error`` clipped to [0, 1] (Video-R1's regression reward without its epsilon, so a zero
+    gold is scored by absolute error instead of always 0)."""
     pair = _numbers(completion, sample)
-    return 0.0 if pair is None else relative_error_accuracy(*pair)
+    return 0.0 if pair is None else relative_accuracy(*pair)
 
 
 @register_reward("accuracy_mra")
