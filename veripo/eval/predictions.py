@@ -20,7 +20,7 @@ Exports (written next to it by :func:`write_peer_exports`):
   ``data_type``, ``problem_type``, ``options``, ``solution``, ``path``, ``data_source``) plus ``output``,
   ``prediction``, ``reward``, ``correct`` and ``process``, as that script writes them.
 - ``<key>.veripo_predictions.json``: the JSON list VerIPO's ``evaluation/calculate_score.py --pred_path``
-  reads: ``{"question": {question_id, question, video_path, answer, processed_question}, "ground_truth",
+  reads: ``{"question": {question_id, question, video_path, answer, processed_question, problem_type}, "ground_truth",
   "model_output", "question_id"}``. Its scorer uses MRA when the path contains ``vsi_bench``, so the file
   is named after the benchmark's canonical key.
 Only items that were evaluated (status ``ok``) are exported.
@@ -97,8 +97,9 @@ def videor1_final_acc(rows: list[dict[str, Any]]) -> dict[str, float]:
 def veripo_row(row: dict[str, Any]) -> dict[str, Any]:
     """One item of the JSON list VerIPO's ``calculate_score.py`` reads."""
     sample = Sample.from_dict(row["sample"])
+    # problem_type is extra to VerIPO's fields: its scorer ignores it, ``veripo score`` reads it.
     question = {"question_id": original_id(sample), "question": sample.problem, "video_path": sample.video or "",
-                "answer": sample.answer}
+                "answer": sample.answer, "problem_type": sample.problem_type}
     if "processed_question" in sample.extra:
         question["processed_question"] = sample.extra["processed_question"]
     if sample.options:

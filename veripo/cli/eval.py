@@ -1,0 +1,142 @@
+"""``veripo eval --model DIR --bench FILE [--bench FILE ...]``: evaluate a policy on benchmarks and print a
+table of the metrics. See docs/evaluation.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_command(
+        model: Path = typer.Option(..., "--model", help="A local Qwen2.5-VL / Qwen2-VL model directory."),
+        bench: list[Path] = typer.Option(..., "--bench", help="A benchmark file (Video-R1 / VerIPO eval JSON, "
+                                         "JSONL) or synthetic dataset folder; repeat for several."),
+        media_root: Optional[Path] = typer.Option(None, "--media-root", help="Media paths resolve under it "
+                                                  "(default: each file's folder)."),
+        profile: Optional[str] = typer.Option(None, "--profile", help="Headline scoring profile (default: the "
+                                              "prompt's scorer: veripo-eval or videor1-eval)."),
+        prompt: str = typer.Option("veripo", "--prompt", help="Prompt style: veripo ($X$ answers) or videor1."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: eval/<model name>); "
+                                           "re-running into it resumes."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N questions of each file."),
+        max_new_tokens: int = typer.Option(4096, "--max-new-tokens", help="Response cap (VerIPO: 4096)."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Questions decoded together."),
+        repetition_penalty: float = typer.Option(1.05, "--repetition-penalty", help="VerIPO: 1.05."),
+        fps: Optional[float] = typer.Option(None, "--fps", help="Override every benchmark's frame rate."),
+        max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Override the frame cap (VerIPO 128, "
+                                                 "Video-R1 32)."),
+        max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Override pixels per frame."),
+        judge: str = typer.Option("rule", "--judge", help="Consistency judge for the inconsistency rate: rule or none."),
+        dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16."),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+        cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Decoded-frame cache folder."),
+    ) -> None:
+        """Greedy-decode every question, score it with every profile, write predictions (our JSONL plus the
+        Video-R1 and VerIPO formats) and metrics.json per benchmark; a killed run resumes where it stopped."""
+        from rich.console import Console
+
+        from veripo.data.loaders import DataError
+        from veripo.eval.suite import DEFAULT_PROFILE_FOR_PROMPT, SuiteOptions, evaluate_files
+        from veripo.models.loading import load_policy
+        from veripo.rewards import get_profile
+
+        console = Console()
+
+        def fail(message: str) -> None:
+            typer.secho(f"error: {message}", fg="red", err=True)
+            raise typer.Exit(2)
+
+        if prompt not in DEFAULT_PROFILE_FOR_PROMPT:
+            fail(f"--prompt {prompt!r} is not one of {sorted(DEFAULT_PROFILE_FOR_PROMPT)}")
+        if profile is not None:
+            try:
+                get_profile(profile)
+            except KeyError as e:
+                fail(str(e.args[0]))
+        if limit is not None and limit < 1:
+            fail(f"--limit must be >= 1, got {limit}")
+        if batch_size < 1 or max_new_tokens < 1:
+            fail("--batch-size and --max-new-tokens must be >= 1")
+        judge_fn, judge_name = _make_judge(judge, fail)
+        options = SuiteOptions(prompt=prompt, profile=profile, media_root=str(media_root) if media_root else None,
+                               limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               repetition_penalty=repetition_penalty, fps=fps, max_frames=max_frames,
+                               max_pixels=max_pixels, cache_dir=str(cache_dir) if cache_dir else None)
+        try:
+            policy = load_policy(model, dtype=dtype, device=_device(device))
+        except ValueError as e:
+            fail(str(e))
+        out_dir = out or Path("eval") / model.resolve().name
+        try:
+            results = evaluate_files(policy, bench, out_dir, options, judge=judge_fn, judge_name=judge_name)
+        except (DataError, ValueError) as e:
+            fail(str(e))
+        print_results(console, results)
+        console.print(f"predictions and metrics in [bold]{out_dir}[/bold]")
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _make_judge(name: str, fail: Any) -> tuple[Any, str | None]:
+    if name == "none":
+        return None, None
+    from veripo.eval.judges import JUDGES
+
+    if name not in JUDGES:
+        fail(f"--judge {name!r} is not one of {sorted(JUDGES) + ['none']}")
+    return JUDGES[name](), name
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def print_results(console: Any, results: dict[str, dict[str, Any]]) -> None:
+    """A table of the headline metrics per benchmark, one of accuracy per problem type, and the ids of
+    items whose media were missing."""
+    from rich.table import Table
+
+    table = Table(title="evaluation (accuracy, MRA, peer scores and rates in percent; lengths in tokens)")
+    for column in ("benchmark", "n", "missing media", "profile", "accuracy", "MRA", "Video-R1 mean_acc",
+                   "VerIPO acc", "response len", "thinking len", "format", "inconsistency"):
+        table.add_column(column, justify="left" if column in ("benchmark", "profile") else "right")
+    for name, m in results.items():
+        peers = m.get("peer_scores") or {}
+        table.add_row(name, str(m["n"]), str(m["n_missing_media"]), m["profile"], _pct(m["accuracy"]), _pct(m["mra"]),
+                      _pct(peers.get("videor1-eval", {}).get("mean_acc")), _pct(peers.get("veripo-eval", {}).get("acc")),
+                      _num(m["response_len"]), _num(m["thinking_len"]), _pct(m["format_rate"]),
+                      _pct(m["inconsistency_rate"]))
+    console.print(table)
+    types = Table(title="accuracy per problem type (percent, n)")
+    types.add_column("benchmark")
+    kinds = sorted({t for m in results.values() for t in m["by_type"]})
+    for kind in kinds:
+        types.add_column(kind, justify="right")
+    for name, m in results.items():
+        types.add_row(name, *(f"{_pct(m['by_type'][k])} ({m['n_by_type'][k]})" if k in m["by_type"] else "-"
+                              for k in kinds))
+    if kinds:
+        console.print(types)
+    for name, m in results.items():
+        if m["n_missing_media"]:
+            ids = [item["id"] for item in m["missing_media"]]
+            shown = ", ".join(ids[:5]) + (f", ... ({len(ids) - 5} more)" if len(ids) > 5 else "")
+            console.print(f"[yellow]{name}: {len(ids)} items with missing media[/yellow] ({shown}); first reason: "
+                          f"{m['missing_media'][0]['reason']}")
+        if m.get("skipped_records"):
+            console.print(f"[yellow]{name}: {len(m['skipped_records'])} records skipped[/yellow]: "
+                          f"{m['skipped_records'][0]}")
