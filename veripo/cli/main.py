@@ -31,11 +31,12 @@ def _register() -> None:
     from veripo.cli import config as config_cli
     from veripo.cli import data as data_cli
     from veripo.cli import demo as demo_cli
+    from veripo.cli import eval as eval_cli
     from veripo.cli import model as model_cli
     from veripo.cli import report as report_cli
     from veripo.cli import score as score_cli
 
-    for module in (config_cli, report_cli, data_cli, model_cli, demo_cli, score_cli,):
+    for module in (config_cli, report_cli, data_cli, model_cli, demo_cli, score_cli, eval_cli,):
         module.register(app)
 
 
