@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from veripo.data.loaders import load_samples
 from veripo.data.media import load_image, load_video
 from veripo.data.records import PROBLEM_TYPES, reference_completion
-from veripo.data.synthetic import COLOURS, TASKS, make_synthetic
+from veripo.data.synthetic import COLOURS, TASKS, make_synthetic, synthetic_corpus
 
 PIXELS = {"min_pixels": 0, "max_pixels": 112 * 112}
 
@@ -62,7 +63,7 @@ def test_loads_with_every_problem_type_and_reference_chains(dataset: Path) -> No
         if s.problem_type == "multiple choice":
             assert 2 <= len(s.options) <= 4 and s.answer in {o[0] for o in s.options}
         if s.data_type == "video":
-            assert Path(s.video).is_file() and s.reasoning.startswith(("Frame 1:", "A white digit"))
+            assert Path(s.video).is_file() and s.reasoning.startswith(("Frame 1:", "Frames 1-", "A white digit"))
         if s.data_type == "image":
             assert load_image(s.images[0], **PIXELS).shape == (112, 112, 3)
 
@@ -100,3 +101,10 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         make_synthetic(tmp_path, n=1, kinds=("audio",))
     with pytest.raises(ValueError, match="multiple of 28"):
         make_synthetic(tmp_path, n=1, size=100)
+
+
+def test_corpus_covers_the_words_of_generated_datasets(dataset: Path) -> None:
+    words = {w for line in synthetic_corpus(n_per_kind=60) for w in re.findall("[A-Za-z]+", line)}
+    for s in load_samples(dataset).samples:
+        for text in (s.problem, s.answer, s.reasoning, *s.options):
+            assert set(re.findall("[A-Za-z]+", text)) <= words, text

@@ -24,7 +24,8 @@ import numpy as np
 from veripo.data.loaders import DATASET_FILE
 from veripo.data.synthetic_tasks import COLOURS, DIGIT_BITMAPS, FPS, TASKS, Canvas, Task
 
-__all__ = ["COLOURS", "TASKS", "Canvas", "Task", "generate_task", "make_synthetic", "render", "write_mp4"]
+__all__ = ["COLOURS", "TASKS", "Canvas", "Task", "generate_task", "make_synthetic", "render", "synthetic_corpus",
+           "write_mp4"]
 
 
 # ---------------------------------------------------------------------------------------------- render
@@ -96,6 +97,18 @@ def generate_task(seed: int, index: int, kind: str, *, canvas: Canvas, frames: t
     n_frames = int(rng.integers(lo // 2, hi // 2 + 1)) * 2  # even, as Qwen's video sampler needs
     difficulty = int(rng.choice(list(difficulties)))
     return TASKS[kind][name](rng, canvas, n_frames, difficulty)
+
+
+def synthetic_corpus(n_per_kind: int = 200, seed: int = 0, *, size: int = 112, frames: tuple[int, int] = (4, 8),
+                     difficulties: Sequence[int] = (1, 2, 3)) -> list[str]:
+    """The text of generated tasks (question, options, reference completion), without rendering anything:
+    for training a small tokenizer on exactly the vocabulary the synthetic tasks use."""
+    lines = []
+    for kind in TASKS:
+        for i in range(n_per_kind):
+            task = generate_task(seed, i, kind, canvas=Canvas(size=size), frames=frames, difficulties=difficulties)
+            lines += [task.problem, *task.options, f"<think>{task.reasoning}</think><answer>{task.answer}</answer>"]
+    return lines
 
 
 def make_synthetic(out_dir: str | os.PathLike[str], n: int = 300, seed: int = 0,

@@ -59,10 +59,18 @@ def _where(obj: Obj) -> str:
 
 
 def _describe_frames(scene: Scene) -> str:
+    """What each frame shows; runs of identical frames are stated once ("Frames 2-4: ...") to keep the
+    chain short for a tiny model."""
     lines = []
-    for t, objs in enumerate(scene):
-        seen = "; ".join(_where(o) for o in sorted(objs, key=lambda o: (o[1], o[2]))) or "nothing"
-        lines.append(f"Frame {t + 1}: {seen}.")
+    t = 0
+    while t < len(scene):
+        end = t
+        while end + 1 < len(scene) and sorted(scene[end + 1]) == sorted(scene[t]):
+            end += 1
+        seen = "; ".join(_where(o) for o in sorted(scene[t], key=lambda o: (o[1], o[2]))) or "nothing"
+        frames = f"Frame {t + 1}" if end == t else f"Frames {t + 1}-{end + 1}"
+        lines.append(f"{frames}: {seen}.")
+        t = end + 1
     return " ".join(lines)
 
 
@@ -110,7 +118,8 @@ def _squares(n: int) -> str:
 
 def _conclude(observation: str, answer: str, options: list[str]) -> str:
     if options:
-        return f"{observation} The option that matches is {answer}, so the answer is {answer}."
+        value = next(o.split(". ", 1)[1] for o in options if o.startswith(f"{answer}. "))
+        return f"{observation} {value[0].upper()}{value[1:]} is option {answer}, so the answer is {answer}."
     return f"{observation} So the answer is {answer}."
 
 
