@@ -69,6 +69,7 @@ def test_markdown_summary_references_plots_and_numbers(report: Path) -> None:
         assert f"({name}.png)" in summary
     assert "| 6 | dpo-2 | DPO | 8 | 20.0 s | 53.0% | 160.0 | 118.0 | 5.6% |" in summary
     assert "| verify-2 | 10 | 9 | 2 | 21 |" in summary
+    assert "| stage | multiple choice | numerical |" in summary and "| dpo-2 | 58.0% | 48.0% |" in summary
     assert "```yaml" in summary
 
 

@@ -67,6 +67,15 @@ def benchmark_table(run: RunData) -> Table:
     return Table("Eval accuracy per benchmark after each stage", ["stage", "kind"] + benches, rows)
 
 
+def problem_type_table(run: RunData) -> Table:
+    """Held-out accuracy per problem type (the eval's ``by_type``) after each stage."""
+    by_stage = {s.name: s.primary_eval.get("by_type") for s in run.stages}
+    by_stage = {name: types for name, types in by_stage.items() if isinstance(types, dict)}
+    types = list(dict.fromkeys(t for per_type in by_stage.values() for t in per_type))
+    rows = [[name] + [percent(per_type.get(t)) for t in types] for name, per_type in by_stage.items()]
+    return Table("Held-out accuracy per problem type after each stage", ["stage"] + types, rows)
+
+
 def _failed_checks(stage: StageData) -> str:
     checks = stage.verify.get("failed_checks") or stage.verify.get("checks_failed") or stage.verify.get("failed")
     if not isinstance(checks, dict):

@@ -10,7 +10,7 @@ from typing import Sequence
 from veripo.report.pages import Page, page_notes, render_html, render_markdown
 from veripo.report.plots import OVERLAYS, PLOTS, RenderedPlot, render_overlay, render_plot
 from veripo.report.run_data import RunData, load_run
-from veripo.report.tables import benchmark_table, pairs_table, run_table, stage_table
+from veripo.report.tables import benchmark_table, pairs_table, problem_type_table, run_table, stage_table
 
 
 def _write_pages(page: Page, out_dir: Path) -> Path:
@@ -54,7 +54,7 @@ def write_report(run_dir: str | Path) -> Path:
         title=f"VerIPO run report: {run.name}",
         meta=[f"run directory: {root.resolve()}", f"{len(run.stages)} stage(s), {run.steps_logged} logged "
               f"optimizer step(s); {_state_line(run)}"],
-        tables=[stage_table(run), benchmark_table(run), pairs_table(run), run_table([run])],
+        tables=[stage_table(run), benchmark_table(run), problem_type_table(run), pairs_table(run), run_table([run])],
         plots=plots,
         configs={run.name: run.config_text},
         notes=page_notes([run], prefix_run=False) + [f"plot {p.name}: {p.note}" for p in plots if p.note],
