@@ -75,3 +75,34 @@ def test_errors_name_directory_and_problem(tmp_path, tiny_dir):
     (copy / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="no weights"):
         load_policy(copy)
+
+
+def test_qwen2_vl_directory_loads_and_samples(policy, tmp_path, frames):
+    # a Qwen2-VL (first generation) checkpoint: same processor files, different model class and no
+    # second_per_grid_ts in its inputs
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from veripo.models.generation import sample_responses
+    from veripo.models.processor import VeripoProcessor
+
+    tok = policy.tokenizer
+    ids = policy.model.config
+    config = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=14,
+                           temporal_patch_size=2, spatial_merge_size=2),
+        image_token_id=ids.image_token_id, video_token_id=ids.video_token_id,
+        vision_start_token_id=ids.vision_start_token_id, vision_end_token_id=ids.vision_end_token_id,
+    )
+    torch.manual_seed(0)
+    Qwen2VLForConditionalGeneration(config).save_pretrained(tmp_path)
+    VeripoProcessor(tok, policy.processor.image_processor, model_type="qwen2_vl").save_pretrained(tmp_path)
+    loaded = load_policy(tmp_path)
+    assert type(loaded.model).__name__ == "Qwen2VLForConditionalGeneration"
+    sample = Sample(id="s", problem="What moves?", problem_type="free-form", answer="x", video="v.mp4")
+    inputs = encode_prompt(loaded, sample, frames=frames)
+    assert "second_per_grid_ts" not in inputs
+    assert len(sample_responses(loaded, inputs, 2, max_new_tokens=4, seed=0)) == 2
