@@ -94,6 +94,24 @@ def test_sampling_picks_evenly_spaced_frames_and_seeks_long_gaps(tmp_path: Path)
     assert media.stats["frames_decoded"] < 300  # gaps of 10 s were seeked over, not decoded through
 
 
+def test_display_rotation_is_applied(tmp_path: Path) -> None:
+    path = tmp_path / "phone.mp4"  # stored 112x56 landscape, left half white, tagged "rotate 90 degrees ccw"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=4)
+        s.width, s.height, s.pix_fmt = 112, 56, "yuv420p"
+        s.set_display_rotation(90)
+        frame = np.zeros((56, 112, 3), np.uint8)
+        frame[:, :56] = 255
+        for _ in range(4):
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    v = load_video(path, min_pixels=0, max_pixels=112 * 56)
+    assert v.frames.shape[1:] == (112, 56, 3)  # shown as portrait
+    assert v.frames[0, 84, 28].min() > 200 and v.frames[0, 28, 28].max() < 50  # the left half went to the bottom
+
+
 def test_raw_stream_without_length_or_timestamps_is_sampled_by_index(tmp_path: Path) -> None:
     path = tmp_path / "raw.h264"  # an elementary stream: no duration, no frame count, no timestamps
     _write_video(path, 30, fps=25, fmt="h264", codec="libx264")

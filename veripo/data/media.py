@@ -189,7 +189,9 @@ def _decode_at(path: Path, targets: list[float] | None, start: float | None, fra
     out = _Decoded(frames=[], times=[], last_time=-1.0, count=0, exact_count=True)
 
     def keep(t: float, frame) -> None:
-        out.frames.append(frame.to_ndarray(format="rgb24"))
+        rgb = frame.to_ndarray(format="rgb24")
+        turns = round(getattr(frame, "rotation", 0) / 90) % 4  # display matrix: degrees counter-clockwise
+        out.frames.append(np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb)  # phone portrait clips
         out.times.append(t)
 
     with av.open(str(path)) as container:
