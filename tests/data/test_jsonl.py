@@ -8,9 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from veripo.data.jsonl import (
     JsonlError,
@@ -121,3 +124,19 @@ def test_kill_during_write_loses_at_most_the_record_being_written(tmp_path: Path
     with JsonlWriter(path) as writer:
         writer.write(Rollout(id="resumed", sample_id="s", group_index=0, text=""))
     assert read_jsonl(path, Rollout)[-1].id == "resumed"
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(st.text(), min_size=1, max_size=5), cut=st.integers(min_value=1, max_value=200))
+def test_any_text_round_trips_and_any_cut_reads_back_whole_records(tmp_path_factory, texts, cut) -> None:
+    path = tmp_path_factory.mktemp("prop") / "p.jsonl"
+    with JsonlWriter(path, fsync="none") as writer:
+        for i, text in enumerate(texts):
+            writer.write({"i": i, "text": text})
+    assert read_jsonl(path) == [{"i": i, "text": t} for i, t in enumerate(texts)]
+    data = path.read_bytes()
+    path.write_bytes(data[: max(0, len(data) - cut)])  # a kill at an arbitrary byte
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TornLineWarning)
+        records = read_jsonl(path)
+    assert records == [{"i": i, "text": t} for i, t in enumerate(texts)][: len(records)]

@@ -7,6 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from veripo.data.jsonl import JsonlWriter
 from veripo.data.loaders import DataError, load_samples, parse_options, resolve_media
@@ -129,3 +131,14 @@ def test_generic_jsonl_of_samples_with_torn_tail(tmp_path: Path) -> None:
     assert result.format == "jsonl" and [s.id for s in result.samples] == ["x0", "x1", "x2", "v"]
     assert result.samples[3].video == str((tmp_path / "v.mp4").resolve())
     assert result.skipped[0].index == 6 and "torn last line" in result.skipped[0].reason
+
+
+_LINE = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=30).filter(
+    lambda t: t.strip() == t and t != "")
+
+
+@settings(max_examples=80, deadline=None)
+@given(question=_LINE.filter(lambda t: not t[:1].isupper()), options=st.lists(_LINE, min_size=2, max_size=6))
+def test_parse_options_round_trips_processed_questions(question: str, options: list[str]) -> None:
+    shown = [f"{chr(65 + i)}. {o}" for i, o in enumerate(options)]
+    assert parse_options("\n".join([question, *shown])) == (question, shown)
