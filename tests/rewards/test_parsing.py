@@ -82,14 +82,14 @@ def test_extract_number(text: str, value: float | None) -> None:
 _PIECES = st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "a", "B", "</", "<"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(_PIECES, max_size=12).map("".join))
 def test_strict_format_equals_videor1_regex(text: str) -> None:
     expected = re.fullmatch(r"<think>.*?</think>\s*<answer>.*?</answer>", text, re.DOTALL) is not None
     assert strict_format_ok(text) is expected
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(_PIECES, max_size=12).map("".join))
 def test_first_answer_block_equals_videor1_regex(text: str) -> None:
     match = re.search(r"<answer>\s*(.*?)\s*</answer>", text, re.DOTALL)

@@ -99,7 +99,7 @@ def test_metrics_by_hand() -> None:
     assert mean_relative_accuracy(1e308, float("nan")) == 0.0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.floats(-1e6, 1e6, allow_nan=False), st.floats(-1e6, 1e6, allow_nan=False))
 def test_videor1_mra_matches_torch(pred: float, gold: float) -> None:
     torch = pytest.importorskip("torch")
@@ -118,7 +118,7 @@ _VERIPO_REGEX = re.compile(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", " ", "\n", "x"]), max_size=10))
 def test_veripo_format_equals_peer_regex(pieces: list[str]) -> None:
     text = "".join(pieces)

@@ -60,7 +60,6 @@ def _parse_gold(gold: str, timeout: int | None) -> Any:
     return mv.parse(gold, parsing_timeout=timeout)
 
 
-@functools.lru_cache(maxsize=65536)
 def math_equal(pred: str, gold: str, *, timeout_s: int = 5) -> bool:
     """Whether the answer text ``pred`` equals ``gold`` mathematically (math-verify, gold wrapped in ``$``).
 
@@ -69,6 +68,12 @@ def math_equal(pred: str, gold: str, *, timeout_s: int = 5) -> bool:
     """
     if unsafe_math_reason(pred) or unsafe_math_reason(gold):
         return False
+    if len(pred) + len(gold) > 2000:  # long texts are not kept in the cache
+        return _math_equal(pred, gold, timeout_s)
+    return _cached_math_equal(pred, gold, timeout_s)
+
+
+def _math_equal(pred: str, gold: str, timeout_s: int) -> bool:
     mv = _math_verify()
     timeout = _timeout(timeout_s)
     gold_text = gold if ("$" in gold or "\\boxed" in gold) else f"${gold}$"
@@ -81,6 +86,9 @@ def math_equal(pred: str, gold: str, *, timeout_s: int = 5) -> bool:
         return bool(mv.verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
     except Exception:  # noqa: BLE001 - any CAS failure on untrusted text is simply "not equal"
         return False
+
+
+_cached_math_equal = functools.lru_cache(maxsize=65536)(_math_equal)
 
 
 def veripo_math_verify(model_output: str, ground_truth: str, *, timeout_s: int = 5) -> float:

@@ -50,7 +50,7 @@ def strict_format_ok(text: str) -> bool:
     return join is not None and join.end() <= len(text) - 9
 
 
-@functools.lru_cache(maxsize=256)  # one completion is parsed by several rewards in a row
+@functools.lru_cache(maxsize=8)  # one completion is parsed by several rewards in a row; texts may be huge
 def parse_completion(text: str) -> ParsedCompletion:
     """Parse ``<think>...</think><answer>...</answer>`` tolerantly (see :class:`ParsedCompletion`)."""
     tags = [(m.start(), m.end(), m.group(2).lower(), m.group(1) == "/") for m in _TAG.finditer(text)]
