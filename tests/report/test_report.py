@@ -112,7 +112,7 @@ def test_run_without_summary_config_or_verify_summary(make_run) -> None:
     assert run.stages[2].pairs == {"penalty": 3, "reflective": 1}
     assert run.stages[3].eval == {"heldout": {"accuracy": 0.5, "inconsistency_rate": 0.04}, "tomato": {"accuracy": 0.25}}
     assert run.stages[1].wall_time_s == 75.0  # the last row's time_s
-    assert any("summary.json" in n for n in run.notes) and any("config.yaml: not found" in n for n in run.notes)
+    assert any("summary.json" in n for n in run.notes) and any("config.yaml: No such file" in n for n in run.notes)
     page = write_report(root).read_text()
     assert "50.0%" in page and "config.yaml not found" in page
     assert (root / "report" / "pair_mix.png").is_file()
@@ -122,6 +122,15 @@ def test_malformed_summary_and_empty_run(tmp_path: Path) -> None:
     empty = tmp_path / "empty-run"
     empty.mkdir()
     (empty / "summary.json").write_text('{"run": "x", "stages": [')
+    odd = tmp_path / "odd-run"  # well-formed JSON of the wrong shapes
+    odd.mkdir()
+    (odd / "summary.json").write_text(json.dumps({"run": "odd", "stages": [
+        {"index": 0, "name": "g", "kind": "grpo", "eval": ["not", "a", "dict"], "pairs": 3, "wall_time_s": "long"},
+        {"index": "one"}, "text", {"index": 2, "eval": {"heldout": {"accuracy": "high", "response_len": 12}}}]}))
+    odd_run = load_run(odd)
+    assert [(s.index, s.name, s.eval, s.pairs, s.wall_time_s) for s in odd_run.stages] == [
+        (0, "g", {}, {}, None), (2, "stage-2", {"heldout": {"accuracy": "high", "response_len": 12}}, {}, None)]
+    assert "12.0" in write_report(odd).read_text()
     report = write_report(empty)
     page = report.read_text()
     assert "summary.json: line 1: not valid JSON" in page and "no stages found" in page

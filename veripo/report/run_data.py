@@ -228,10 +228,10 @@ def load_run(run_dir: str | Path) -> RunData:
     run = RunData(name=root.resolve().name, root=root)
     notes = run.notes
     config_path = root / "config.yaml"
-    if config_path.is_file():
+    try:
         run.config_text = config_path.read_text(encoding="utf-8", errors="replace")
-    else:
-        notes.append(f"{config_path}: not found; the report shows no config")
+    except OSError as e:
+        notes.append(f"{config_path}: {e.strerror or 'cannot be read'}; the report shows no config")
     run.state = read_json_object(root / "state.json", notes) or {}
     summary = read_json_object(root / "summary.json", notes)
     if summary is None:
@@ -252,7 +252,8 @@ def load_run(run_dir: str | Path) -> RunData:
         stage.name = str(entry.get("name") or stage.name)
         stage.kind = str(entry.get("kind") or stage.kind)
         stage.wall_time_s = as_number(entry.get("wall_time_s"))
-        stage.eval = {k: v for k, v in (entry.get("eval") or {}).items() if isinstance(v, dict)}
+        evals = entry.get("eval")
+        stage.eval = {str(k): v for k, v in evals.items() if isinstance(v, dict)} if isinstance(evals, dict) else {}
         stage.pairs = _pair_counts(entry.get("pairs"))
         stage.inconsistency_rate = as_number(entry.get("inconsistency_rate"))
     if not stages:
