@@ -106,6 +106,9 @@ def settings_for(name: str, **overrides: float | int | str | None) -> BenchmarkS
     if unknown:
         raise ValueError(f"unknown benchmark setting(s) {sorted(unknown)}; expected some of "
                          f"{[f.name for f in dataclasses.fields(BenchmarkSettings)]}")
+    if "max_pixels" in given and "min_pixels" not in given:
+        # A smaller pixel budget than the default minimum lowers the minimum with it.
+        given["min_pixels"] = min(settings.min_pixels, int(given["max_pixels"]))
     return dataclasses.replace(settings, **given) if given else settings
 
 
