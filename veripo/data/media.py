@@ -30,7 +30,7 @@ VIDEO_MIN_PIXELS = 128 * 28 * 28
 VIDEO_MAX_PIXELS = 768 * 28 * 28
 VIDEO_TOTAL_PIXELS = int(128000 * 28 * 28 * 0.9)  # qwen-vl-utils' default budget for all frames together
 FRAME_FACTOR = 2
-IMAGE_PIXEL_CAP = 20000 * 20000  # refuse images whose header claims more pixels (decompression bombs)
+IMAGE_PIXEL_CAP = 8192 * 8192  # refuse images whose header claims more pixels (below PIL's own bomb limit)
 SEEK_GAP_S = 3.0  # seek instead of decoding through when the next sampled frame is this far ahead
 CACHE_VERSION = 1
 
