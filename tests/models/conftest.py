@@ -22,5 +22,5 @@ def policy(tiny_dir):
 
 @pytest.fixture()
 def frames() -> np.ndarray:
-    """Six random 56x84 frames (not a multiple of temporal_patch_size... 6 is; odd counts are tested apart)."""
+    """Six random (56, 84) RGB uint8 frames: grid (3, 4, 6), 18 video tokens."""
     return np.random.default_rng(0).integers(0, 256, (6, 56, 84, 3), dtype=np.uint8)

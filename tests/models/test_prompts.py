@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from veripo.data.records import Sample
-from veripo.models.prompts import build_messages, encode_prompt, veripo_prompt, videor1_prompt
+from veripo.models.prompts import (
+    build_messages,
+    encode_prompt,
+    veripo_prompt,
+    videor1_prompt,
+)
 
 MC = Sample(id="mc", problem="Which direction does the red square move?", problem_type="multiple choice",
             answer="B", options=["A. left", "B. right"], video="v.mp4", data_type="video")

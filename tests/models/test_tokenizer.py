@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from veripo.models.tokenizer import QWEN_ADDED_TOKENS, QWEN_SPECIAL_TOKENS, train_tokenizer
+from veripo.models.tokenizer import (
+    QWEN_ADDED_TOKENS,
+    QWEN_SPECIAL_TOKENS,
+    train_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from veripo.models.video_processor import CLIP_MEAN, CLIP_STD, num_video_tokens, patchify_video
+from veripo.models.video_processor import (
+    CLIP_MEAN,
+    CLIP_STD,
+    num_video_tokens,
+    patchify_video,
+)
 
 
 def transformers_video_patchify():

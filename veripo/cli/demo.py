@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
@@ -44,7 +43,7 @@ def default_model_dir() -> Path:
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        model_dir: Optional[Path] = typer.Option(None, help="Model directory (default: a cached tiny model, "
+        model_dir: Path | None = typer.Option(None, help="Model directory (default: a cached tiny model, "
                                                             "built on first use)."),
         rollouts: int = typer.Option(4, min=1, help="Responses to sample."),
         max_new_tokens: int = typer.Option(64, min=1, help="Tokens per response."),
@@ -56,7 +55,13 @@ def register(app: typer.Typer) -> None:
         import torch
         from rich.console import Console
         from rich.panel import Panel
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         from veripo.data.records import Sample
         from veripo.models.generation import sample_responses

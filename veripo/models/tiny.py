@@ -105,7 +105,11 @@ def build_tiny(out_dir: str | Path, size: TinySize = "tiny", seed: int = 0) -> P
     Returns the directory. Raises ValueError for an unknown size.
     """
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+    )
 
     from veripo.models.processor import VeripoProcessor
 
