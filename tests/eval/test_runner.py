@@ -124,3 +124,14 @@ def test_exports_rescore_to_the_same_numbers(tmp_path, golden):
         for (completion, read_sample), sample in zip(pairs, samples):
             assert get_profile(profile).score(completion, read_sample)["accuracy"] == \
                 predictions[sample.id]["scores"][profile]["accuracy"], (export, sample.id)
+
+
+def test_resume_under_other_settings_is_refused(tmp_path):
+    samples = _samples(3)
+    _run(samples, tmp_path, ScriptedEngine(), max_new_tokens=8, settings={"prompt": "veripo"})
+    with pytest.raises(ValueError, match="max_new_tokens: 8 before, 16 now"):
+        _run(samples, tmp_path, ScriptedEngine(), max_new_tokens=16, settings={"prompt": "veripo"})
+    with pytest.raises(ValueError, match="prompt: 'veripo' before, 'videor1' now"):
+        _run(samples, tmp_path, ScriptedEngine(), max_new_tokens=8, settings={"prompt": "videor1"})
+    assert _run(samples, tmp_path, ScriptedEngine(), max_new_tokens=8, batch_size=1,
+                settings={"prompt": "veripo"})["n"] == 3  # the batch size does not change greedy answers

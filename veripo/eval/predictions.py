@@ -39,6 +39,7 @@ from veripo.rewards.peers import first_answer_block
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
+SETTINGS_FILE = "settings.json"  # what the predictions were made with (model, prompt, media, decoding)
 VIDEOR1_EXPORT = "videor1_results.json"
 VERIPO_EXPORT_SUFFIX = ".veripo_predictions.json"
 STATUS_OK = "ok"

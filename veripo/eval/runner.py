@@ -17,6 +17,7 @@ again, and a row is written only once complete (a torn last line is dropped and 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from veripo.eval.metrics import compute_metrics
 from veripo.eval.predictions import (
     METRICS_FILE,
     PREDICTIONS_FILE,
+    SETTINGS_FILE,
     STATUS_MISSING,
     STATUS_OK,
     read_predictions,
@@ -95,6 +97,23 @@ def score_all_profiles(texts: Sequence[str], samples: Sequence[Sample],
     return per_item
 
 
+def check_settings(path: Path, settings: dict[str, Any], *, has_predictions: bool) -> None:
+    """Record ``settings`` at ``path``, or refuse to add predictions made under different ones: a resumed
+    evaluation must not mix responses of two models, prompts or decoding settings."""
+    settings = json.loads(json.dumps(settings))  # as stored (tuples -> lists)
+    if path.exists() and has_predictions:
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: unreadable ({e}); delete it and {path.parent / PREDICTIONS_FILE} to start over")
+        changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
+        if changed:
+            what = "; ".join(f"{k}: {old!r} before, {new!r} now" for k, (old, new) in changed.items())
+            raise ValueError(f"{path.parent} holds predictions made with other settings ({what}); "
+                             f"use another output folder, or delete it to start over")
+    write_json_atomic(path, settings)
+
+
 def _encode_batch(batch: list[Sample], encode: Encode, benchmark: str, writer: JsonlWriter):
     """Encoded prompts of the batch's readable samples; the others are written as missing_media rows."""
     ready, prompts, missing = [], [], 0
@@ -112,7 +131,7 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
              benchmark: str, profile: str = "veripo-eval", max_new_tokens: int = 1024, batch_size: int = 8,
              repetition_penalty: float = 1.05, judge: ConsistencyJudge | None = None, judge_name: str | None = None,
              key: str | None = None, profiles: Sequence[str] | None = None, engine: Any = None,
-             show_progress: bool = True) -> dict[str, Any]:
+             settings: dict[str, Any] | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Evaluate ``samples`` and write ``predictions.jsonl``, ``metrics.json`` and the peer exports to ``out_dir``.
 
     Args:
@@ -129,7 +148,12 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
         batch_size: questions per engine call.
         judge: labels each response's consistency for the inconsistency rate (``veripo.eval.judges``).
         engine: a ``RolloutEngine`` (default: ``HFRolloutEngine(model, tokenizer)``).
+        settings: what else decides the responses (model, prompt style, media settings); with the decoding
+            settings it is kept in ``out_dir/settings.json``, and resuming under different ones is refused.
     Returns: the metrics dict (also written to ``out_dir/metrics.json``).
+    Raises:
+        ValueError: repeated sample ids, a bad batch size, or ``out_dir`` holding predictions made with
+            other settings (the message names them).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -144,6 +168,9 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / PREDICTIONS_FILE
+    decoding = {"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty, "greedy": True,
+                **(settings or {})}
+    check_settings(out_dir / SETTINGS_FILE, decoding, has_predictions=path.exists())
     done = {i for i, row in read_predictions(path).items() if row.get("status") == STATUS_OK}
     todo = [s for s in samples if s.id not in done]
     if done:
@@ -174,8 +201,7 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
     metrics = compute_metrics(current, benchmark=benchmark, profile=profile, key=key, judge_name=judge_name)
     metrics["wall_time_s"] = round(time.perf_counter() - started, 3)
     metrics["resumed_items"] = len(samples) - len(todo)
-    metrics["settings"] = {"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty,
-                           "batch_size": batch_size, "greedy": True}
+    metrics["settings"] = {**decoding, "batch_size": batch_size}
     metrics["exports"] = {k: p.name for k, p in write_peer_exports(current, out_dir, key or benchmark).items()}
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     return metrics

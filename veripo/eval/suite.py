@@ -74,15 +74,18 @@ def evaluate_files(policy: Any, benches: Sequence[str | os.PathLike[str]], out_d
         # memo_size=0: each question is encoded once in an evaluation, so keeping encodings only costs memory.
         encode = SampleEncoder(policy.processor, settings.media_config(options.cache_dir), style=options.prompt,
                                cache_dir=options.cache_dir, memo_size=0)
+        media = {"fps": settings.fps, "max_frames": settings.max_frames, "min_frames": settings.min_frames,
+                 "min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels}
+        decided_by = {"model": str(Path(policy.path).resolve()), "prompt": options.prompt, "media": media}
         metrics = evaluate(policy.model, policy.tokenizer, encode, loaded.samples, out_dir=out_dir / name,
                            benchmark=name, key=settings.key, profile=profile, max_new_tokens=options.max_new_tokens,
                            batch_size=options.batch_size, repetition_penalty=options.repetition_penalty,
-                           judge=judge, judge_name=judge_name, engine=engine, show_progress=options.show_progress)
+                           judge=judge, judge_name=judge_name, engine=engine, settings=decided_by,
+                           show_progress=options.show_progress)
         metrics["source_file"] = str(bench)
         metrics["format"] = loaded.format
         metrics["prompt"] = options.prompt
-        metrics["media"] = {"fps": settings.fps, "max_frames": settings.max_frames, "min_frames": settings.min_frames,
-                            "min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels}
+        metrics["media"] = media
         metrics["skipped_records"] = [str(s) for s in loaded.skipped]
         write_json_atomic(out_dir / name / METRICS_FILE, metrics)
         results[name] = metrics
