@@ -72,3 +72,12 @@ def test_greedy_and_input_checks(policy, inputs):
     without = {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
     with pytest.raises(ValueError, match="mm_token_type_ids"):
         sample_responses(policy, without, 1)
+
+
+def test_mm_token_type_ids_change_positions(policy, inputs):
+    # transformers 5.23 falls back to 1-D positions without mm_token_type_ids (DESIGN.md); with them the
+    # video tokens get 3-D M-RoPE positions, so the logits differ: our inputs must carry them
+    with torch.no_grad():
+        with_types = policy.model(**inputs).logits
+        without = policy.model(**{k: v for k, v in inputs.items() if k != "mm_token_type_ids"}).logits
+    assert not torch.allclose(with_types, without, atol=1e-5)
