@@ -177,7 +177,7 @@ class _Decoded:
     exact_count: bool  # no seek happened, so `count` is the number of frames up to `last_time`
 
 
-def _decode_at(path: Path, targets: list[float] | None, start: float | None, frame_dt: float) -> _Decoded:
+def _decode_at(container, path: Path, targets: list[float] | None, start: float | None, frame_dt: float) -> _Decoded:
     """Decode the frames nearest to each target time (seconds from the first frame); all frames when
     ``targets`` is None.
 
@@ -194,52 +194,51 @@ def _decode_at(path: Path, targets: list[float] | None, start: float | None, fra
         out.frames.append(np.ascontiguousarray(np.rot90(rgb, k=turns)) if turns else rgb)  # phone portrait clips
         out.times.append(t)
 
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        t0, ti, pos = start, 0, -1.0
-        prev = None  # (time, frame): the last frame decoded before the current one
-        frames_iter = container.decode(stream)
-        seeking, sought = True, -1  # seek at most once per target; stop when seeks land behind us
-        while targets is None or ti < len(targets):
-            if (seeking and targets is not None and t0 is not None and prev is not None and stream.time_base
-                    and sought < ti and targets[ti] - pos > SEEK_GAP_S):
-                container.seek(int((t0 + targets[ti] - 0.5) / stream.time_base), stream=stream, backward=True)
-                frames_iter = container.decode(stream)
-                prev, out.exact_count, sought, landed = None, False, ti, False
-            try:
-                frame = next(frames_iter, None)
-            except av.error.FFmpegError as e:
-                log.warning("%s: decoding stopped after %d frames: %s", path, out.count, e)
-                break
-            if frame is None:
-                break
-            out.count += 1
-            stats["frames_decoded"] += 1
-            if t0 is None:
-                t0 = frame.time if frame.time is not None else 0.0
-            # A stream without timestamps (a raw .h264 file) is timed by frame count at the nominal rate.
-            t = frame.time - t0 if frame.time is not None else (out.count - 1) * frame_dt
-            if sought == ti and not landed:
-                landed = True
-                seeking = t > pos  # the keyframes are further apart than our gaps: decode straight through
-            if t <= pos:  # at or before where we were (a seek landed early, or a repeated timestamp)
-                continue
-            pos = out.last_time = t
-            if targets is None:
-                keep(t, frame)
-                continue
-            while ti < len(targets) and t >= targets[ti]:
-                # `frame` is the first at or after target ti; the previous one may be nearer to it.
-                use_prev = (prev is not None and targets[ti] - prev[0] < t - targets[ti]
-                            and (not out.times or prev[0] > out.times[-1]))
-                chosen_t, chosen = prev if use_prev else (t, frame)  # type: ignore[misc]
-                if not out.times or chosen_t > out.times[-1]:
-                    keep(chosen_t, chosen)
-                ti += 1  # a target nearer to an already kept frame is dropped: no repeated frames
-            prev = (t, frame)
-        if targets is not None and ti < len(targets) and prev is not None and (not out.times or prev[0] > out.times[-1]):
-            keep(*prev)  # the stream ended before the last targets: its last frame counts
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    t0, ti, pos = start, 0, -1.0
+    prev = None  # (time, frame): the last frame decoded before the current one
+    frames_iter = container.decode(stream)
+    seeking, sought = True, -1  # seek at most once per target; stop when seeks land behind us
+    while targets is None or ti < len(targets):
+        if (seeking and targets is not None and t0 is not None and prev is not None and stream.time_base
+                and sought < ti and targets[ti] - pos > SEEK_GAP_S):
+            container.seek(int((t0 + targets[ti] - 0.5) / stream.time_base), stream=stream, backward=True)
+            frames_iter = container.decode(stream)
+            prev, out.exact_count, sought, landed = None, False, ti, False
+        try:
+            frame = next(frames_iter, None)
+        except av.error.FFmpegError as e:
+            log.warning("%s: decoding stopped after %d frames: %s", path, out.count, e)
+            break
+        if frame is None:
+            break
+        out.count += 1
+        stats["frames_decoded"] += 1
+        if t0 is None:
+            t0 = frame.time if frame.time is not None else 0.0
+        # A stream without timestamps (a raw .h264 file) is timed by frame count at the nominal rate.
+        t = frame.time - t0 if frame.time is not None else (out.count - 1) * frame_dt
+        if sought == ti and not landed:
+            landed = True
+            seeking = t > pos  # the keyframes are further apart than our gaps: decode straight through
+        if t <= pos:  # at or before where we were (a seek landed early, or a repeated timestamp)
+            continue
+        pos = out.last_time = t
+        if targets is None:
+            keep(t, frame)
+            continue
+        while ti < len(targets) and t >= targets[ti]:
+            # `frame` is the first at or after target ti; the previous one may be nearer to it.
+            use_prev = (prev is not None and targets[ti] - prev[0] < t - targets[ti]
+                        and (not out.times or prev[0] > out.times[-1]))
+            chosen_t, chosen = prev if use_prev else (t, frame)  # type: ignore[misc]
+            if not out.times or chosen_t > out.times[-1]:
+                keep(chosen_t, chosen)
+            ti += 1  # a target nearer to an already kept frame is dropped: no repeated frames
+        prev = (t, frame)
+    if targets is not None and ti < len(targets) and prev is not None and (not out.times or prev[0] > out.times[-1]):
+        keep(*prev)  # the stream ended before the last targets: its last frame counts
     return out
 
 
@@ -266,9 +265,10 @@ def decode_video(path: str | os.PathLike[str], *, fps: float = 2.0, max_frames: 
             stream = container.streams.video[0]
             duration, claimed, rate = _probe(container, stream)
             start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else None
-        stats["video_decodes"] += 1
-        n = count_sampled_frames(duration, claimed, fps=fps, min_frames=min_frames, max_frames=max_frames)
-        dec = _decode_at(path, None if n >= claimed else _sample_targets(duration, n, 1.0 / rate), start, 1.0 / rate)
+            stats["video_decodes"] += 1
+            n = count_sampled_frames(duration, claimed, fps=fps, min_frames=min_frames, max_frames=max_frames)
+            targets = None if n >= claimed else _sample_targets(duration, n, 1.0 / rate)
+            dec = _decode_at(container, path, targets, start, 1.0 / rate)
         if len(dec.frames) < n and dec.count:
             # The header promised more than the file holds (a lying frame count or duration, a truncated
             # file): sample again over what really decoded.
@@ -277,7 +277,8 @@ def decode_video(path: str | os.PathLike[str], *, fps: float = 2.0, max_frames: 
             n = count_sampled_frames(real_duration, real_frames, fps=fps, min_frames=min_frames, max_frames=max_frames)
             if len(dec.frames) < min(n, real_frames):
                 targets = None if n >= real_frames else _sample_targets(real_duration, n, 1.0 / rate)
-                dec = _decode_at(path, targets, start, 1.0 / rate)
+                with av.open(str(path)) as container:
+                    dec = _decode_at(container, path, targets, start, 1.0 / rate)
         kept, times = dec.frames, dec.times
         if len(kept) > n:  # headers gave no usable length, so everything was decoded: sample by index now
             n = count_sampled_frames(dec.last_time + 1.0 / rate, len(kept), fps=fps, min_frames=min_frames,
