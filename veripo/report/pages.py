@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from veripo.report.plots import RenderedPlot
 from veripo.report.run_data import RunData
@@ -73,8 +73,8 @@ def render_html(page: Page) -> str:
         '<body style="max-width: 1800px">' if page.wide else "<body>",
         f"<h1>{html.escape(page.title)}</h1>",
         *[f'<p class="meta">{html.escape(line)}</p>' for line in page.meta],
-        *([f'<p class="nodata">{len(page.notes)} note(s) about missing or malformed data: see '
-           '<a href="#notes">Notes</a>.</p>'] if page.notes else []),
+        *([f'<p class="nodata">{len(page.notes)} note(s) about missing or malformed data: see <a href="#notes">Notes</a>.</p>']
+          if page.notes else []),
         "<h2>Key numbers</h2>", *[_html_table(t) for t in page.tables],
         "<h2>Plots</h2>", *[_html_plot(p) for p in page.plots],
         "<h2>Config</h2>",

@@ -8,14 +8,26 @@ each, with a shared y axis. ``OVERLAYS`` draw all compared runs on one axes (``d
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from veripo.report.run_data import RunData, as_number
 from veripo.report.style import (
-    KIND_TITLES, SERIES_COLORS, draw_phases, eval_values, format_duration, kind_color, kind_legend_handles,
-    legend_below, new_figure, no_data, plot_series, save_figure, stage_bars,
+    SERIES_COLORS,
+    draw_phases,
+    eval_values,
+    format_duration,
+    kind_color,
+    kind_legend_handles,
+    legend_below,
+    new_figure,
+    no_data,
+    plot_series,
+    save_figure,
+    stage_bars,
+    stage_ticks,
 )
 
 if TYPE_CHECKING:
@@ -29,7 +41,7 @@ PAIR_TYPES = ("consistency", "penalty", "reflective")
 class PlotSpec:
     name: str  # the PNG's file stem
     title: str
-    draw: Callable[["Axes", RunData], str | None]
+    draw: Callable[[Axes, RunData], str | None]
     share_y: bool = True  # side by side in a comparison: same y scale
 
 
@@ -37,10 +49,10 @@ class PlotSpec:
 class OverlaySpec:
     name: str
     title: str
-    draw: Callable[["Axes", Sequence[RunData]], str | None]
+    draw: Callable[[Axes, Sequence[RunData]], str | None]
 
 
-def _finish_timeline(ax: "Axes", run: RunData, ylabel: str) -> None:
+def _finish_timeline(ax: Axes, run: RunData, ylabel: str) -> None:
     draw_phases(ax, run)
     ax.set_xlabel(STEP_AXIS)
     ax.set_ylabel(ylabel)
@@ -49,7 +61,7 @@ def _finish_timeline(ax: "Axes", run: RunData, ylabel: str) -> None:
     legend_below(ax, handles + kind_legend_handles([s.kind for s in run.stages]))
 
 
-def _eval_markers(ax: "Axes", run: RunData, metric: str, label: str, scale: float = 1.0) -> bool:
+def _eval_markers(ax: Axes, run: RunData, metric: str, label: str, scale: float = 1.0) -> bool:
     """The held-out value after each stage as a square at that stage's last step."""
     xs, ys = [], []
     for stage in run.stages:
@@ -62,7 +74,7 @@ def _eval_markers(ax: "Axes", run: RunData, metric: str, label: str, scale: floa
     return bool(xs)
 
 
-def draw_accuracy_reward(ax: "Axes", run: RunData) -> str | None:
+def draw_accuracy_reward(ax: Axes, run: RunData) -> str | None:
     trained = plot_series(ax, run.stages, "accuracy_mean", "#1f77b4", "accuracy reward (rollouts, moving avg)")
     evaluated = _eval_markers(ax, run, "accuracy", "held-out accuracy after stage")
     if not (trained or evaluated):
@@ -72,7 +84,7 @@ def draw_accuracy_reward(ax: "Axes", run: RunData) -> str | None:
     return None
 
 
-def draw_response_length(ax: "Axes", run: RunData) -> str | None:
+def draw_response_length(ax: Axes, run: RunData) -> str | None:
     response = plot_series(ax, run.stages, "response_len", "#d62728", "response length (rollouts, moving avg)")
     thinking = plot_series(ax, run.stages, "thinking_len", "#9467bd", "thinking length (rollouts, moving avg)")
     evaluated = _eval_markers(ax, run, "response_len", "held-out response length after stage")
@@ -83,7 +95,7 @@ def draw_response_length(ax: "Axes", run: RunData) -> str | None:
     return None
 
 
-def _draw_eval_bars(ax: "Axes", run: RunData, metric: str, ylabel: str, extra: dict | None = None) -> str | None:
+def _draw_eval_bars(ax: Axes, run: RunData, metric: str, ylabel: str, extra: dict | None = None) -> str | None:
     values = eval_values(run, metric)
     series = [b for b in run.benchmarks if any(k[1] == b for k in values)]
     labels = {b: f"{b} (eval)" for b in series}
@@ -102,21 +114,21 @@ def _draw_eval_bars(ax: "Axes", run: RunData, metric: str, ylabel: str, extra: d
     return None
 
 
-def draw_inconsistency(ax: "Axes", run: RunData) -> str | None:
+def draw_inconsistency(ax: Axes, run: RunData) -> str | None:
     verifier = {(s.index, "verifier (training rollouts)"): s.inconsistency_rate
                 for s in run.stages if s.inconsistency_rate is not None}
     return _draw_eval_bars(ax, run, "inconsistency_rate", "inconsistency rate (% of responses, lower is better)",
                            verifier)
 
 
-def draw_eval_accuracy(ax: "Axes", run: RunData) -> str | None:
+def draw_eval_accuracy(ax: Axes, run: RunData) -> str | None:
     reason = _draw_eval_bars(ax, run, "accuracy", "eval accuracy (% correct)")
     if reason is None:
         ax.set_ylim(0, 105)
     return reason
 
 
-def draw_pair_mix(ax: "Axes", run: RunData) -> str | None:
+def draw_pair_mix(ax: Axes, run: RunData) -> str | None:
     stages = [s for s in run.stages if s.pairs]
     if not stages:
         return "no verifier stage with pair counts (summary.json 'pairs', verify_summary.json or pairs.jsonl)"
@@ -142,7 +154,7 @@ def draw_pair_mix(ax: "Axes", run: RunData) -> str | None:
     return None
 
 
-def draw_dpo(ax: "Axes", run: RunData) -> str | None:
+def draw_dpo(ax: Axes, run: RunData) -> str | None:
     stages = [s for s in run.stages if s.kind == "dpo" and (s.series("loss")[0] or s.series("margin")[0])]
     if not stages:
         return "no DPO rows with 'loss' or 'margin'"
@@ -167,7 +179,7 @@ def draw_dpo(ax: "Axes", run: RunData) -> str | None:
     return None
 
 
-def draw_wall_time(ax: "Axes", run: RunData) -> str | None:
+def draw_wall_time(ax: Axes, run: RunData) -> str | None:
     stages = [s for s in run.stages if s.wall_time_s is not None]
     if not stages:
         return "no stage wall times (summary.json 'wall_time_s' or metrics 'time_s')"
@@ -176,7 +188,7 @@ def draw_wall_time(ax: "Axes", run: RunData) -> str | None:
     bars = ax.bar(range(len(stages)), [s.wall_time_s / scale for s in stages], width=0.6,
                   color=[kind_color(s.kind) for s in stages])
     ax.bar_label(bars, labels=[format_duration(s.wall_time_s) for s in stages], fontsize=8, padding=1)
-    ax.set_xticks(range(len(stages)), [f"{s.name}\n({KIND_TITLES.get(s.kind, s.kind)})" for s in stages], fontsize=8)
+    stage_ticks(ax, stages)
     ax.set_ylabel("wall time (min)" if minutes else "wall time (s)")
     ax.margins(y=0.15)
     ax.grid(axis="y", alpha=0.3)
@@ -206,8 +218,8 @@ def _heldout_after_stage(run: RunData, metric: str) -> tuple[list[float], list[f
     return xs, ys, names
 
 
-def overlay_eval(metric: str, ylabel: str, percent: bool) -> Callable[["Axes", Sequence[RunData]], str | None]:
-    def draw(ax: "Axes", runs: Sequence[RunData]) -> str | None:
+def overlay_eval(metric: str, ylabel: str, percent: bool) -> Callable[[Axes, Sequence[RunData]], str | None]:
+    def draw(ax: Axes, runs: Sequence[RunData]) -> str | None:
         drawn = False
         for j, run in enumerate(runs):
             xs, ys, names = _heldout_after_stage(run, metric)
@@ -230,7 +242,7 @@ def overlay_eval(metric: str, ylabel: str, percent: bool) -> Callable[["Axes", S
     return draw
 
 
-def draw_accuracy_overlay(ax: "Axes", runs: Sequence[RunData]) -> str | None:
+def draw_accuracy_overlay(ax: Axes, runs: Sequence[RunData]) -> str | None:
     drawn = False
     for j, run in enumerate(runs):
         color = SERIES_COLORS[j % len(SERIES_COLORS)]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 STAGE_DIR = re.compile(r"^(\d+)-(.+)$")
 KINDS = ("sft", "grpo", "verify", "dpo", "eval")

@@ -6,8 +6,9 @@ reporting sets no global backend or state and works in threads and on headless m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from veripo.report.run_data import RunData, StageData, as_number
 
@@ -32,13 +33,13 @@ def kind_color(kind: str) -> str:
     return KIND_COLORS.get(kind, KIND_COLORS["unknown"])
 
 
-def new_figure(width: float, height: float) -> "Figure":
+def new_figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def save_figure(fig: "Figure", path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -62,7 +63,7 @@ def smoothing_window(n: int) -> int:
     return max(1, min(25, n // 15))
 
 
-def draw_phases(ax: "Axes", run: RunData) -> None:
+def draw_phases(ax: Axes, run: RunData) -> None:
     """Shade each stage's steps in its kind's colour, draw a line where a step-less stage (verify) ran, and
     name the stages on a top axis so boundaries read without a legend lookup."""
     ticks, labels = [], []
@@ -81,14 +82,16 @@ def draw_phases(ax: "Axes", run: RunData) -> None:
         labels.append(f"{stage.name} ({KIND_TITLES.get(stage.kind, stage.kind)})")
     if ticks:
         top = ax.secondary_xaxis("top")
-        top.set_xticks(ticks, labels, rotation=25, ha="left", fontsize=7.5)
+        crowded = len(ticks) > 8  # an iterated loop: steeper labels overlap less
+        top.set_xticks(ticks, labels, rotation=55 if crowded else 25, ha="left", fontsize=7 if crowded else 7.5)
         top.tick_params(length=0)
 
 
-def legend_below(ax: "Axes", handles: list, ncol: int = 4) -> None:
-    """The legend under the axes, so it never hides data or bar labels."""
-    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol,
-              frameon=False)
+def legend_below(ax: Axes, handles: list, ncol: int = 4) -> None:
+    """The legend under the axes (and under slanted tick labels), so it never hides data or bar labels."""
+    slanted = any(label.get_rotation() for label in ax.get_xticklabels())
+    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3 if slanted else -0.14),
+              ncol=ncol, frameon=False)
 
 
 def kind_legend_handles(kinds: Sequence[str]) -> list:
@@ -97,7 +100,7 @@ def kind_legend_handles(kinds: Sequence[str]) -> list:
     return [Patch(color=kind_color(k), alpha=0.35, label=f"{KIND_TITLES.get(k, k)} stage") for k in dict.fromkeys(kinds)]
 
 
-def plot_series(ax: "Axes", stages: Sequence[StageData], key: str, color: str, label: str) -> bool:
+def plot_series(ax: Axes, stages: Sequence[StageData], key: str, color: str, label: str) -> bool:
     """Raw per-step values faintly and their moving average boldly, each stage a separate segment (a new
     stage is a new policy or objective, so joining them would draw a slope that never happened)."""
     drawn = False
@@ -112,14 +115,14 @@ def plot_series(ax: "Axes", stages: Sequence[StageData], key: str, color: str, l
     return drawn
 
 
-def no_data(ax: "Axes", reason: str) -> None:
+def no_data(ax: Axes, reason: str) -> None:
     ax.text(0.5, 0.5, f"no data\n{reason}", ha="center", va="center", fontsize=10, color="#666666",
             transform=ax.transAxes, wrap=True)
     # tick_params, not set_yticks: a y axis shared with another run's panel must keep its ticks there
     ax.tick_params(left=False, bottom=False, labelleft=False, labelbottom=False)
 
 
-def stage_bars(ax: "Axes", run: RunData, values: dict[tuple[int, str], float], series: Sequence[str],
+def stage_bars(ax: Axes, run: RunData, values: dict[tuple[int, str], float], series: Sequence[str],
                percent: bool, series_labels: dict[str, str] | None = None) -> None:
     """Grouped bars: one slot per stage that has a value (background in the stage kind's colour), one bar
     per series (benchmark) in the slot, the value written on top."""
@@ -138,9 +141,19 @@ def stage_bars(ax: "Axes", run: RunData, values: dict[tuple[int, str], float], s
         bars = ax.bar(xs, ys, width=width * 0.92, color=SERIES_COLORS[j % len(SERIES_COLORS)], hatch=hatch,
                       edgecolor="white", label=(series_labels or {}).get(name, name))
         ax.bar_label(bars, fmt="%.1f" if percent else "%.3g", fontsize=7, padding=1)
-    ax.set_xticks(range(len(stages)), [f"{s.name}\n({KIND_TITLES.get(s.kind, s.kind)})" for s in stages], fontsize=8)
+    stage_ticks(ax, stages)
     ax.set_xlim(-0.6, len(stages) - 0.4)
     ax.margins(y=0.15)
+
+
+def stage_ticks(ax: Axes, stages: Sequence[StageData]) -> None:
+    """One x tick per stage slot: name and kind; slanted when there are many, so neighbours do not overlap."""
+    labels = [f"{s.name}\n({KIND_TITLES.get(s.kind, s.kind)})" for s in stages]
+    if len(stages) > 8:
+        ax.set_xticks(range(len(stages)), [label.replace("\n", " ") for label in labels], fontsize=7.5,
+                      rotation=30, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticks(range(len(stages)), labels, fontsize=8)
 
 
 def eval_values(run: RunData, metric: str) -> dict[tuple[int, str], float]:

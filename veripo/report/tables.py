@@ -3,8 +3,9 @@ the Markdown summary, so the two always show the same figures."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from veripo.report.plots import PAIR_TYPES
 from veripo.report.run_data import RunData, StageData, as_number

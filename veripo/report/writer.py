@@ -4,13 +4,25 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from veripo.report.pages import Page, page_notes, render_html, render_markdown
-from veripo.report.plots import OVERLAYS, PLOTS, RenderedPlot, render_overlay, render_plot
+from veripo.report.plots import (
+    OVERLAYS,
+    PLOTS,
+    RenderedPlot,
+    render_overlay,
+    render_plot,
+)
 from veripo.report.run_data import RunData, load_run
-from veripo.report.tables import benchmark_table, pairs_table, problem_type_table, run_table, stage_table
+from veripo.report.tables import (
+    benchmark_table,
+    pairs_table,
+    problem_type_table,
+    run_table,
+    stage_table,
+)
 
 
 def _write_pages(page: Page, out_dir: Path) -> Path:
@@ -52,8 +64,8 @@ def write_report(run_dir: str | Path) -> Path:
     plots = _render_all([run], out_dir, overlays=False)
     page = Page(
         title=f"VerIPO run report: {run.name}",
-        meta=[f"run directory: {root.resolve()}", f"{len(run.stages)} stage(s), {run.steps_logged} logged "
-              f"optimizer step(s); {_state_line(run)}"],
+        meta=[f"run directory: {root.resolve()}",
+              f"{len(run.stages)} stage(s), {run.steps_logged} logged optimizer step(s); {_state_line(run)}"],
         tables=[stage_table(run), benchmark_table(run), problem_type_table(run), pairs_table(run), run_table([run])],
         plots=plots,
         configs={run.name: run.config_text},
