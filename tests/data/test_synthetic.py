@@ -13,7 +13,15 @@ import pytest
 from veripo.data.loaders import load_samples
 from veripo.data.media import load_image, load_video
 from veripo.data.records import PROBLEM_TYPES, reference_completion
-from veripo.data.synthetic import COLOURS, TASKS, make_synthetic, synthetic_corpus
+from veripo.data.synthetic import (
+    COLOURS,
+    TASKS,
+    Canvas,
+    generate_task,
+    make_synthetic,
+    render,
+    synthetic_corpus,
+)
 
 PIXELS = {"min_pixels": 0, "max_pixels": 112 * 112}
 
@@ -101,6 +109,21 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         make_synthetic(tmp_path, n=1, kinds=("audio",))
     with pytest.raises(ValueError, match="multiple of 28"):
         make_synthetic(tmp_path, n=1, size=100)
+    with pytest.raises(ValueError, match="4 <= min <= max <= 16"):
+        make_synthetic(tmp_path, n=1, frames=(2, 8))
+    with pytest.raises(ValueError, match="difficulties"):
+        make_synthetic(tmp_path, n=1, difficulties=(4,))
+
+
+@pytest.mark.parametrize("size", [56, 84, 112])
+def test_every_task_draws_at_the_edges_of_the_settings(size: int) -> None:
+    canvas = Canvas(size=size)
+    for frames in ((4, 4), (16, 16)):
+        for kind, tasks in TASKS.items():
+            for i in range(3 * len(tasks)):
+                task = generate_task(1, i, kind, canvas=canvas, frames=frames, difficulties=(1, 2, 3))
+                if task.scene is not None:
+                    assert render(task, canvas).shape[1:] == (size, size, 3)
 
 
 def test_corpus_covers_the_words_of_generated_datasets(dataset: Path) -> None:

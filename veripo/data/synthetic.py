@@ -85,6 +85,17 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int = FPS, codec: str | None 
 # ------------------------------------------------------------------------------------------- generation
 
 
+def check_settings(size: int, frames: tuple[int, int], difficulties: Sequence[int]) -> None:
+    """Raise ValueError for settings the tasks cannot be drawn with (a grid of at least 2x2 cells, videos
+    of 4-16 frames so that three squares can appear one after another)."""
+    if size % 28 or not 56 <= size <= 448:
+        raise ValueError(f"size must be a multiple of 28 in 56..448, got {size}")
+    if len(frames) != 2 or not 4 <= frames[0] <= frames[1] <= 16:
+        raise ValueError(f"frames must be (min, max) with 4 <= min <= max <= 16, got {tuple(frames)}")
+    if not difficulties or any(d not in (1, 2, 3) for d in difficulties):
+        raise ValueError(f"difficulties must be levels among 1, 2, 3, got {list(difficulties)}")
+
+
 def generate_task(seed: int, index: int, kind: str, *, canvas: Canvas, frames: tuple[int, int],
                   difficulties: Sequence[int], tasks: Sequence[str] | None = None, cycle: int | None = None) -> Task:
     """The ``index``-th task of a dataset: depends only on (seed, index, kind, settings).
@@ -103,6 +114,7 @@ def synthetic_corpus(n_per_kind: int = 200, seed: int = 0, *, size: int = 112, f
                      difficulties: Sequence[int] = (1, 2, 3)) -> list[str]:
     """The text of generated tasks (question, options, reference completion), without rendering anything:
     for training a small tokenizer on exactly the vocabulary the synthetic tasks use."""
+    check_settings(size, frames, difficulties)
     lines = []
     for kind in TASKS:
         for i in range(n_per_kind):
@@ -129,10 +141,7 @@ def make_synthetic(out_dir: str | os.PathLike[str], n: int = 300, seed: int = 0,
     unknown = [k for k in kinds if k not in TASKS]
     if unknown:
         raise ValueError(f"unknown kinds {unknown}; expected some of {list(TASKS)}")
-    if size % 28 or not 28 <= size <= 448:
-        raise ValueError(f"size must be a multiple of 28 in 28..448, got {size}")
-    if not (2 <= frames[0] <= frames[1] <= 16):
-        raise ValueError(f"frames must be (min, max) with 2 <= min <= max <= 16, got {frames}")
+    check_settings(size, frames, difficulties)
     out = Path(out_dir)
     (out / "media").mkdir(parents=True, exist_ok=True)
     canvas, codec = Canvas(size=size), _video_codec()
