@@ -9,7 +9,7 @@ import torch
 
 from veripo.algos.advantages import ADVANTAGES, group_advantages
 from veripo.algos.kl import KL_ESTIMATORS, kl_divergence, kl_loss
-from veripo.algos.policy_loss import aggregate_loss, clipped_policy_loss, policy_loss
+from veripo.algos.policy_loss import LOSS_AGGREGATIONS, BatchNorms, aggregate_loss, clipped_policy_loss, policy_loss
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +116,13 @@ def test_aggregation_norm_constant_and_empty_rows():
     assert aggregate_loss(loss, mask, "seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
     assert aggregate_loss(loss, mask, "seq-mean-token-sum").item() == pytest.approx((6 + 4) / 2)
     assert aggregate_loss(loss, mask, "seq-mean-token-sum-norm", norm_constant=10).item() == pytest.approx(10 / 30)
+
+
+@pytest.mark.parametrize("mode", LOSS_AGGREGATIONS.names())
+def test_micro_batch_shares_add_up_to_the_batch_loss(mode):
+    generator = torch.Generator().manual_seed(0)
+    loss = torch.randn(6, 5, generator=generator)
+    mask = (torch.arange(5)[None, :] < torch.tensor([5, 0, 3, 1, 4, 2])[:, None]).float()
+    norms = BatchNorms.of(mask, norm_constant=8)
+    shares = sum(aggregate_loss(loss[rows], mask[rows], mode, norms=norms) for rows in torch.arange(6).split(4))
+    torch.testing.assert_close(shares, aggregate_loss(loss, mask, mode, norm_constant=8))

@@ -8,17 +8,18 @@ import pytest
 import torch
 
 from veripo.algos import logprobs as lp
-from veripo.algos.policy_loss import clipped_policy_loss
+from veripo.algos.policy_loss import BatchNorms, policy_loss
 
 RTOL = 1e-4
 
 
 def grpo_loss_fn(old_log_probs, advantages, mask):
-    """Token-mean clipped GRPO loss over the whole group, split additively over micro-batches of rows."""
+    """Token-mean clipped GRPO loss over the whole group; each micro-batch returns its share of it."""
+    norms = BatchNorms.of(mask)
 
     def loss_fn(log_probs, entropy, rows):
-        out = clipped_policy_loss(log_probs, old_log_probs[rows], advantages[rows], mask[rows], clip_high=0.28)
-        return out.per_token_loss.sum() / mask.sum()
+        loss, _ = policy_loss(log_probs, old_log_probs[rows], advantages[rows], mask[rows], clip_high=0.28, norms=norms)
+        return loss
 
     return loss_fn
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from veripo.algos.policy_loss import aggregate_loss
+from veripo.algos.policy_loss import BatchNorms, aggregate_loss
 from veripo.algos.registry import Registry
 
 KL_ESTIMATORS: Registry = Registry("KL estimator")
@@ -60,17 +60,20 @@ def kl_loss(
     estimator: str = "k3",
     loss_agg_mode: str = "token-mean",
     norm_constant: float | None = None,
+    norms: BatchNorms | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(coef * aggregated KL, aggregated KL detached)``; both zero when ``coef == 0`` (no reference needed).
 
     Args:
         log_prob, ref_log_prob: ``[B, R]`` policy and reference log-probs of the sampled tokens.
         response_mask: ``[B, R]``.
+        norms: the whole mini-batch's ``BatchNorms`` when these rows are a micro-batch of it.
     """
     if coef == 0.0:
         zero = log_prob.new_zeros(())
         return zero, zero
     if ref_log_prob is None:
         raise ValueError(f"KL coefficient is {coef} but no reference log-probs were given")
-    value = aggregate_loss(kl_divergence(log_prob, ref_log_prob, estimator), response_mask, loss_agg_mode, norm_constant)
+    per_token = kl_divergence(log_prob, ref_log_prob, estimator)
+    value = aggregate_loss(per_token, response_mask, loss_agg_mode, norm_constant, norms)
     return coef * value, value.detach()

@@ -25,49 +25,76 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
+class BatchNorms(NamedTuple):
+    """The normalisers of a whole (mini-)batch of responses.
+
+    Aggregating a micro-batch with the norms of its whole batch gives its *share* of the batch loss: the
+    shares of all micro-batches (or of all GRPO groups of a mini-batch) add up to the loss of the batch, so
+    ``backward`` per micro-batch accumulates exactly the batch gradient.
+    """
+
+    tokens: float  # valid response tokens
+    sequences: float  # responses with at least one valid token
+    rows: float  # all responses
+    norm_constant: float  # the constant of "seq-mean-token-sum-norm"
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, norm_constant: float | None = None) -> BatchNorms:
+        """Norms of a batch with response mask ``[B, R]``; ``norm_constant`` defaults to ``R`` (verl)."""
+        return cls(
+            tokens=float(mask.sum()),
+            sequences=float((mask.sum(dim=-1) > 0).sum()),
+            rows=float(mask.shape[0]),
+            norm_constant=float(mask.shape[-1] if norm_constant is None else norm_constant),
+        )
+
+
 @register_loss_aggregation("token-mean")
-def token_mean(loss: torch.Tensor, mask: torch.Tensor, norm_constant: float | None = None) -> torch.Tensor:
+def token_mean(loss: torch.Tensor, mask: torch.Tensor, norms: BatchNorms) -> torch.Tensor:
     """Mean over all valid tokens of the batch (DAPO's token-level loss). ``loss``, ``mask``: ``[B, R]``."""
-    return masked_mean(loss, mask)
+    return (loss * mask).sum() / max(norms.tokens, 1.0)
 
 
 @register_loss_aggregation("seq-mean-token-mean")
-def seq_mean_token_mean(loss: torch.Tensor, mask: torch.Tensor, norm_constant: float | None = None) -> torch.Tensor:
+def seq_mean_token_mean(loss: torch.Tensor, mask: torch.Tensor, norms: BatchNorms) -> torch.Tensor:
     """Mean over sequences of each sequence's token mean (the original GRPO paper). ``[B, R]`` -> scalar.
 
     Sequences with no valid token are left out of the outer mean, as in verl.
     """
-    tokens = mask.sum(dim=-1)
-    per_sequence = (loss * mask).sum(dim=-1) / (tokens + 1e-8)
-    return masked_mean(per_sequence, (tokens > 0).to(loss.dtype))
+    per_sequence = (loss * mask).sum(dim=-1) / (mask.sum(dim=-1) + 1e-8)
+    return per_sequence.sum() / max(norms.sequences, 1.0)
 
 
 @register_loss_aggregation("seq-mean-token-sum")
-def seq_mean_token_sum(loss: torch.Tensor, mask: torch.Tensor, norm_constant: float | None = None) -> torch.Tensor:
+def seq_mean_token_sum(loss: torch.Tensor, mask: torch.Tensor, norms: BatchNorms) -> torch.Tensor:
     """Mean over (non-empty) sequences of each sequence's token sum. ``[B, R]`` -> scalar."""
-    tokens = mask.sum(dim=-1)
-    return masked_mean((loss * mask).sum(dim=-1), (tokens > 0).to(loss.dtype))
+    return (loss * mask).sum() / max(norms.sequences, 1.0)
 
 
 @register_loss_aggregation("seq-mean-token-sum-norm")
-def seq_mean_token_sum_norm(
-    loss: torch.Tensor, mask: torch.Tensor, norm_constant: float | None = None
-) -> torch.Tensor:
+def seq_mean_token_sum_norm(loss: torch.Tensor, mask: torch.Tensor, norms: BatchNorms) -> torch.Tensor:
     """Dr. GRPO's unbiased aggregation: ``sum(token losses) / (B * norm_constant)``. ``[B, R]`` -> scalar.
 
-    ``norm_constant`` is a constant that does not depend on the response lengths, by default the padded
-    response length ``R`` (verl's ``loss_scale_factor=None``); pass the configured max response length to
-    keep it fixed across batches.
+    The constant does not depend on the response lengths: by default the padded response length ``R``
+    (verl's ``loss_scale_factor=None``); configure the max response length to keep it fixed across batches.
     """
-    constant = float(loss.shape[-1] if norm_constant is None else norm_constant)
-    return (loss * mask).sum() / (loss.shape[0] * constant)
+    return (loss * mask).sum() / (max(norms.rows, 1.0) * norms.norm_constant)
 
 
 def aggregate_loss(
-    loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean", norm_constant: float | None = None
+    loss: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "token-mean",
+    norm_constant: float | None = None,
+    norms: BatchNorms | None = None,
 ) -> torch.Tensor:
-    """Reduce a per-token loss ``[B, R]`` to a scalar with the aggregation registered as ``mode``."""
-    return LOSS_AGGREGATIONS.get(mode)(loss, mask.to(loss.dtype), norm_constant)
+    """Reduce a per-token loss ``[B, R]`` to a scalar with the aggregation registered as ``mode``.
+
+    With ``norms`` of a larger batch this is the share of these rows in that batch's loss (see ``BatchNorms``);
+    without, the rows are the whole batch.
+    """
+    mask = mask.to(loss.dtype)
+    return LOSS_AGGREGATIONS.get(mode)(loss, mask, norms or BatchNorms.of(mask, norm_constant))
 
 
 class PolicyLossOutput(NamedTuple):
@@ -132,11 +159,13 @@ def policy_loss(
     loss_type: str = "clipped",
     loss_agg_mode: str = "token-mean",
     norm_constant: float | None = None,
+    norms: BatchNorms | None = None,
     **loss_kwargs: float | None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scalar policy loss and its metrics: the registered ``loss_type`` reduced by ``loss_agg_mode``.
 
     Shapes as ``clipped_policy_loss``; ``loss_kwargs`` go to the loss (``clip_low``, ``clip_high``, ``dual_clip``).
+    Pass the ``norms`` of the whole mini-batch when these rows are one micro-batch or group of it.
     """
     out = POLICY_LOSSES.get(loss_type)(log_prob, old_log_prob, advantages, response_mask, **loss_kwargs)
-    return aggregate_loss(out.per_token_loss, response_mask, loss_agg_mode, norm_constant), out.metrics
+    return aggregate_loss(out.per_token_loss, response_mask, loss_agg_mode, norm_constant, norms), out.metrics
