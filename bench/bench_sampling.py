@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "rollout"))
 
-from tiny_vl import byte_tokenizer, tiny_model, video_prompt  # noqa: E402
+from tiny_vl import byte_tokenizer, tiny_model, video_prompt
 
-from veripo.rollout import HFRolloutEngine, SamplingParams  # noqa: E402
+from veripo.rollout import HFRolloutEngine, SamplingParams
 
 MODEL_SIZES = {
     "tiny": dict(hidden=128, layers=4, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2, patch_size=14),
@@ -35,14 +35,18 @@ MODEL_SIZES = {
 PROMPTS = {"8f@112px": dict(frames=8, side=112), "16f@224px": dict(frames=16, side=224)}
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def best_times(fns: dict, repeats: int) -> dict[str, float]:
+    """Best wall time of each function; the functions alternate within every repeat so that load from other
+    processes on a shared machine hits both ways alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
 
 
 def run_case(model, tokenizer, prompt, G: int, new_tokens: int, repeats: int) -> dict:
@@ -58,22 +62,24 @@ def run_case(model, tokenizer, prompt, G: int, new_tokens: int, repeats: int) ->
     hf_kwargs = dict(max_new_tokens=new_tokens, suppress_tokens=engine.banned_token_ids, eos_token_id=eos)
     try:
         with torch.no_grad():
-            engine_s = best_time(lambda: engine.generate([prompt], sample), repeats)
-            hf_s = best_time(lambda: model.generate(**prompt, do_sample=True, temperature=1.0, top_p=0.9, top_k=0,
-                                                    num_return_sequences=G, **hf_kwargs), repeats)
+            best = best_times({
+                "engine": lambda: engine.generate([prompt], sample),
+                "hf": lambda: model.generate(**prompt, do_sample=True, temperature=1.0, top_p=0.9, top_k=0,
+                                             num_return_sequences=G, **hf_kwargs),
+            }, repeats)
             greedy = SamplingParams(1, 1.0, 1.0, new_tokens, stop_strings=(), greedy=True)
             ours = engine.generate([prompt], greedy)[0].responses[0].token_ids
             theirs = model.generate(**prompt, do_sample=False, **hf_kwargs)[0, prompt["input_ids"].shape[1]:].tolist()
     finally:
         handle.remove()
-    return {"engine_s": engine_s, "hf_s": hf_s, "same_greedy": ours == theirs}
+    return {"engine_s": best["engine"], "hf_s": best["hf"], "same_greedy": ours == theirs}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generations", "-G", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny model, short prompt only")
     args = parser.parse_args()

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_vl import byte_tokenizer, tiny_model, video_prompt  # noqa: E402
+from tiny_vl import byte_tokenizer, tiny_model, video_prompt
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def test_batched_questions_match_one_at_a_time(model, tokenizer, prompts):
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent(model, tokenizer, prompts):
     engine = HFRolloutEngine(model, tokenizer, max_batch_questions=2)
-    tokens = lambda groups: [r.token_ids for g in groups for r in g.responses]  # noqa: E731
+    tokens = lambda groups: [r.token_ids for g in groups for r in g.responses]
     first = tokens(engine.generate(prompts, sampled(seed=3)))
     assert first == tokens(engine.generate(prompts, sampled(seed=3)))
     assert first != tokens(engine.generate(prompts, sampled(seed=4)))
@@ -239,3 +239,10 @@ def test_image_and_video_prompts_batched_together(model, tokenizer, prompts):
     engine = HFRolloutEngine(model, tokenizer, max_batch_questions=3)
     for prompt, group in zip(mixed, engine.generate(mixed, greedy(16))):
         assert group.responses[0].token_ids == hf_greedy(model, prompt, engine, 16)
+
+
+def test_text_only_prompt(model, tokenizer):
+    ids = torch.tensor([tokenizer("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")["input_ids"]])
+    prompt = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": torch.zeros_like(ids)}
+    engine = HFRolloutEngine(model, tokenizer)
+    assert engine.generate([prompt], greedy(12))[0].responses[0].token_ids == hf_greedy(model, prompt, engine, 12)
