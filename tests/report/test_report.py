@@ -103,12 +103,14 @@ def test_run_without_summary_config_or_verify_summary(make_run) -> None:
     (eval_dir / "tomato").mkdir(parents=True)
     (eval_dir / "metrics.json").write_text(json.dumps({"accuracy": 0.5, "inconsistency_rate": 0.04}))
     (eval_dir / "tomato" / "metrics.json").write_text(json.dumps({"accuracy": 0.25}))
-    mapping = {"heldout": {"accuracy": 0.6, "by_type": {"multiple choice": 0.7}}, "mvbench": {"n": 3}}
+    mapping = {"heldout": {"accuracy": 0.6, "by_type": {"multiple choice": 0.7}},
+               "mvbench": {"accuracy": None, "n": 0, "n_missing_media": 3, "profiles": {"veripo-eval": {}}}}
     (root / "stages" / "04-grpo-video" / "eval").mkdir()
     (root / "stages" / "04-grpo-video" / "eval" / "metrics.json").write_text(json.dumps(mapping))
     run = load_run(root)
     assert [s.kind for s in run.stages] == ["sft", "grpo", "verify", "dpo", "grpo", "verify", "dpo"]
     assert run.stages[4].eval == mapping
+    assert "stage grpo-video, eval mvbench: 3 item(s) with missing media not evaluated" in run.notes
     assert run.stages[2].pairs == {"penalty": 3, "reflective": 1}
     assert run.stages[3].eval == {"heldout": {"accuracy": 0.5, "inconsistency_rate": 0.04}, "tomato": {"accuracy": 0.25}}
     assert run.stages[1].wall_time_s == 75.0  # the last row's time_s

@@ -184,7 +184,7 @@ def _eval_metrics(folder: Path, notes: list[str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     top = read_json_object(folder / "metrics.json", notes)
     if top is not None:
-        flat = as_number(top.get("accuracy")) is not None or not any(isinstance(v, dict) for v in top.values())
+        flat = "accuracy" in top or not any(isinstance(v, dict) for v in top.values())
         if flat:  # one benchmark's metrics (nested dicts such as by_type belong to it)
             out["heldout"] = top
         else:
@@ -268,6 +268,10 @@ def load_run(run_dir: str | Path) -> RunData:
             stage.kind = config_kinds.get(stage.name) or _guess_kind(stage.name)
         span = stage.step_span
         offset = span[1] if span else offset
+        for bench, metrics_of in stage.eval.items():
+            missing = as_number(metrics_of.get("n_missing_media"))
+            if missing:
+                notes.append(f"stage {stage.name}, eval {bench}: {int(missing)} item(s) with missing media not evaluated")
         run.stages.append(stage)
     return run
 
