@@ -104,7 +104,9 @@ def test_unknown_problem_type_and_bad_fields_are_skipped_with_reasons(tmp_path: 
             {"problem": "q", "problem_type": "essay", "solution": "<answer>x</answer>"},
             {"problem": "q", "problem_type": "numerical"},
             {"problem": "q", "problem_type": "numerical", "solution": "1", "options": "A. x"},
-            "not a record"]
+            "not a record",
+            {"problem": "q", "problem_type": "OCR", "solution": "1", "data_type": "video"},
+            {"problem": "q", "problem_type": "OCR", "solution": "1", "path": "a.png"}]
     path = tmp_path / "rows.json"
     path.write_text(json.dumps(rows))
     result = load_samples(path)
@@ -113,6 +115,8 @@ def test_unknown_problem_type_and_bad_fields_are_skipped_with_reasons(tmp_path: 
     assert reasons[1][0] == "problem_type" and "unknown problem type 'essay'" in reasons[1][1]
     assert reasons[2] == ("solution", "missing")
     assert reasons[3][0] == "options" and reasons[4][0] == "<record>"
+    assert reasons[5] == ("path", "data_type is 'video' but the record names no video file")
+    assert reasons[6][0] == "images" and "a.png" in reasons[6][1]  # a .png path is an image (missing here)
     with pytest.raises(DataError, match=r"record 1: field 'problem_type'"):
         load_samples(path, on_error="fail")
     assert len(load_samples(path, limit=1).samples) == 1

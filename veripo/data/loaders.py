@@ -33,6 +33,7 @@ DATASET_FILE = "dataset.json"  # the JSON inside a synthetic dataset folder
 _TYPE_ALIASES = {"multiple-choice": "multiple choice", "multiple_choice": "multiple choice", "mc": "multiple choice",
                  "free form": "free-form", "free_form": "free-form", "open-ended": "free-form", "ocr": "OCR",
                  "numeric": "numerical", "number": "numerical"}
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp"}
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.):]\s*(.+?)\s*$")
 _TAG = {name: re.compile(rf"<{name}>(.*?)</{name}>", re.DOTALL) for name in ("answer", "think")}
 
@@ -180,7 +181,8 @@ def _from_videor1(row: dict[str, Any], index: int, source: str) -> Sample:
     if (path := row.get("path")) is not None:
         if not isinstance(path, str):
             raise _Skip("path", "expected a path string")
-        (images if data_type == "image" else video).append(path)
+        is_image = data_type == "image" or (data_type is None and Path(path).suffix.lower() in _IMAGE_SUFFIXES)
+        (images if is_image else video).append(path)
     if len(video) > 1:
         raise _Skip("video", f"expected one video, got {len(video)}")
     if data_type is None:
@@ -328,6 +330,8 @@ def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[
             continue
         try:
             sample = build(row, index, name)
+            if sample.data_type == "video" and not sample.video or sample.data_type == "image" and not sample.images:
+                raise _Skip("path", f"data_type is {sample.data_type!r} but the record names no {sample.data_type} file")
             _resolve_sample_media(sample, root)
         except _Skip as e:
             skip(index, e.field, e.reason)
