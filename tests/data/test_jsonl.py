@@ -86,6 +86,12 @@ def test_non_utf8_line_names_file_and_line(tmp_path: Path) -> None:
         read_jsonl(path)
 
 
+def test_bom_and_crlf_are_tolerated(tmp_path: Path) -> None:
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n{"a": 2}\r\n')
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+
+
 def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.jsonl"
     path.write_text(json.dumps({"_veripo": "jsonl", "kind": "sample", "schema_version": SCHEMA_VERSION + 1}) + "\n")

@@ -192,7 +192,7 @@ def iter_jsonl_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[s
             continue
         is_last = i == last_nonblank
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig" if i == 0 else "utf-8")  # tolerate a BOM from Windows editors
         except UnicodeDecodeError as e:
             yield i + 1, None, f"not valid UTF-8 (byte {e.start} of the line)", is_last and not ends_with_newline
             continue
