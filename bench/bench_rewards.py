@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import resource
 import time
 
 from veripo.data.records import Sample
@@ -53,14 +54,21 @@ def main() -> None:
     args = parser.parse_args()
     completions, samples = make_batch(args.n)
     for profile in args.profile or ["veripo", "veripo-eval"]:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         scores = score_batch(completions, samples, profile, workers=args.workers, progress=True)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
         mean = sum(s["accuracy"] for s in scores) / len(scores)
         print(
             f"{profile}: {len(scores)} completions in {seconds:.1f} s with {args.workers} workers "
-            f"({len(scores) / seconds:.0f}/s); mean accuracy {mean:.3f}; failures {dict(scores.failures)}"
+            f"({len(scores) / seconds:.0f}/s), {cpu:.1f} CPU-s in all processes; mean accuracy {mean:.3f}; "
+            f"failures {dict(scores.failures)}"
         )
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the workers, startup included)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 if __name__ == "__main__":
