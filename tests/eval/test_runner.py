@@ -12,7 +12,7 @@ from veripo.data.jsonl import TornLineWarning, read_jsonl
 from veripo.data.media import MediaError
 from veripo.data.records import Sample
 from veripo.eval import evaluate, read_predictions
-from veripo.eval.predictions import videor1_final_acc
+from veripo.eval.predictions import original_id, veripo_export_files, videor1_final_acc
 from veripo.rewards import PROFILES, get_profile
 from veripo.rewards.golden import expected_peer_value, sample_from_golden
 from veripo.rewards.predictions import load_predictions
@@ -109,7 +109,7 @@ def test_prediction_scores_equal_profiles_and_peers(tmp_path, golden):
 def test_exports_rescore_to_the_same_numbers(tmp_path, golden):
     rows, samples = golden
     engine = ScriptedEngine({s.id: r["completion"] for r, s in zip(rows, samples)})
-    _run(samples, tmp_path, engine, batch_size=16)
+    metrics = _run(samples, tmp_path, engine, batch_size=16)
     predictions = read_predictions(tmp_path / "predictions.jsonl")
     videor1 = json.loads((tmp_path / "videor1_results.json").read_text())
     assert len(videor1["results"]) == len(samples)
@@ -118,12 +118,38 @@ def test_exports_rescore_to_the_same_numbers(tmp_path, golden):
         assert item["reward"] == predictions[sample.id]["scores"]["videor1-eval"]["accuracy"]
         assert {"problem_id", "problem", "problem_type", "options", "solution", "output", "prediction"} <= set(item)
     # The exports read back through the rewards' predictions reader score exactly as our rows did.
-    for export, profile in (("videor1_results.json", "videor1-eval"), ("toy.veripo_predictions.json", "veripo-eval")):
-        pairs = load_predictions(tmp_path / export)
-        assert len(pairs) == len(samples)
-        for (completion, read_sample), sample in zip(pairs, samples):
-            assert get_profile(profile).score(completion, read_sample)["accuracy"] == \
-                predictions[sample.id]["scores"][profile]["accuracy"], (export, sample.id)
+    videor1_pairs = load_predictions(tmp_path / "videor1_results.json")
+    for (completion, read_sample), sample in zip(videor1_pairs, samples):
+        assert get_profile("videor1-eval").score(completion, read_sample)["accuracy"] == \
+            predictions[sample.id]["scores"]["videor1-eval"]["accuracy"], sample.id
+    # Golden rows mix regression with other non-letter answers: VerIPO's scorer needs them in two files.
+    names = metrics["exports"]["veripo"]
+    assert names == ["toy.veripo_predictions.json", "toy.vsi_bench.veripo_predictions.json"]
+    read = {s.id: (c, s) for name in names for c, s in load_predictions(tmp_path / name)}
+    assert len(read) == len(samples)
+    for sample in samples:
+        completion, read_sample = read[original_id(sample)]
+        assert read_sample.problem_type == sample.problem_type
+        assert get_profile("veripo-eval").score(completion, read_sample)["accuracy"] == \
+            predictions[sample.id]["scores"]["veripo-eval"]["accuracy"], sample.id
+    mra_file = json.loads((tmp_path / names[1]).read_text())
+    assert {item["question"]["problem_type"] for item in mra_file} == {"regression"}
+
+
+def _rows_for(kinds_and_answers):
+    return [{"sample": {"problem_type": k, "answer": a}, "id": str(i)} for i, (k, a) in enumerate(kinds_and_answers)]
+
+
+def test_veripo_export_names_follow_its_scorer_rule():
+    mc_only = _rows_for([("multiple choice", "A")])
+    assert list(veripo_export_files(mc_only, "vsi_bench")) == ["vsibench.veripo_predictions.json"]
+    vsi = _rows_for([("multiple choice", "A"), ("regression", "2.5")])
+    assert veripo_export_files(vsi, "vsi_bench") == {"vsi_bench.veripo_predictions.json": vsi}
+    assert list(veripo_export_files(vsi, "mine")) == ["mine.vsi_bench.veripo_predictions.json"]
+    mixed = _rows_for([("numerical", "3"), ("regression", "2.5"), ("multiple choice", "B")])
+    files = veripo_export_files(mixed, "mine")
+    assert [r["id"] for r in files["mine.veripo_predictions.json"]] == ["0", "2"]
+    assert [r["id"] for r in files["mine.vsi_bench.veripo_predictions.json"]] == ["1"]
 
 
 def test_resume_under_other_settings_is_refused(tmp_path):

@@ -20,9 +20,9 @@ Exports (written next to it by :func:`write_peer_exports`):
   ``data_type``, ``problem_type``, ``options``, ``solution``, ``path``, ``data_source``) plus ``output``,
   ``prediction``, ``reward``, ``correct`` and ``process``, as that script writes them.
 - ``<key>.veripo_predictions.json``: the JSON list VerIPO's ``evaluation/calculate_score.py --pred_path``
-  reads: ``{"question": {question_id, question, video_path, answer, processed_question, problem_type}, "ground_truth",
-  "model_output", "question_id"}``. Its scorer uses MRA when the path contains ``vsi_bench``, so the file
-  is named after the benchmark's canonical key.
+  reads: ``{"question": {question_id, question, video_path, answer, processed_question, problem_type},
+  "ground_truth", "model_output", "question_id"}``. Its scorer uses MRA for non-letter answers when the
+  path contains ``vsi_bench``, so the file is named accordingly (see :func:`veripo_export_files`).
 Only items that were evaluated (status ``ok``) are exported.
 """
 
@@ -116,11 +116,36 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_peer_exports(rows: list[dict[str, Any]], out_dir: Path, key: str) -> dict[str, Path]:
-    """Write the Video-R1 and VerIPO exports of the ``ok`` rows; returns {"videor1": path, "veripo": path}."""
+def _is_letter(gold: str) -> bool:
+    return gold.isalpha() and gold.isupper()  # VerIPO's multiple-choice test
+
+
+def veripo_export_files(rows: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+    """{file name: rows} of the VerIPO exports.
+
+    VerIPO's scorer picks the rule for every non-letter answer of a file from its path: MRA when it contains
+    ``vsi_bench``, math-verify otherwise; our ``veripo-eval`` profile picks it per item (MRA for
+    ``regression``). So regression items go to a file whose name contains ``vsi_bench`` and other
+    non-letter items to one whose name does not; letter answers may go with either. One file when that
+    is possible (every published benchmark), two otherwise.
+    """
+    mra = [r for r in rows if r["sample"]["problem_type"] == "regression" and not _is_letter(r["sample"]["answer"])]
+    rest = [r for r in rows if r not in mra]
+    plain = key.replace("vsi_bench", "vsibench")
+    if not mra:
+        return {f"{plain}{VERIPO_EXPORT_SUFFIX}": rest}
+    mra_name = f"{key if 'vsi_bench' in key else key + '.vsi_bench'}{VERIPO_EXPORT_SUFFIX}"
+    if all(_is_letter(r["sample"]["answer"]) for r in rest):
+        return {mra_name: rows}
+    return {f"{plain}{VERIPO_EXPORT_SUFFIX}": rest, mra_name: mra}
+
+
+def write_peer_exports(rows: list[dict[str, Any]], out_dir: Path, key: str) -> dict[str, list[str]]:
+    """Write the Video-R1 and VerIPO exports of the ``ok`` rows; returns {"videor1": [name], "veripo": [names]}."""
     done = [r for r in rows if r.get("status") == STATUS_OK]
     videor1 = [videor1_row(r) for r in done]
-    paths = {"videor1": out_dir / VIDEOR1_EXPORT, "veripo": out_dir / f"{key}{VERIPO_EXPORT_SUFFIX}"}
-    write_json_atomic(paths["videor1"], {"results": videor1, "final_acc": [videor1_final_acc(videor1)]})
-    write_json_atomic(paths["veripo"], [veripo_row(r) for r in done])
-    return paths
+    write_json_atomic(out_dir / VIDEOR1_EXPORT, {"results": videor1, "final_acc": [videor1_final_acc(videor1)]})
+    veripo = veripo_export_files(done, key)
+    for name, part in veripo.items():
+        write_json_atomic(out_dir / name, [veripo_row(r) for r in part])
+    return {"videor1": [VIDEOR1_EXPORT], "veripo": sorted(veripo)}

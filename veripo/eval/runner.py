@@ -202,7 +202,7 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
     metrics["wall_time_s"] = round(time.perf_counter() - started, 3)
     metrics["resumed_items"] = len(samples) - len(todo)
     metrics["settings"] = {**decoding, "batch_size": batch_size}
-    metrics["exports"] = {k: p.name for k, p in write_peer_exports(current, out_dir, key or benchmark).items()}
+    metrics["exports"] = write_peer_exports(current, out_dir, key or benchmark)
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     return metrics
 
