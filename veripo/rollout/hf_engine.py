@@ -77,22 +77,9 @@ class HFRolloutEngine:
         device = self.model.device
         G, Q = params.num_generations, len(prompts)
         batch = collate_prompts(prompts, self.pad_token_id, device)
-        position_ids, rope_delta = self.model.model.get_rope_index(
-            batch["input_ids"],
-            batch["mm_token_type_ids"],
-            image_grid_thw=batch.get("image_grid_thw"),
-            video_grid_thw=batch.get("video_grid_thw"),
-            second_per_grid_ts=batch.get("second_per_grid_ts"),
-            attention_mask=batch["attention_mask"],
-        )
-        prefill = self.model(**batch, position_ids=position_ids, use_cache=True, logits_to_keep=1)
-        cache = prefill.past_key_values
-        cache.batch_repeat_interleave(G)
-
+        cache, logits, next_position = self._prefill_and_expand(batch, G)
         prompt_lengths = batch["attention_mask"].sum(-1)  # (Q,)
-        next_position = (prompt_lengths + rope_delta.view(-1)).repeat_interleave(G)  # (Q*G,) first response position
         attention_mask = batch["attention_mask"].repeat_interleave(G, dim=0)  # (Q*G, P)
-        logits = prefill.logits[:, -1].float().repeat_interleave(G, dim=0)  # (Q*G, V)
         vocab = logits.shape[-1]
         banned = torch.zeros(vocab, dtype=torch.bool, device=device)
         banned[[i for i in self.banned_token_ids if i < vocab]] = True
@@ -101,8 +88,7 @@ class HFRolloutEngine:
         if params.repetition_penalty != 1.0:
             seen = torch.zeros(Q * G, vocab, dtype=torch.bool, device=device)
             # Pad positions repeat the row's last prompt token so that padding marks nothing new as seen.
-            prompt_ids = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, 0)
-            prompt_ids = torch.where(batch["attention_mask"] == 1, prompt_ids, batch["input_ids"][:, -1:])
+            prompt_ids = torch.where(batch["attention_mask"] == 1, batch["input_ids"], batch["input_ids"][:, -1:])
             seen.scatter_(1, prompt_ids.repeat_interleave(G, dim=0), True)
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         stop_window = max((len(s.encode("utf-8")) for s in params.stop_strings), default=0) + 1
@@ -180,6 +166,30 @@ class HFRolloutEngine:
             ]
             groups.append(GroupOutput(responses=responses, prompt_tokens=int(prompt_lengths[q])))
         return groups
+
+
+    def _prefill_and_expand(self, batch: dict[str, torch.Tensor], G: int):
+        """Run the Q prompts (vision tower and LLM) once and repeat the result G times.
+
+        Returns:
+            cache: the prompts' `DynamicCache`, batch Q*G (rows q*G .. q*G+G-1 belong to question q).
+            logits: (Q*G, V) float32 next-token logits after each prompt.
+            next_position: (Q*G,) M-RoPE position of the first response token, `P_q + delta_q`.
+        """
+        position_ids, rope_delta = self.model.model.get_rope_index(
+            batch["input_ids"],
+            batch["mm_token_type_ids"],
+            image_grid_thw=batch.get("image_grid_thw"),
+            video_grid_thw=batch.get("video_grid_thw"),
+            second_per_grid_ts=batch.get("second_per_grid_ts"),
+            attention_mask=batch["attention_mask"],
+        )
+        prefill = self.model(**batch, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+        cache = prefill.past_key_values
+        cache.batch_repeat_interleave(G)
+        next_position = batch["attention_mask"].sum(-1) + rope_delta.view(-1)
+        logits = prefill.logits[:, -1].float()
+        return cache, logits.repeat_interleave(G, dim=0), next_position.repeat_interleave(G)
 
 
 def collate_prompts(prompts: list[dict[str, torch.Tensor]], pad_token_id: int, device) -> dict[str, torch.Tensor]:
