@@ -62,3 +62,28 @@ def responses():
     lengths = torch.tensor([7, 4, 6, 2])
     mask = (torch.arange(7)[None, :] < lengths[:, None]).float()
     return ids, mask
+
+
+def image_prompt(patches: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """<text> <|vision_start|> N x <|image_pad|> <|vision_end|> <text>, with a random patchified image."""
+    generator = torch.Generator().manual_seed(seed)
+    grid = torch.tensor([[1, patches, patches]])
+    ids = [1, 7, VISION_START] + [IMAGE_PAD] * (int(grid.prod()) // 4) + [VISION_END, 11, 13]
+    input_ids = torch.tensor([ids])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "pixel_values": torch.randn(int(grid.prod()), 3 * 2 * 14 * 14, generator=generator),
+        "image_grid_thw": grid,
+        "mm_token_type_ids": (input_ids == IMAGE_PAD).long(),
+    }
+
+
+@pytest.fixture
+def image_prompt_inputs():
+    return image_prompt()
+
+
+@pytest.fixture
+def text_prompt_inputs():
+    return {"input_ids": torch.tensor([[1, 7, 9, 11]])}

@@ -152,6 +152,13 @@ def test_left_padded_prompt_gives_the_same_log_probs(tiny_model, prompt, respons
     torch.testing.assert_close(lp.response_log_probs(tiny_model, padded, ids, mask).log_probs, expected)
 
 
+@pytest.mark.parametrize("prompt_fixture", ["image_prompt_inputs", "text_prompt_inputs"])
+def test_image_and_text_only_prompts(tiny_model, responses, prompt_fixture, request):
+    prompt = request.getfixturevalue(prompt_fixture)
+    reference = run_group(tiny_model, prompt, responses, shared_prefix=False)
+    assert_matches(reference, run_group(tiny_model, prompt, responses, micro_batch=3))
+
+
 def test_single_token_responses(tiny_model, prompt):
     ids, mask = torch.tensor([[30], [40]]), torch.ones(2, 1)
     shared = lp.group_log_probs(tiny_model, prompt, ids, mask).log_probs

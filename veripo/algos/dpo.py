@@ -90,3 +90,17 @@ def dpo_loss(
         rejected_rewards=beta * rejected_logratios.detach(),
         nll=nll.detach(),
     )
+
+
+def dpo_metrics(out: DPOOutput) -> dict[str, torch.Tensor]:
+    """Detached scalar metrics of a DPO batch, named as TRL logs them: loss, implicit rewards, their margin,
+    and pair accuracy (the fraction of pairs whose chosen reward exceeds the rejected one)."""
+    margins = out.chosen_rewards - out.rejected_rewards
+    return {
+        "loss": out.loss.detach(),
+        "rewards/chosen": out.chosen_rewards.mean(),
+        "rewards/rejected": out.rejected_rewards.mean(),
+        "rewards/margins": margins.mean(),
+        "rewards/accuracies": (margins > 0).to(margins.dtype).mean(),
+        "nll": out.nll,
+    }
