@@ -28,20 +28,28 @@ def tiny_qwen25_vl(seed: int = 0):
     return Qwen2_5_VLForConditionalGeneration(config).float().train()
 
 
-def video_prompt(frames: int = 4, patches: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    """<text> <|vision_start|> N x <|video_pad|> <|vision_end|> <text>, with random patchified frames."""
+def _vision_prompt(grid: list[int], pad: int, token_type: int, pixels_key: str, grid_key: str, seed: int):
+    """<text> <|vision_start|> N x pad <|vision_end|> <text>, with random patchified pixels for ``grid``."""
     generator = torch.Generator().manual_seed(seed)
-    grid = torch.tensor([[frames // 2, patches, patches]])
-    num_pads = int(grid.prod()) // 4  # spatial merge 2x2
-    ids = [1, 7, 9, VISION_START] + [VIDEO_PAD] * num_pads + [VISION_END, 11, 13, 17, 19]
+    grid_thw = torch.tensor([grid])
+    num_patches = int(grid_thw.prod())
+    ids = [1, 7, 9, VISION_START] + [pad] * (num_patches // 4) + [VISION_END, 11, 13, 17, 19]  # 2x2 merge
     input_ids = torch.tensor([ids])
     return {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
-        "pixel_values_videos": torch.randn(int(grid.prod()), 3 * 2 * 14 * 14, generator=generator),
-        "video_grid_thw": grid,
-        "mm_token_type_ids": (input_ids == VIDEO_PAD).long() * 2,
+        pixels_key: torch.randn(num_patches, 3 * 2 * 14 * 14, generator=generator),
+        grid_key: grid_thw,
+        "mm_token_type_ids": (input_ids == pad).long() * token_type,
     }
+
+
+def video_prompt(frames: int = 4, patches: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    return _vision_prompt([frames // 2, patches, patches], VIDEO_PAD, 2, "pixel_values_videos", "video_grid_thw", seed)
+
+
+def image_prompt(patches: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    return _vision_prompt([1, patches, patches], IMAGE_PAD, 1, "pixel_values", "image_grid_thw", seed)
 
 
 @pytest.fixture
@@ -62,21 +70,6 @@ def responses():
     lengths = torch.tensor([7, 4, 6, 2])
     mask = (torch.arange(7)[None, :] < lengths[:, None]).float()
     return ids, mask
-
-
-def image_prompt(patches: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    """<text> <|vision_start|> N x <|image_pad|> <|vision_end|> <text>, with a random patchified image."""
-    generator = torch.Generator().manual_seed(seed)
-    grid = torch.tensor([[1, patches, patches]])
-    ids = [1, 7, VISION_START] + [IMAGE_PAD] * (int(grid.prod()) // 4) + [VISION_END, 11, 13]
-    input_ids = torch.tensor([ids])
-    return {
-        "input_ids": input_ids,
-        "attention_mask": torch.ones_like(input_ids),
-        "pixel_values": torch.randn(int(grid.prod()), 3 * 2 * 14 * 14, generator=generator),
-        "image_grid_thw": grid,
-        "mm_token_type_ids": (input_ids == IMAGE_PAD).long(),
-    }
 
 
 @pytest.fixture
