@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Iterator
 
 import pytest
 
 from veripo.data.records import Sample
-from veripo.rewards import ScoringProfile, get_profile, register_reward, score_batch
+from veripo.rewards import REWARDS, ScoringProfile, get_profile, register_reward, score_batch
 
 
-@register_reward("test_sleeps_on_hang")
 def _sleepy(completion: str, sample: Sample) -> float:
     if "HANG" in completion:
         time.sleep(60)
     return 1.0
 
 
-@register_reward("test_dies_on_die")
 def _dies(completion: str, sample: Sample) -> float:
     if "DIE" in completion:
         os._exit(3)
     return 1.0
+
+
+@pytest.fixture()
+def misbehaving_rewards() -> Iterator[None]:
+    """Register a hanging and a crashing reward for this test only (forked workers inherit them)."""
+    register_reward("test_sleeps_on_hang")(_sleepy)
+    register_reward("test_dies_on_die")(_dies)
+    yield
+    del REWARDS["test_sleeps_on_hang"], REWARDS["test_dies_on_die"]
 
 
 def _items() -> tuple[list[str], list[Sample]]:
@@ -50,7 +58,7 @@ def test_workers_match_inline() -> None:
     ]
 
 
-def test_hung_item_is_killed_and_counted() -> None:
+def test_hung_item_is_killed_and_counted(misbehaving_rewards: None) -> None:
     profile = ScoringProfile("sleepy", accuracy="test_sleeps_on_hang", format="format_lenient")
     completions = ["<think>a</think><answer>B</answer>"] * 6
     completions[2] = "HANG"
@@ -63,7 +71,7 @@ def test_hung_item_is_killed_and_counted() -> None:
     assert [s["accuracy"] for i, s in enumerate(scores) if i != 2] == [1.0] * 5  # the rest of the chunk rescored
 
 
-def test_dead_worker_is_replaced_and_counted() -> None:
+def test_dead_worker_is_replaced_and_counted(misbehaving_rewards: None) -> None:
     profile = ScoringProfile("dies", accuracy="test_dies_on_die", format="format_lenient")
     completions = ["ok", "DIE", "ok", "ok"]
     samples = [Sample(id=str(i), problem="q", problem_type="multiple choice", answer="B") for i in range(4)]
