@@ -35,17 +35,33 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "rollout"))
 
 MODEL_SIZES = {
-    "tiny": dict(hidden=128, layers=4, heads=4, kv_heads=2, vision_hidden=64, vision_depth=2, patch_size=14),
-    "small": dict(hidden=512, layers=6, heads=8, kv_heads=4, vision_hidden=256, vision_depth=4, patch_size=14),
+    "tiny": {
+        "hidden": 128,
+        "layers": 4,
+        "heads": 4,
+        "kv_heads": 2,
+        "vision_hidden": 64,
+        "vision_depth": 2,
+        "patch_size": 14,
+    },
+    "small": {
+        "hidden": 512,
+        "layers": 6,
+        "heads": 8,
+        "kv_heads": 4,
+        "vision_hidden": 256,
+        "vision_depth": 4,
+        "patch_size": 14,
+    },
 }
 # name -> video (frames, side px) and the prompt:response ratio to aim for
 CASES = {
-    "4:1": dict(frames=8, side=168, ratio=4),
-    "16:1": dict(frames=16, side=224, ratio=16),
+    "4:1": {"frames": 8, "side": 168, "ratio": 4},
+    "16:1": {"frames": 16, "side": 224, "ratio": 16},
 }
 QUICK_CASES = {
-    "4:1": dict(frames=4, side=56, ratio=4),
-    "16:1": dict(frames=8, side=112, ratio=16),
+    "4:1": {"frames": 4, "side": 56, "ratio": 4},
+    "16:1": {"frames": 8, "side": 112, "ratio": 16},
 }
 QUESTION = "What does the ball do?"
 
@@ -111,8 +127,18 @@ def worker(size: str, frames: int, side: int, ratio: int, group: int, shared: bo
 
 def measure(args: argparse.Namespace, case: dict, shared: bool) -> dict:
     command = [
-        sys.executable, __file__, "--worker", json.dumps(dict(case, shared=shared)), "--size", args.size,
-        "--group", str(args.group), "--repeats", str(args.repeats), "--threads", str(args.threads),
+        sys.executable,
+        __file__,
+        "--worker",
+        json.dumps(dict(case, shared=shared)),
+        "--size",
+        args.size,
+        "--group",
+        str(args.group),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -151,12 +177,16 @@ def main() -> None:
             progress.advance(task)
             rows.append((name, case, per_sequence, shared))
 
-    print(f"model: Qwen2.5-VL '{args.size}', {rows[0][2]['params_m']:.1f}M parameters, fp32, CPU, "
-          f"{args.threads} thread(s); G={args.group}; times: best of {args.repeats} step(s) after a warm-up step; "
-          "CPU s = process CPU time (robust to other load), wall s = elapsed\n")
-    print("| case | video | prompt:response tokens | per-seq CPU s | shared CPU s | speed-up (CPU) "
-          "| per-seq wall s | shared wall s | speed-up (wall) | per-seq peak MiB | shared peak MiB | memory ratio "
-          "| loss diff |")
+    print(
+        f"model: Qwen2.5-VL '{args.size}', {rows[0][2]['params_m']:.1f}M parameters, fp32, CPU, "
+        f"{args.threads} thread(s); G={args.group}; times: best of {args.repeats} step(s) after a warm-up step; "
+        "CPU s = process CPU time (robust to other load), wall s = elapsed\n"
+    )
+    print(
+        "| case | video | prompt:response tokens | per-seq CPU s | shared CPU s | speed-up (CPU) "
+        "| per-seq wall s | shared wall s | speed-up (wall) | per-seq peak MiB | shared peak MiB | memory ratio "
+        "| loss diff |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, case, base, fast in rows:
         print(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 import math
+from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
@@ -45,14 +45,27 @@ def _trl_loss(per_token_logps, completion_mask, ref_chosen, ref_rejected, beta, 
         mean_logits=torch.zeros(batch, length),
         is_top1=torch.zeros(batch, length, dtype=torch.bool),
     )
-    model = lambda **kwargs: outputs  # noqa: E731
+    def model(**kwargs):
+        return outputs
+
     model.training = True
     accelerator = SimpleNamespace(device="cpu", gather_for_metrics=lambda x: x, gather=lambda x: x)
     fake_self = SimpleNamespace(
-        model=model, accelerator=accelerator, aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True,
-        f_divergence_type="reverse_kl", loss_types=loss_types, loss_weights=loss_weights, beta=beta,
-        use_weighting=False, label_smoothing=0.0, _metrics={"train": defaultdict(list)},
-        _tp_size=1, _total_train_tokens=0, args=SimpleNamespace(),
+        model=model,
+        accelerator=accelerator,
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=True,
+        f_divergence_type="reverse_kl",
+        loss_types=loss_types,
+        loss_weights=loss_weights,
+        beta=beta,
+        use_weighting=False,
+        label_smoothing=0.0,
+        _metrics={"train": defaultdict(list)},
+        _tp_size=1,
+        _total_train_tokens=0,
+        args=SimpleNamespace(),
     )
     inputs = {
         "input_ids": torch.zeros(batch, length + 1, dtype=torch.long),
@@ -71,14 +84,23 @@ def test_dpo_matches_trl_dpo_trainer(nll_coef):
     pairs, length = 4, 6
     token_logps = -torch.rand(2 * pairs, length, generator=generator) * 3
     mask = (torch.arange(length)[None, :] < torch.tensor([6, 3, 5, 1, 4, 6, 2, 5])[:, None]).float()
-    ref_chosen, ref_rejected = -torch.rand(pairs, generator=generator) * 10, -torch.rand(pairs, generator=generator) * 10
+    ref_chosen, ref_rejected = (
+        -torch.rand(pairs, generator=generator) * 10,
+        -torch.rand(pairs, generator=generator) * 10,
+    )
     loss_types, weights = (["sigmoid", "sft"], [1.0, nll_coef]) if nll_coef else (["sigmoid"], [1.0])
     trl_loss, trl_metrics = _trl_loss(token_logps, mask, ref_chosen, ref_rejected, 0.1, loss_types, weights)
 
     logps = sequence_logps(token_logps, mask)
     ours = dpo_loss(
-        logps[:pairs], logps[pairs:], ref_chosen, ref_rejected, beta=0.1, nll_coef=nll_coef,
-        chosen_token_logps=token_logps[:pairs], chosen_mask=mask[:pairs],
+        logps[:pairs],
+        logps[pairs:],
+        ref_chosen,
+        ref_rejected,
+        beta=0.1,
+        nll_coef=nll_coef,
+        chosen_token_logps=token_logps[:pairs],
+        chosen_mask=mask[:pairs],
     )
     assert ours.loss.item() == pytest.approx(trl_loss.item(), rel=1e-6)
     metrics = dpo_metrics(ours)

@@ -107,7 +107,9 @@ def test_negative_control_detached_prompt_kv_fails_the_check(tiny_model, prompt,
     detached = state._replace(keys=[k.detach() for k in state.keys], values=[v.detach() for v in state.values])
     out = lp._continuation(tiny_model, detached, ids, mask, with_entropy=False)
     generator = torch.Generator().manual_seed(2)
-    old = lp.response_log_probs(tiny_model, prompt, ids, mask).log_probs + 0.2 * torch.randn(ids.shape, generator=generator)
+    old = lp.response_log_probs(tiny_model, prompt, ids, mask).log_probs + 0.2 * torch.randn(
+        ids.shape, generator=generator
+    )
     advantages = torch.tensor([1.0, -0.5, 0.8, -1.3])[:, None].expand_as(mask)
     loss = grpo_loss_fn(old, advantages, mask)(out.log_probs, None, torch.arange(4))
     loss.backward()

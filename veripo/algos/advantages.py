@@ -11,7 +11,7 @@ and std 1, so its advantage is its raw reward; an all-equal group has std 0 and 
 
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 

@@ -24,7 +24,8 @@ right-padded ``response_ids [G, R]`` with ``response_mask [G, R]``.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -173,7 +174,10 @@ def _per_sequence(
         "input_ids": input_ids,
         "attention_mask": torch.cat([torch.ones_like(prompt_ids).expand(g, -1), response_mask.long()], dim=1),
         "mm_token_type_ids": torch.cat(
-            [prompt["mm_token_type_ids"].expand(g, -1), torch.zeros_like(response_ids, dtype=prompt["mm_token_type_ids"].dtype)],
+            [
+                prompt["mm_token_type_ids"].expand(g, -1),
+                torch.zeros_like(response_ids, dtype=prompt["mm_token_type_ids"].dtype),
+            ],
             dim=1,
         ),
     }

@@ -10,8 +10,8 @@ the decoder layers while they are in use (``cache_kept_under_checkpointing``), w
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
