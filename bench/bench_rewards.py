@@ -16,7 +16,7 @@ import time
 from veripo.data.records import Sample
 from veripo.rewards import score_batch
 
-_WORDS = "let me think the video shows a person who moves left then right wait so the answer seems clear".split()
+_WORDS = ["let", "me", "think", "the", "video", "shows", "a", "person", "who", "moves", "left", "then", "right", "wait", "so", "the", "answer", "seems", "clear"]
 _MATH = [("\\frac{1}{2}", "0.5"), ("2\\sqrt{2}", "\\sqrt{8}"), ("x^2+2x+1", "(x+1)^2"), ("24/7", "3.43"),
          ("\\pi", "3.14159"), ("12", "12.0")]  # fmt: skip
 

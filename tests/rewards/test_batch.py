@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from veripo.data.records import Sample
-from veripo.rewards import REWARDS, ScoringProfile, get_profile, register_reward, score_batch
+from veripo.rewards import (
+    REWARDS,
+    ScoringProfile,
+    get_profile,
+    register_reward,
+    score_batch,
+)
 
 
 def _sleepy(completion: str, sample: Sample) -> float:

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from veripo.rewards import get_profile
-from veripo.rewards.golden import PEER_COLUMNS, expected_peer_value, inner_answer, sample_from_golden
+from veripo.rewards.golden import (
+    PEER_COLUMNS,
+    expected_peer_value,
+    inner_answer,
+    sample_from_golden,
+)
 
 N_ROWS = 42
 

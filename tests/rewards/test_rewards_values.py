@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veripo.data.records import Sample
-from veripo.rewards import REWARDS, adaptive_length_rewards, get_profile, get_reward, register_reward
+from veripo.rewards import (
+    REWARDS,
+    adaptive_length_rewards,
+    get_profile,
+    get_reward,
+    register_reward,
+)
 from veripo.rewards.metrics import (
     mean_relative_accuracy,
     mean_relative_accuracy_videor1,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,8 +12,8 @@ def register(app: typer.Typer) -> None:
     def score(
         file: Path = typer.Argument(..., help="Video-R1 or VerIPO eval output (JSON), or our JSONL (samples + completion, or rollouts)."),
         profile: str = typer.Option("veripo", "--profile", "-p", help="videor1-train, videor1-eval, veripo-eval or veripo."),
-        samples: Optional[Path] = typer.Option(None, "--samples", help="Samples JSONL, needed to score rollouts.jsonl."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Scoring processes (0 = in this process)."),
+        samples: Path | None = typer.Option(None, "--samples", help="Samples JSONL, needed to score rollouts.jsonl."),
+        workers: int | None = typer.Option(None, "--workers", help="Scoring processes (0 = in this process)."),
         timeout_s: float = typer.Option(15.0, "--timeout", help="Seconds one item may take before it scores 0."),
     ) -> None:
         """Score every prediction in FILE with a scoring profile; print mean accuracy per problem type."""
@@ -47,7 +46,7 @@ def register(app: typer.Typer) -> None:
                 kind,
                 str(len(rows)),
                 *(f"{100 * sum(r[k] for r in rows) / len(rows):.2f}" if k == "accuracy" else f"{sum(r[k] for r in rows) / len(rows):.3f}" for k in ("accuracy", "format", "total")),
-                end_section=kind == sorted(by_type)[-1],
+                end_section=kind == max(by_type),
             )
         console = Console()
         console.print(table)

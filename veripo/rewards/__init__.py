@@ -10,7 +10,12 @@ See docs/rewards.md.
 
 from veripo.rewards.batch import ScoredBatch, score_batch
 from veripo.rewards.group import adaptive_length_rewards
-from veripo.rewards.parsing import ParsedCompletion, extract_choice, extract_number, parse_completion
+from veripo.rewards.parsing import (
+    ParsedCompletion,
+    extract_choice,
+    extract_number,
+    parse_completion,
+)
 from veripo.rewards.profiles import PROFILES, ScoringProfile, get_profile
 from veripo.rewards.registry import REWARDS, RewardFn, get_reward, register_reward
 

@@ -12,9 +12,10 @@ import multiprocessing as mp
 import os
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, Sequence
+from typing import Any
 
 from veripo.data.records import Sample
 from veripo.rewards.profiles import ScoringProfile, get_profile

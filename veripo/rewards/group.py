@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from veripo.data.records import Sample
 from veripo.rewards.parsing import parse_completion

@@ -158,7 +158,7 @@ def extract_choice(answer_text: str | None, options: list[str] | tuple[str, ...]
     if lead and lead.group(1).upper() in letters:
         letter = lead.group(1)
         # A lower-case leading letter only counts alone ("a"), not as the article in "a red car".
-        if letter.isupper() or len(text.strip("()[]{}.:) ")) == 1:
+        if letter.isupper() or len(re.sub(r"[()\[\]{}.:\s]", "", text)) == 1:
             return letter.upper()
     said = _ANSWER_IS.search(text)
     if said and said.group(1).upper() in letters:

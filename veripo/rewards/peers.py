@@ -11,7 +11,7 @@ that is what the item contributes to the peer's accuracy. All string work is lin
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from veripo.data.records import Sample
 from veripo.rewards.mathcheck import veripo_math_verify

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from veripo.data.records import Sample
-from veripo.rewards.registry import RewardFn, get_reward
+from veripo.rewards.registry import get_reward
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class ScoringProfile:
         """The scores given to an item that could not be scored (timeout, crash)."""
         return {"accuracy": 0.0, "format": 0.0, **{n: 0.0 for n, _ in self.extras}, "total": 0.0}
 
-    def with_extras(self, extra: tuple[str, ...] = (), weights: dict[str, float] | None = None) -> "ScoringProfile":
+    def with_extras(self, extra: tuple[str, ...] = (), weights: dict[str, float] | None = None) -> ScoringProfile:
         """This profile plus ``extra`` rewards; ``weights`` may override "accuracy", "format" or any extra
         (default weight 1.0). Mirrors ``RewardConfig(profile, extra, weights)``."""
         weights = dict(weights or {})

@@ -7,7 +7,8 @@ here too. Every reward returns a finite float in its documented range and never 
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from veripo.data.records import Sample
 from veripo.rewards import peers
