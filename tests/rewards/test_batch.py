@@ -89,3 +89,16 @@ def test_dead_worker_is_replaced_and_counted(misbehaving_rewards: None) -> None:
 def test_length_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="2 completions but 1 samples"):
         score_batch(["a", "b"], [Sample(id="1", problem="", problem_type="OCR", answer="a")], "veripo")
+
+
+def _exit_at_start(conn: object, profile: object) -> None:
+    os._exit(1)
+
+
+def test_workers_that_cannot_start_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from veripo.rewards import batch
+
+    monkeypatch.setattr(batch, "_worker_main", _exit_at_start)
+    completions, samples = _items()
+    with pytest.raises(RuntimeError, match="died 3 times before starting"):
+        score_batch(completions, samples, "veripo", workers=1, mp_context="fork")

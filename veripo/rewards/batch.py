@@ -127,10 +127,18 @@ def _score_in_workers(
 
     pool = [start() for _ in range(n_workers)]
     remaining = len(results)
+    startup_failures = 0
 
     def give_up(worker: _Worker, reason: str) -> None:
         # The item being scored fails; the rest of the chunk is scored again by a fresh worker.
-        nonlocal remaining
+        nonlocal remaining, startup_failures
+        if not worker.ready:
+            startup_failures += 1
+            if startup_failures >= 3:
+                raise RuntimeError(
+                    f"score_batch: scoring workers ({mp_context}) died {startup_failures} times before starting; "
+                    "check that veripo.rewards imports in a fresh process, or pass workers=0"
+                )
         if worker.inflight:
             index = worker.inflight.popleft()
             results[index] = profile.zero()
