@@ -45,6 +45,7 @@ def _trl_loss(per_token_logps, completion_mask, ref_chosen, ref_rejected, beta, 
         mean_logits=torch.zeros(batch, length),
         is_top1=torch.zeros(batch, length, dtype=torch.bool),
     )
+
     def model(**kwargs):
         return outputs
 

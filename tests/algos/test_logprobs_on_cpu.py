@@ -161,6 +161,17 @@ def test_image_and_text_only_prompts(tiny_model, responses, prompt_fixture, requ
     assert_matches(reference, run_group(tiny_model, prompt, responses, micro_batch=3))
 
 
+def test_chunked_logits_give_the_same_loss_and_gradients(tiny_model, prompt, responses, reference, monkeypatch):
+    monkeypatch.setattr(lp, "LOGITS_CHUNK_ELEMENTS", 5 * tiny_model.lm_head.out_features)  # 5 tokens a chunk
+    assert_matches(reference, run_group(tiny_model, prompt, responses, micro_batch=3))
+    ids, mask = responses
+    chunked = lp.response_log_probs(tiny_model, prompt, ids, mask, with_entropy=True)
+    monkeypatch.undo()
+    whole = lp.response_log_probs(tiny_model, prompt, ids, mask, with_entropy=True)
+    torch.testing.assert_close(chunked.log_probs, whole.log_probs)
+    torch.testing.assert_close(chunked.entropy, whole.entropy)
+
+
 def test_single_token_responses(tiny_model, prompt):
     ids, mask = torch.tensor([[30], [40]]), torch.ones(2, 1)
     shared = lp.group_log_probs(tiny_model, prompt, ids, mask).log_probs

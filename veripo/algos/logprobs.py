@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from veripo.algos.prefix_cache import ReadOnlyPrefixCache, WriteOnceCache, cache_kept_under_checkpointing
@@ -114,15 +115,39 @@ def prompt_positions(model: nn.Module, prompt: Mapping[str, torch.Tensor]) -> tu
     )
 
 
-def _token_log_probs(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool) -> LogProbs:
-    """``hidden`` ``[g, R, H]`` predicting ``targets`` ``[g, R]`` -> log-probs (and entropy) ``[g, R]``, in fp32."""
-    logits = model.lm_head(hidden).float()
+# Above this many logits per forward, log-probs are computed in token chunks whose logits are recomputed in
+# backward instead of kept: a Qwen vocabulary (152k) makes [G, R, V] logits the largest tensor of a step.
+LOGITS_CHUNK_ELEMENTS = 2**27
+
+
+def _log_probs_from_hidden(
+    lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hidden`` ``[n, H]`` -> log-probs of ``targets`` ``[n]`` and entropy ``[n]`` (zeros unless asked), fp32."""
+    logits = lm_head(hidden).float()
     log_norm = torch.logsumexp(logits, dim=-1)
     log_probs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_norm
-    entropy = None
-    if with_entropy:
-        entropy = log_norm - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
-    return LogProbs(log_probs, entropy)
+    if not with_entropy:
+        return log_probs, torch.zeros_like(log_probs)
+    return log_probs, log_norm - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
+
+
+def _token_log_probs(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool) -> LogProbs:
+    """``hidden`` ``[g, R, H]`` predicting ``targets`` ``[g, R]`` -> log-probs (and entropy) ``[g, R]``, in fp32."""
+    g, length, width = hidden.shape
+    flat_hidden, flat_targets = hidden.reshape(-1, width), targets.reshape(-1)
+    chunk = max(1, LOGITS_CHUNK_ELEMENTS // model.lm_head.out_features)
+    if flat_targets.numel() <= chunk:
+        log_probs, entropy = _log_probs_from_hidden(model.lm_head, flat_hidden, flat_targets, with_entropy)
+    else:
+        parts = [
+            torch.utils.checkpoint.checkpoint(
+                _log_probs_from_hidden, model.lm_head, h, t, with_entropy, use_reentrant=False
+            )
+            for h, t in zip(flat_hidden.split(chunk), flat_targets.split(chunk))
+        ]
+        log_probs, entropy = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return LogProbs(log_probs.view(g, length), entropy.view(g, length) if with_entropy else None)
 
 
 def _prompt_pass(model: nn.Module, prompt: dict[str, torch.Tensor]) -> _PromptState:
