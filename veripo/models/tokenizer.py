@@ -116,6 +116,15 @@ def training_corpus() -> list[str]:
         lines.append(template.format(a=f"{c} {s} {m} {d}", b="ABCD"[i % 4], c=c, s=s, m=m, d=d,
                                      L="ABCDEF"[i % 6], n=n, n2=n2, n3=n + n2))
     lines.extend(f"{k} {k * 1.5} {k * 10 + 3} -{k}" for k in range(200))
+    # The synthetic tasks' own text (questions, options, reference chains) and the prompt templates around
+    # it, so that the demo's prompts and reasoning chains are short in tokens (faster on a CPU).
+    from veripo.data.synthetic import synthetic_corpus
+    from veripo.models.prompts import VERIPO_TEMPLATE, VIDEOR1_QUESTION_TEMPLATE
+
+    task_lines = synthetic_corpus(n_per_kind=60)
+    lines.extend(task_lines)
+    lines.extend(VERIPO_TEMPLATE.format(Question=q) for q in task_lines[::25])
+    lines.extend(VIDEOR1_QUESTION_TEMPLATE.format(Question=q) for q in task_lines[::50])
     return lines
 
 
