@@ -38,12 +38,6 @@ def sigmoid_preference_loss(delta: torch.Tensor, beta: float) -> torch.Tensor:
     return -F.logsigmoid(beta * delta)
 
 
-@register_dpo_loss("ipo")
-def ipo_preference_loss(delta: torch.Tensor, beta: float) -> torch.Tensor:
-    """IPO (Azar et al. 2023): ``(delta - 1 / (2 beta))^2`` per pair, on the same ``[B]`` log-ratio gap."""
-    return (delta - 1.0 / (2.0 * beta)).square()
-
-
 def sequence_logps(token_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum of per-token log-probs over the response: ``[B, R]``, mask ``[B, R]`` -> ``[B]``."""
     return (token_logps * mask.to(token_logps.dtype)).sum(dim=-1)
