@@ -94,3 +94,14 @@ def test_strict_format_equals_videor1_regex(text: str) -> None:
 def test_first_answer_block_equals_videor1_regex(text: str) -> None:
     match = re.search(r"<answer>\s*(.*?)\s*</answer>", text, re.DOTALL)
     assert first_answer_block(text) == (match.group(1).strip() if match else "")
+
+
+@pytest.mark.parametrize(
+    "text, answer",
+    [("so the answer is \\boxed{\\frac{1}{2}} ok", "\\frac{1}{2}"), ("<think>x</think> \\boxed{B}", "B"),
+     ("<think>\\boxed{B}</think><answer>C</answer>", "C"), ("\\boxed{1} then \\boxed{2", None)],
+)  # fmt: skip
+def test_boxed_fallback_without_answer_tag(text: str, answer: str | None) -> None:
+    parsed = parse_completion(text)
+    assert parsed.answer == answer
+    assert not parsed.format_ok and not parsed.truncated or "<answer>" in text

@@ -61,7 +61,13 @@ def parse_completion(text: str) -> ParsedCompletion:
 
     thinking, _, think_end, think_closed = _first_block(text, tags, "think", stop_at="answer")
     answer, answer_start, _, answer_closed = _first_block(text, tags, "answer", stop_at=None)
-    truncated = (thinking is not None and not think_closed) or (answer is not None and not answer_closed)
+    boxed = last_boxed(text) if answer is None else None
+    boxed_only = boxed is not None
+    if boxed_only:  # no answer tag: fall back to the last \boxed{} (the format rule still fails)
+        answer = boxed
+    truncated = (thinking is not None and not think_closed) or (
+        answer is not None and not answer_closed and not boxed_only
+    )
 
     if counts[("think", False)] == 0:
         problems.append("no <think> tag")
@@ -73,13 +79,13 @@ def parse_completion(text: str) -> ParsedCompletion:
         problems.append("no <answer> tag")
     elif counts[("answer", False)] > 1 or counts[("answer", True)] > 1:
         problems.append("several answer blocks")
-    if answer is not None and not answer_closed:
+    if answer is not None and not answer_closed and not boxed_only:
         problems.append("unclosed <answer>")
-    if thinking is not None and answer is not None and think_closed and answer_start >= think_end:
-        if text[think_end:answer_start].strip():
+    if thinking is not None and think_closed and answer_start >= 0:
+        if answer_start < think_end:
+            problems.append("<answer> before </think>")
+        elif text[think_end:answer_start].strip():
             problems.append("text between </think> and <answer>")
-    elif thinking is not None and answer is not None and think_closed:
-        problems.append("<answer> before </think>")
     if thinking is not None and not thinking:
         problems.append("empty thinking")
     if answer is not None and not answer:
@@ -115,6 +121,23 @@ def _first_block(
                 return text[open_end:start].strip(), open_start, start, False
         return text[open_end:].strip(), open_start, len(text), False
     return None, -1, -1, False
+
+
+def last_boxed(text: str) -> str | None:
+    """The stripped content of the last ``\\boxed{...}`` (nested braces allowed), or None if it does not
+    close within 10,000 characters."""
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth = 1
+    for i in range(start + 7, min(len(text), start + 10_007)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 7 : i].strip()
+    return None
 
 
 # ---- letters -------------------------------------------------------------------------------------------
