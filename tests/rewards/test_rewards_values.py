@@ -178,3 +178,13 @@ def test_profiles_and_weights() -> None:
 def test_numpy_float64_mra_thresholds_match_peer() -> None:
     # VerIPO: np.linspace(.5, .95, int((.95 - .5) / .05 + 2)) has 10 points (int(10.999...) == 10)
     assert len(np.linspace(0.5, 0.95, int((0.95 - 0.5) / 0.05 + 2))) == 10
+
+
+def test_build_profile_from_reward_config() -> None:
+    from veripo.config.schema import RewardConfig
+    from veripo.rewards import build_profile
+
+    cfg = RewardConfig(profile="veripo", extra=("length",), weights={"length": 0.5})
+    profile = build_profile(cfg.profile, cfg.extra, cfg.weights)
+    assert profile.extras == (("length", 0.5),)
+    assert build_profile("veripo") is get_profile("veripo")

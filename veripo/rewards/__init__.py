@@ -16,7 +16,7 @@ from veripo.rewards.parsing import (
     extract_number,
     parse_completion,
 )
-from veripo.rewards.profiles import PROFILES, ScoringProfile, get_profile
+from veripo.rewards.profiles import PROFILES, ScoringProfile, build_profile, get_profile
 from veripo.rewards.registry import REWARDS, RewardFn, get_reward, register_reward
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "ScoredBatch",
     "ScoringProfile",
     "adaptive_length_rewards",
+    "build_profile",
     "extract_choice",
     "extract_number",
     "get_profile",

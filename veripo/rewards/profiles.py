@@ -112,3 +112,9 @@ def get_profile(name: str) -> ScoringProfile:
         return PROFILES[name]
     except KeyError:
         raise KeyError(f"unknown scoring profile {name!r}; expected one of: {', '.join(PROFILES)}") from None
+
+
+def build_profile(name: str, extra: tuple[str, ...] = (), weights: dict[str, float] | None = None) -> ScoringProfile:
+    """The profile a ``RewardConfig(profile, extra, weights)`` describes."""
+    profile = get_profile(name)
+    return profile.with_extras(tuple(extra), weights) if extra or weights else profile
