@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from veripo.data.records import PROBLEM_TYPES, Sample
 from veripo.rewards import (
     REWARDS,
+    adaptive_length_rewards,
     extract_choice,
     extract_number,
     get_profile,
@@ -93,3 +94,17 @@ def test_parsers_never_raise(text: str) -> None:
     assert letter is None or letter in "AB"
     number = extract_number(text)
     assert number is None or math.isfinite(number)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(TEXTS, st.sampled_from(["q1", "q2"]), st.floats(allow_nan=True, allow_infinity=True)),
+        max_size=12,
+    )
+)
+def test_adaptive_length_rewards_on_arbitrary_groups(rows: list[tuple[str, str, float]]) -> None:
+    samples = [Sample(id=sid, problem="q", problem_type="OCR", answer="x") for _, sid, _ in rows]
+    rewards = adaptive_length_rewards([t for t, _, _ in rows], samples, [a for _, _, a in rows], scale=0.2)
+    assert len(rewards) == len(rows)
+    assert all(isinstance(r, float) and -0.2 <= r <= 0.2 for r in rewards)
