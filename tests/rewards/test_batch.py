@@ -11,6 +11,7 @@ import pytest
 from veripo.data.records import Sample
 from veripo.rewards import (
     REWARDS,
+    ScoringPool,
     ScoringProfile,
     get_profile,
     register_reward,
@@ -91,7 +92,7 @@ def test_length_mismatch_is_an_error() -> None:
         score_batch(["a", "b"], [Sample(id="1", problem="", problem_type="OCR", answer="a")], "veripo")
 
 
-def _exit_at_start(conn: object, profile: object) -> None:
+def _exit_at_start(conn: object) -> None:
     os._exit(1)
 
 
@@ -102,3 +103,16 @@ def test_workers_that_cannot_start_raise(monkeypatch: pytest.MonkeyPatch) -> Non
     completions, samples = _items()
     with pytest.raises(RuntimeError, match="died 3 times before starting"):
         score_batch(completions, samples, "veripo", workers=1, mp_context="fork")
+
+
+def test_pool_is_reused_across_batches_and_profiles(misbehaving_rewards: None) -> None:
+    completions, samples = _items()
+    sleepy = ScoringProfile("sleepy", accuracy="test_sleeps_on_hang", format="format_lenient")
+    with ScoringPool(2, chunk_size=4, timeout_s=1.0, mp_context="fork") as pool:
+        first = score_batch(completions, samples, "veripo", pool=pool)
+        hung = pool.score(["HANG", "ok"], samples[:2], sleepy)
+        again = pool.score(completions, samples, "veripo")
+    assert list(first) == list(again) == [get_profile("veripo").score(c, s) for c, s in zip(completions, samples)]
+    assert hung.failures == {"timeout": 1} and hung[1]["accuracy"] == 1.0
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.score(completions, samples, "veripo")

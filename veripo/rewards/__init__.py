@@ -3,12 +3,12 @@
 - ``parse_completion`` / ``extract_choice`` / ``extract_number``: tolerant reading of model output.
 - ``REWARDS`` / ``register_reward`` / ``get_reward``: pure ``(completion, sample) -> float`` rewards.
 - ``get_profile``: named scoring profiles (videor1-train, videor1-eval, veripo-eval, veripo).
-- ``score_batch``: many completions in worker processes with a hard per-item timeout.
+- ``score_batch`` / ``ScoringPool``: many completions in worker processes with a hard per-item timeout.
 - ``adaptive_length_rewards``: the group-level length shaping.
 See docs/rewards.md.
 """
 
-from veripo.rewards.batch import ScoredBatch, score_batch
+from veripo.rewards.batch import ScoredBatch, ScoringPool, score_batch
 from veripo.rewards.group import adaptive_length_rewards
 from veripo.rewards.parsing import (
     ParsedCompletion,
@@ -25,6 +25,7 @@ __all__ = [
     "ParsedCompletion",
     "RewardFn",
     "ScoredBatch",
+    "ScoringPool",
     "ScoringProfile",
     "adaptive_length_rewards",
     "build_profile",
