@@ -22,6 +22,7 @@ class ModelConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    prompt: Literal["veripo", "videor1"] = "veripo"  # the training prompt template (veripo.models.prompts)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class DataSource:
     on_error: Literal["skip", "fail"] = "skip"
     weight: float = 1.0
     limit: int | None = None
+    # generate a synthetic dataset folder at `path` (relative: under the run directory) when it is missing;
+    # keys are veripo.data.synthetic.make_synthetic arguments: n, seed, kinds, size, frames, difficulties, tasks
+    synthetic: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,7 @@ class GRPOConfig:
     shared_prefix: bool = True  # one prompt pass per group; False = per-sequence baseline
     filter_equal_groups: bool = False  # drop groups whose rewards are all equal (zero advantage)
     accuracy_band: tuple[float, float] | None = None  # keep groups whose mean accuracy lies in [lo, hi]
-    save_every: int = 0  # optimizer steps between checkpoints (0 = end of phase only)
+    save_every: int = 1  # rollout batches between checkpoints (the unit a killed run resumes from)
 
     def validate(self, prefix: str) -> None:
         if self.lr <= 0:
@@ -130,6 +134,7 @@ class SFTConfig:
     warmup_steps: int = 0
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     weight_decay: float = 0.0
+    save_every: int = 10  # optimizer steps between checkpoints (the unit a killed run resumes from)
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,8 @@ class EvalConfig:
     repetition_penalty: float = 1.05  # VerIPO eval
     profile: str = "veripo-eval"
     prompt: Literal["veripo", "videor1"] = "veripo"
+    heldout: tuple[DataSource, ...] = ()  # evaluated (greedy) after every training stage of a run
+    judge: Literal["rule", "hf", "openai"] = "rule"  # for the inconsistency rate in evaluations
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,62 @@
+"""What a recipe is handed: the run config, its stage, the policy, the questions, and where to write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from veripo.config import RunConfig, Stage
+from veripo.data.records import Sample
+from veripo.recipes.checkpoint import Progress, latest_checkpoint, load_model_weights, load_progress, load_training_state, truncate_outputs
+from veripo.recipes.distributed import DistInfo
+
+
+@dataclass
+class StageContext:
+    cfg: RunConfig
+    stage: Stage
+    index: int  # position of the stage in the run
+    stage_dir: Path
+    policy: Any  # veripo.models.Policy: model, processor, tokenizer
+    samples: list[Sample]
+    encode: Callable[[Sample], dict[str, Any]]  # a sample -> its prompt's model inputs (batch of one)
+    global_step: int = 0  # optimizer steps taken by earlier stages
+    dist: DistInfo = field(default_factory=DistInfo)
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    show_progress: bool = True
+    inputs: dict[str, Path] = field(default_factory=dict)  # files from earlier stages (rollouts, pairs)
+
+    def section(self, name: str) -> Any:
+        """The run's config section ``name`` with this stage's overrides."""
+        return self.cfg.section_for(self.stage, name)
+
+    def log(self, message: str) -> None:
+        if self.dist.is_main:
+            self.console.print(f"[dim]\\[{self.stage.name}][/dim] {message}")
+
+
+@dataclass
+class StageResult:
+    """What a stage hands on: its optimizer steps, output files and numbers for the summary."""
+
+    steps: int = 0
+    outputs: dict[str, Path] = field(default_factory=dict)
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+def resume_stage(ctx: StageContext, optimizer: Any, scheduler: Any) -> Progress:
+    """Restore the newest checkpoint of this stage (weights, optimizer, counters) and cut the outputs back
+    to it; a fresh ``Progress`` when the stage has none."""
+    ckpt = latest_checkpoint(ctx.stage_dir)
+    if ckpt is None:
+        return Progress(global_step=ctx.global_step)
+    load_model_weights(ctx.policy.model, ckpt)
+    load_training_state(ckpt, optimizer, scheduler)
+    progress = load_progress(ckpt)
+    if ctx.dist.is_main:
+        truncate_outputs(ctx.stage_dir, progress.outputs)
+    ctx.log(f"resumed from {ckpt.name} (unit {progress.unit}, step {progress.step})")
+    return progress

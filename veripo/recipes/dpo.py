@@ -1,0 +1,161 @@
+"""DPO phase ("Pair-Fast-Align" in the VerIPO paper): targeted alignment on the verifier's pairs.
+
+Sigmoid DPO (Rafailov et al. 2023), ``-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))`` with summed
+response log-probs, plus an optional NLL term on the chosen response (``dpo.nll_coef``; the paper's figure
+labels the update "maximum likelihood"). The reference is the policy at the start of the phase: its
+log-probs are computed once for all pairs before training and stored in ``reference_logps.json``, so no
+second model is held in memory and a resumed phase uses the original reference. Chosen and rejected
+share one prompt pass (video included). No sampling: the pairs reuse the GRPO rollouts, which is why this
+phase is several times cheaper than a GRPO phase (bench/bench_phases.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from veripo.algos.dpo import DPO_LOSSES
+from veripo.algos.logprobs import backward_group, response_log_probs
+from veripo.data.jsonl import JsonlWriter, read_jsonl
+from veripo.data.records import Pair
+from veripo.recipes.checkpoint import output_sizes, save_checkpoint
+from veripo.recipes.common import Stopwatch, build_optimizer, build_scheduler, generator, grad_norm_and_clip, progress_bar
+from veripo.recipes.context import StageContext, StageResult, resume_stage
+from veripo.recipes.distributed import gather_objects, sum_gradients
+from veripo.recipes.run_dir import atomic_write_json, read_json
+
+OUTPUTS = ["metrics.jsonl"]
+
+
+def pair_token_ids(tokenizer: Any, pair: Pair) -> tuple[list[int], list[int]]:
+    """Chosen and rejected response ids: the rollouts' own tokens when the pair carries them."""
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"] + [end]
+
+    chosen = pair.chosen_token_ids or encode(pair.chosen)
+    rejected = pair.rejected_token_ids or encode(pair.rejected)
+    return list(chosen), list(rejected)
+
+
+def _pair_tensors(chosen: list[int], rejected: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(chosen), len(rejected))
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width)
+    for row, seq in enumerate((chosen, rejected)):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1.0
+    return ids, mask
+
+
+def reference_logps(ctx: StageContext, pairs: list[Pair], tokens: dict[str, tuple[list[int], list[int]]]) -> dict[str, list[float]]:
+    """Summed log-probs ``[chosen, rejected]`` per pair under the stage-start policy (computed once)."""
+    path = ctx.stage_dir / "reference_logps.json"
+    cached = read_json(path)
+    if cached is not None and set(cached) >= {p.id for p in pairs}:
+        return cached
+    by_id = {s.id: s for s in ctx.samples}
+    mine = ctx.dist.shard(pairs)
+    local = []
+    with progress_bar("DPO reference log-probs", len(mine), ctx.show_progress and ctx.dist.is_main) as bar:
+        for pair in mine:
+            ids, mask = _pair_tensors(*tokens[pair.id])
+            logp = response_log_probs(ctx.policy.model, ctx.encode(by_id[pair.sample_id]), ids, mask).log_probs
+            local.append((pair.id, (logp * mask).sum(-1).tolist()))
+            bar.advance(1)
+    result = dict(gather_objects(ctx.dist, local))
+    if ctx.dist.is_main:
+        atomic_write_json(path, result)
+    return result
+
+
+def run_dpo(ctx: StageContext) -> StageResult:
+    dpo = ctx.section("dpo")
+    model, tokenizer = ctx.policy.model, ctx.policy.tokenizer
+    pairs_path = ctx.inputs.get("pairs")
+    if pairs_path is None or not pairs_path.exists():
+        raise FileNotFoundError(f"stage '{ctx.stage.name}': no pairs file from a verify stage (expected {pairs_path})")
+    by_id = {s.id: s for s in ctx.samples}
+    pairs = [p for p in read_jsonl(pairs_path, Pair) if p.sample_id in by_id]
+    clock = Stopwatch()
+    if not pairs:
+        ctx.log(f"no pairs in {pairs_path}: nothing to align, the policy is unchanged")
+        return StageResult(numbers={"pairs": 0, "wall_time_s": 0.0})
+    tokens = {p.id: pair_token_ids(tokenizer, p) for p in pairs}
+    per_epoch = math.ceil(len(pairs) / dpo.global_batch_size)
+    total = per_epoch * dpo.epochs
+    optimizer = build_optimizer(model, dpo.lr)
+    scheduler = build_scheduler(optimizer, dpo.lr_schedule, dpo.warmup_steps, total)
+    progress = resume_stage(ctx, optimizer, scheduler)
+    if progress.done:
+        return StageResult(steps=progress.step, numbers={"pairs": len(pairs)})
+    clock = Stopwatch(progress.extra.get("time_s", 0.0))
+    ref = reference_logps(ctx, pairs, tokens)
+    preference_loss = DPO_LOSSES.get("sigmoid")
+    model.train()
+    writer = JsonlWriter(ctx.stage_dir / "metrics.jsonl", fsync="batch") if ctx.dist.is_main else None
+    if writer:
+        writer.open()
+    try:
+        with progress_bar(f"DPO {ctx.stage.name}", total, ctx.show_progress and ctx.dist.is_main) as bar:
+            bar.set_completed(progress.unit)
+            for unit in range(progress.unit, total):
+                epoch, b = divmod(unit, per_epoch)
+                order = torch.randperm(len(pairs), generator=generator(ctx.cfg.seed, ctx.stage.name, "order", epoch)).tolist()
+                batch = [pairs[i] for i in order[b * dpo.global_batch_size : (b + 1) * dpo.global_batch_size]]
+                chosen_tokens = float(sum(len(tokens[p.id][0]) for p in batch))
+                optimizer.zero_grad(set_to_none=True)
+                local = []
+                for pair in ctx.dist.shard(batch):
+                    ids, mask = _pair_tensors(*tokens[pair.id])
+                    ref_c, ref_r = ref[pair.id]
+                    seen: dict[str, float] = {}
+
+                    def loss_fn(logp: torch.Tensor, _entropy: Any, _rows: torch.Tensor) -> torch.Tensor:
+                        sums = (logp * mask).sum(-1)
+                        delta = (sums[0] - ref_c) - (sums[1] - ref_r)
+                        loss = preference_loss(delta, dpo.beta) / len(batch)
+                        if dpo.nll_coef:
+                            loss = loss - dpo.nll_coef * sums[0] / chosen_tokens
+                        seen.update(chosen=float(dpo.beta * (sums[0] - ref_c)), rejected=float(dpo.beta * (sums[1] - ref_r)))
+                        return loss
+
+                    stats = backward_group(model, ctx.encode(by_id[pair.sample_id]), ids, mask, loss_fn, micro_batch=None)
+                    local.append({"loss": float(stats.loss), **seen})
+                rows = gather_objects(ctx.dist, local)
+                sum_gradients(ctx.dist, model)
+                grad_norm = grad_norm_and_clip(model, dpo.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                progress.step += 1
+                progress.global_step += 1
+                progress.unit = unit + 1
+                n = max(1, len(rows))
+                row = {
+                    "stage": ctx.stage.name, "kind": "dpo", "step": progress.step, "global_step": progress.global_step,
+                    "epoch": epoch, "lr": lr, "loss": sum(r["loss"] for r in rows), "grad_norm": grad_norm,
+                    "chosen_reward": sum(r["chosen"] for r in rows) / n,
+                    "rejected_reward": sum(r["rejected"] for r in rows) / n,
+                    "margin": sum(r["chosen"] - r["rejected"] for r in rows) / n,
+                    "pair_accuracy": sum(1.0 for r in rows if r["chosen"] > r["rejected"]) / n,
+                    "time_s": clock.elapsed(),
+                }
+                if writer:
+                    writer.write(row)
+                bar.advance(1, loss=row["loss"], margin=row["margin"])
+                last = progress.unit == total
+                progress.done = last
+                progress.extra["time_s"] = clock.elapsed()
+                if writer:
+                    writer.sync()
+                if ctx.dist.is_main:
+                    progress.outputs = output_sizes(ctx.stage_dir, OUTPUTS)
+                    save_checkpoint(ctx.stage_dir, model, ctx.policy.processor, optimizer, scheduler, progress)
+    finally:
+        if writer:
+            writer.close()
+    return StageResult(steps=progress.step, numbers={"pairs": len(pairs), "wall_time_s": clock.elapsed()})

@@ -1,0 +1,102 @@
+"""SFT warm start: teacher-forced next-token loss on reference chains of thought.
+
+The paper starts GRPO from the instruct model; its discussion recommends an SFT stage for weaker models,
+and a randomly initialised tiny model cannot follow the ``<think>...</think><answer>...</answer>`` format
+at all, so the demo starts here. Targets are ``<think>{reasoning}</think><answer>{answer}</answer>`` plus the
+end-of-turn token (samples need ``reasoning``: the synthetic tasks carry it; Video-R1-COT rows carry it
+in ``process``). Loss: token-mean over the batch's response tokens; the prompt (video included) is
+context only. Batches are seeded permutations per epoch; a checkpoint after every ``save_every`` batches
+makes a killed stage resume exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from veripo.algos.logprobs import backward_group
+from veripo.data.jsonl import JsonlWriter
+from veripo.data.records import Sample
+from veripo.recipes.checkpoint import output_sizes, save_checkpoint
+from veripo.recipes.common import Stopwatch, build_optimizer, build_scheduler, generator, grad_norm_and_clip, progress_bar
+from veripo.recipes.context import StageContext, StageResult, resume_stage
+from veripo.recipes.distributed import gather_objects, sum_gradients
+
+OUTPUTS = ["metrics.jsonl"]
+
+
+def reference_completion(sample: Sample) -> str:
+    """The target text for a sample with a reference chain of thought."""
+    return f"<think>{sample.reasoning}</think><answer>{sample.answer}</answer>"
+
+
+def target_ids(tokenizer, sample: Sample) -> list[int]:
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = tokenizer(reference_completion(sample), add_special_tokens=False)["input_ids"]
+    return ids + ([end] if isinstance(end, int) and end >= 0 else [])
+
+
+def run_sft(ctx: StageContext) -> StageResult:
+    sft = ctx.section("sft")
+    model, tokenizer = ctx.policy.model, ctx.policy.tokenizer
+    samples = [s for s in ctx.samples if s.reasoning]
+    if not samples:
+        raise ValueError(f"stage '{ctx.stage.name}': SFT needs samples with a reference chain of thought (Sample.reasoning); none of {len(ctx.samples)} has one")
+    per_epoch = math.ceil(len(samples) / sft.batch_size)
+    total = per_epoch * sft.epochs if sft.max_steps is None else min(sft.max_steps, per_epoch * sft.epochs)
+    optimizer = build_optimizer(model, sft.lr, sft.weight_decay)
+    scheduler = build_scheduler(optimizer, sft.lr_schedule, sft.warmup_steps, total)
+    progress = resume_stage(ctx, optimizer, scheduler)
+    if progress.done:
+        return StageResult(steps=progress.step)
+    clock = Stopwatch(progress.extra.get("time_s", 0.0))
+    save_every = max(1, sft.save_every)
+    targets = {s.id: target_ids(tokenizer, s) for s in samples}
+    model.train()
+    writer = JsonlWriter(ctx.stage_dir / "metrics.jsonl", fsync="batch") if ctx.dist.is_main else None
+    if writer:
+        writer.open()
+    try:
+        with progress_bar(f"SFT {ctx.stage.name}", total, ctx.show_progress and ctx.dist.is_main) as bar:
+            bar.set_completed(progress.unit)
+            for unit in range(progress.unit, total):
+                epoch, b = divmod(unit, per_epoch)
+                order = torch.randperm(len(samples), generator=generator(ctx.cfg.seed, ctx.stage.name, "order", epoch)).tolist()
+                batch = [samples[i] for i in order[b * sft.batch_size : (b + 1) * sft.batch_size]]
+                n_tokens = float(sum(len(targets[s.id]) for s in batch))
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum = 0.0
+                for sample in ctx.dist.shard(batch):
+                    ids = torch.tensor([targets[sample.id]])
+                    mask = torch.ones_like(ids, dtype=torch.float32)
+                    stats = backward_group(model, ctx.encode(sample), ids, mask,
+                                           lambda logp, _e, _rows: -(logp.sum()) / n_tokens)
+                    loss_sum += float(stats.loss)
+                loss = sum(gather_objects(ctx.dist, [loss_sum]))
+                sum_gradients(ctx.dist, model)
+                grad_norm = grad_norm_and_clip(model, sft.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                progress.step += 1
+                progress.global_step += 1
+                progress.unit = unit + 1
+                if writer:
+                    writer.write({"stage": ctx.stage.name, "kind": "sft", "step": progress.step,
+                                  "global_step": progress.global_step, "epoch": epoch, "lr": lr, "loss": loss,
+                                  "grad_norm": grad_norm, "tokens": n_tokens, "time_s": clock.elapsed()})
+                bar.advance(1, loss=loss)
+                last = progress.unit == total
+                if last or progress.unit % save_every == 0:
+                    progress.done = last
+                    progress.extra["time_s"] = clock.elapsed()
+                    if writer:
+                        writer.sync()
+                    if ctx.dist.is_main:
+                        progress.outputs = output_sizes(ctx.stage_dir, OUTPUTS)
+                        save_checkpoint(ctx.stage_dir, model, ctx.policy.processor, optimizer, scheduler, progress)
+    finally:
+        if writer:
+            writer.close()
+    return StageResult(steps=progress.step, numbers={"wall_time_s": clock.elapsed()})
