@@ -14,8 +14,8 @@ from veripo.data.synthetic import make_synthetic
 runner = CliRunner()
 
 
-def _eval(model, out, *args):
-    result = runner.invoke(app, ["eval", "--model", str(model), "--out", str(out), "--judge", "none",
+def _eval(model, out, *args, judge="none"):
+    result = runner.invoke(app, ["eval", "--model", str(model), "--out", str(out), "--judge", judge,
                                  "--max-new-tokens", "12", "--batch-size", "4", *map(str, args)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result
@@ -24,12 +24,13 @@ def _eval(model, out, *args):
 def test_synthetic_end_to_end(tiny_model_dir, tmp_path):
     data = make_synthetic(tmp_path / "heldout", n=6, seed=3, frames=(4, 6), size=56)
     out = tmp_path / "out"
-    result = _eval(tiny_model_dir, out, "--bench", data)
+    result = _eval(tiny_model_dir, out, "--bench", data, judge="rule")
     metrics = json.loads((out / "heldout" / "metrics.json").read_text())
     assert metrics["n"] == 6 and metrics["n_missing_media"] == 0
     assert set(metrics["n_by_type"]) and sum(metrics["n_by_type"].values()) == 6
     assert 1 <= metrics["response_len"] <= 12
     assert metrics["media"]["fps"] == 2.0 and metrics["prompt"] == "veripo" and metrics["profile"] == "veripo-eval"
+    assert metrics["judge"] == "rule"  # a random model's text states no conclusion: the labels are unknown
     assert json.loads((out / "metrics.json").read_text())["heldout"]["n"] == 6
     assert (out / "heldout" / "videor1_results.json").exists()
     assert (out / "heldout" / "heldout.veripo_predictions.json").exists()
@@ -37,7 +38,7 @@ def test_synthetic_end_to_end(tiny_model_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "heldout" / "predictions.jsonl").read_text().splitlines()[1:]]
     assert len(rows) == 6 and all(r["status"] == "ok" and r["prompt_tokens"] > 0 for r in rows)
     # The same command again resumes: nothing is decoded twice.
-    _eval(tiny_model_dir, out, "--bench", data)
+    _eval(tiny_model_dir, out, "--bench", data, judge="rule")
     assert len((out / "heldout" / "predictions.jsonl").read_text().splitlines()) == 7  # header + 6
 
 
@@ -79,3 +80,6 @@ def test_bad_arguments_are_clear_errors(tiny_model_dir, tmp_path):
     result = runner.invoke(app, ["eval", "--model", str(tiny_model_dir), "--bench", str(tmp_path / "x.json"),
                                  "--judge", "none", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "x.json: data file not found" in result.output
+    result = runner.invoke(app, ["eval", "--model", str(tiny_model_dir), "--bench", str(tmp_path / "x.json"),
+                                 "--judge", "openai", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--judge-url" in result.output

@@ -30,7 +30,11 @@ def register(app: typer.Typer) -> None:
         max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Override the frame cap (VerIPO 128, "
                                                  "Video-R1 32)."),
         max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Override pixels per frame."),
-        judge: str = typer.Option("rule", "--judge", help="Consistency judge for the inconsistency rate: rule or none."),
+        judge: str = typer.Option("rule", "--judge", help="Consistency judge for the inconsistency rate: rule, hf, "
+                                  "openai or none."),
+        judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL (--judge openai)."),
+        judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Served model name (openai) or local "
+                                                  "model directory (hf)."),
         dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
         cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Decoded-frame cache folder."),
@@ -61,7 +65,6 @@ def register(app: typer.Typer) -> None:
             fail(f"--limit must be >= 1, got {limit}")
         if batch_size < 1 or max_new_tokens < 1:
             fail("--batch-size and --max-new-tokens must be >= 1")
-        judge_fn, judge_name = _make_judge(judge, fail)
         options = SuiteOptions(prompt=prompt, profile=profile, media_root=str(media_root) if media_root else None,
                                limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                repetition_penalty=repetition_penalty, fps=fps, max_frames=max_frames,
@@ -71,8 +74,10 @@ def register(app: typer.Typer) -> None:
         except ValueError as e:
             fail(str(e))
         out_dir = out or Path("eval") / model.resolve().name
+        judge_fn = _make_judge(judge, judge_url, judge_model, out_dir, fail)
         try:
-            results = evaluate_files(policy, bench, out_dir, options, judge=judge_fn, judge_name=judge_name)
+            results = evaluate_files(policy, bench, out_dir, options, judge=judge_fn,
+                                     judge_name=None if judge_fn is None else judge)
         except (DataError, ValueError) as e:
             fail(str(e))
         print_results(console, results)
@@ -87,14 +92,19 @@ def _device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _make_judge(name: str, fail: Any) -> tuple[Any, str | None]:
+def _make_judge(name: str, url: str | None, model: str | None, out_dir: Path, fail: Any) -> Any:
+    """The verifier's judge as ``judge(samples, responses) -> labels`` (cached under ``out_dir``), or None."""
     if name == "none":
-        return None, None
-    from veripo.eval.judges import JUDGES
+        return None
+    if name not in ("rule", "hf", "openai"):
+        fail(f"--judge {name!r} is not one of rule, hf, openai, none")
+    from veripo.config import VerifierConfig
+    from veripo.verifier.judges import make_eval_judge
 
-    if name not in JUDGES:
-        fail(f"--judge {name!r} is not one of {sorted(JUDGES) + ['none']}")
-    return JUDGES[name](), name
+    try:
+        return make_eval_judge(name, VerifierConfig(judge=name, judge_url=url, judge_model=model), out_dir)
+    except ValueError as e:
+        fail(str(e).replace("verifier.judge_url", "--judge-url").replace("verifier.judge_model", "--judge-model"))
 
 
 def _pct(value: float | None) -> str:
