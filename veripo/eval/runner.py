@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from veripo.data.jsonl import JsonlWriter
-from veripo.data.loaders import DataError
 from veripo.data.media import MediaError
 from veripo.data.records import Sample
 from veripo.eval.metrics import compute_metrics
@@ -121,7 +121,7 @@ def _encode_batch(batch: list[Sample], encode: Encode, benchmark: str, writer: J
         try:
             prompts.append(encode(sample))
             ready.append(sample)
-        except (MediaError, DataError, FileNotFoundError) as e:
+        except (MediaError, FileNotFoundError) as e:
             writer.write(missing_media_row(sample, str(e), benchmark=benchmark))
             missing += 1
     return ready, prompts, missing
@@ -146,7 +146,8 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
             all registered) scores each response.
         max_new_tokens, repetition_penalty: greedy decoding settings.
         batch_size: questions per engine call.
-        judge: labels each response's consistency for the inconsistency rate (``veripo.eval.judges``).
+        judge: labels each response's consistency for the inconsistency rate
+            (``veripo.verifier.judges.make_eval_judge``); judge_name is recorded in the metrics.
         engine: a ``RolloutEngine`` (default: ``HFRolloutEngine(model, tokenizer)``).
         settings: what else decides the responses (model, prompt style, media settings); with the decoding
             settings it is kept in ``out_dir/settings.json``, and resuming under different ones is refused.
@@ -163,15 +164,16 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
         profiles.append(profile)
     ids = [s.id for s in samples]
     if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        dupes = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
         raise ValueError(f"benchmark {benchmark!r}: sample ids must be unique; repeated: {dupes}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / PREDICTIONS_FILE
     decoding = {"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty, "greedy": True,
                 **(settings or {})}
-    check_settings(out_dir / SETTINGS_FILE, decoding, has_predictions=path.exists())
-    done = {i for i, row in read_predictions(path).items() if row.get("status") == STATUS_OK}
+    earlier = read_predictions(path)
+    check_settings(out_dir / SETTINGS_FILE, decoding, has_predictions=bool(earlier))
+    done = {i for i, row in earlier.items() if row.get("status") == STATUS_OK}
     todo = [s for s in samples if s.id not in done]
     if done:
         log.info("%s: %d of %d items already predicted in %s; evaluating the other %d",
