@@ -35,8 +35,9 @@ def _register() -> None:
     from veripo.cli import model as model_cli
     from veripo.cli import report as report_cli
     from veripo.cli import score as score_cli
+    from veripo.cli import train as train_cli
 
-    for module in (config_cli, report_cli, data_cli, model_cli, demo_cli, score_cli, eval_cli,):
+    for module in (train_cli, config_cli, report_cli, data_cli, model_cli, demo_cli, score_cli, eval_cli,):
         module.register(app)
 
 

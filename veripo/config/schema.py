@@ -152,7 +152,9 @@ class VerifierConfig:
     repetition_ngram: int = 4
     repetition_threshold: float = 0.5  # share of repeated n-grams above which a rollout counts as repetitive
     max_pairs_per_question: int = 2
-    pair_types: tuple[str, ...] = ("consistency", "penalty", "reflective")
+    pair_types: tuple[str, ...] = ("consistency", "reflective", "penalty")  # tried in this order up to the cap
+    construct_reflective: bool = False  # splice reflective chains when a group has none (veripo.verifier.pairs)
+    correct_threshold: float = 1.0  # accuracy reward at which a rollout counts as correct
 
 
 @dataclass(frozen=True)

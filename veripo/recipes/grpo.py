@@ -47,7 +47,8 @@ from veripo.recipes.common import (
 )
 from veripo.recipes.context import StageContext, StageResult, resume_stage
 from veripo.recipes.distributed import gather_objects, sum_gradients
-from veripo.rewards import get_profile, parse_completion
+from veripo.rewards import parse_completion
+from veripo.rewards.profiles import build_profile
 from veripo.rollout import HFRolloutEngine, SamplingParams
 
 OUTPUTS = ["rollouts.jsonl", "metrics.jsonl", "question_stats.jsonl"]
@@ -85,7 +86,8 @@ def batch_questions(samples: list[Sample], unit: int, size: int, seed: int, stag
 
 def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list[tuple[int, Sample]], unit: int) -> list[ScoredGroup]:
     rollout = ctx.section("rollout")
-    profile = get_profile(ctx.cfg.rewards.profile)
+    rewards = ctx.cfg.rewards
+    profile = build_profile(rewards.profile, rewards.extra, rewards.weights)
     groups = []
     for q, sample in questions:
         params = SamplingParams(

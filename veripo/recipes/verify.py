@@ -1,0 +1,32 @@
+"""Verify stage: the Rollout-Aware Verifier over the rollouts of the last GRPO stage -> pairs for DPO."""
+
+from __future__ import annotations
+
+from veripo.recipes.common import Stopwatch
+from veripo.recipes.context import StageContext, StageResult
+from veripo.recipes.run_dir import read_json
+from veripo.verifier.run import load_rollouts, verify_rollouts
+
+
+def run_verify(ctx: StageContext) -> StageResult:
+    rollouts_path = ctx.inputs.get("rollouts")
+    if rollouts_path is None or not rollouts_path.exists():
+        raise FileNotFoundError(f"stage '{ctx.stage.name}': no rollouts to verify (a verify stage follows a grpo stage)")
+    outputs = {"pairs": ctx.stage_dir / "pairs.jsonl", "verdicts": ctx.stage_dir / "verdicts.jsonl"}
+    done = read_json(ctx.stage_dir / "verify_summary.json")
+    if done is not None and outputs["pairs"].exists():  # finished before a kill: do not judge twice
+        return StageResult(outputs=outputs, numbers=_numbers(done, done.get("wall_time_s", 0.0)))
+    clock = Stopwatch()
+    if not ctx.dist.is_main:
+        return StageResult(outputs=outputs)
+    summary = verify_rollouts(load_rollouts(rollouts_path), {s.id: s for s in ctx.samples}, ctx.section("verifier"),
+                              ctx.stage_dir, profile_name=ctx.cfg.rewards.profile)
+    data = summary.to_dict()
+    ctx.log(f"{data['rollouts']} rollouts: failed {data['failed']}; pairs {data['pairs']}; "
+            f"inconsistency rate {data['inconsistency_rate']}")
+    return StageResult(outputs=outputs, numbers=_numbers(data, clock.elapsed()))
+
+
+def _numbers(data: dict, wall: float) -> dict:
+    return {"pairs": data["pairs"], "inconsistency_rate": data["inconsistency_rate"], "failed": data["failed"],
+            "wall_time_s": wall}

@@ -1,0 +1,295 @@
+"""Consistency judges: does the thinking's conclusion support the final answer?
+
+One ``Judge`` protocol, three judges:
+- ``rule``: deterministic; the conclusion the chain states near its end (option letter, option text or
+  number) against the final answer; ``unknown`` when the chain states none.
+- ``openai``: any OpenAI-compatible chat server (vLLM, SGLang, TGI, llama.cpp, ``transformers serve``) with
+  the judge prompt; concurrent requests, timeouts, retries with backoff; a server that is down or answers
+  garbage gives ``unknown`` (counted), optionally replaced by the rule judge's label.
+- ``hf``: a local transformers causal LM with the same prompt.
+Every judge is wrapped in a content-hash cache (a JSONL file), so a re-run asks nothing twice.
+The verdict parser is strict: the reply's last non-empty line must be ``VERDICT: CONSISTENT`` or
+``VERDICT: INCONSISTENT``; anything else is a counted parse failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, Sequence
+
+from veripo.data.records import Sample
+from veripo.rewards import parse_completion
+from veripo.verifier.checks import conclusion, final_answer_key
+
+Label = Literal["consistent", "inconsistent", "unknown"]
+DEFAULT_PROMPT = Path(__file__).with_name("prompts") / "consistency.txt"
+_VERDICT = re.compile(r"^\s*VERDICT:\s*(CONSISTENT|INCONSISTENT)\s*$")
+
+
+@dataclass(frozen=True)
+class JudgeItem:
+    sample: Sample
+    thinking: str | None
+    answer: str | None
+
+
+@dataclass(frozen=True)
+class JudgeResult:
+    label: Label
+    raw: str = ""
+    error: str | None = None
+
+
+class Judge(Protocol):
+    name: str
+    stats: Counter
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[JudgeResult]: ...
+
+
+def parse_verdict(reply: str) -> Label | None:
+    """``consistent``/``inconsistent`` from a strict last line, else None (a parse failure)."""
+    lines = [line for line in reply.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    m = _VERDICT.match(lines[-1])
+    return m.group(1).lower() if m else None  # type: ignore[return-value]
+
+
+def render_prompt(template: str, item: JudgeItem, max_chars: int = 6000) -> str:
+    options = "Options:\n" + "\n".join(item.sample.options) + "\n" if item.sample.options else ""
+    return template.format(question=item.sample.problem[:max_chars], options=options,
+                           thinking=(item.thinking or "")[-max_chars:], answer=(item.answer or "")[:500])
+
+
+class RuleJudge:
+    name = "rule"
+
+    def __init__(self) -> None:
+        self.stats: Counter = Counter()
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[JudgeResult]:
+        out = []
+        for item in items:
+            concluded = conclusion(item.thinking, item.sample)
+            final = final_answer_key(item.answer, item.sample)
+            if concluded is None or final is None:
+                label: Label = "unknown"
+            else:
+                label = "consistent" if concluded == final else "inconsistent"
+            self.stats[label] += 1
+            out.append(JudgeResult(label, raw=f"conclusion={concluded!r} answer={final!r}"))
+        return out
+
+
+class OpenAIJudge:
+    """Chat-completions judge. The API key is read from ``api_key_env`` and sent only as a header."""
+
+    name = "openai"
+
+    def __init__(self, url: str, model: str, *, api_key_env: str = "VERIPO_JUDGE_API_KEY", timeout_s: float = 30.0,
+                 retries: int = 3, concurrency: int = 8, template: str | None = None, max_tokens: int = 32,
+                 down_after: int = 3) -> None:
+        import httpx
+
+        self.url = url.rstrip("/") + "/chat/completions"
+        self.model, self.retries, self.concurrency, self.max_tokens = model, retries, max(1, concurrency), max_tokens
+        self.template = template or DEFAULT_PROMPT.read_text(encoding="utf-8")
+        key = os.environ.get(api_key_env)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = httpx.Client(timeout=timeout_s, headers=headers)
+        self.stats: Counter = Counter()
+        self._lock = threading.Lock()
+        self._consecutive_failures = 0
+        self.down_after = down_after  # consecutive failed requests after which the server counts as down
+
+    def _server_down(self) -> bool:
+        return self._consecutive_failures >= self.down_after
+
+    def _ask(self, item: JudgeItem) -> JudgeResult:
+        import httpx
+
+        if self._server_down():
+            self._count("server_down")
+            return JudgeResult("unknown", error="server down")
+        body = {"model": self.model, "max_tokens": self.max_tokens, "temperature": 0.0,
+                "messages": [{"role": "user", "content": render_prompt(self.template, item)}]}
+        error = ""
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.client.post(self.url, json=body)
+                if response.status_code >= 500 or response.status_code == 429:
+                    error = f"HTTP {response.status_code}"
+                else:
+                    response.raise_for_status()
+                    reply = _reply_text(response.json())
+                    with self._lock:
+                        self._consecutive_failures = 0
+                    label = parse_verdict(reply)
+                    if label is None:
+                        self._count("parse_failure")
+                        return JudgeResult("unknown", raw=reply[:500], error="unparseable verdict")
+                    self._count(label)
+                    return JudgeResult(label, raw=reply[:500])
+            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
+                error = type(e).__name__
+            if self._server_down():
+                break
+            if attempt < self.retries:
+                time.sleep(min(8.0, 0.25 * 2**attempt))
+        with self._lock:
+            self._consecutive_failures += 1
+        self._count("request_failure")
+        return JudgeResult("unknown", error=error or "request failed")
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.stats[key] += 1
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[JudgeResult]:
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(self._ask, items))
+
+
+def _reply_text(payload: Any) -> str:
+    message = payload["choices"][0]["message"]
+    text = message.get("content") or ""
+    if not isinstance(text, str):
+        raise TypeError("message content is not text")
+    return text
+
+
+class HFJudge:
+    """A local causal LM (``from_pretrained`` on a directory), greedy, with the judge prompt."""
+
+    name = "hf"
+
+    def __init__(self, model_dir: str, *, template: str | None = None, max_new_tokens: int = 16) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.template = template or DEFAULT_PROMPT.read_text(encoding="utf-8")
+        self.max_new_tokens = max_new_tokens
+        self.stats: Counter = Counter()
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[JudgeResult]:
+        import torch
+
+        out = []
+        for item in items:
+            prompt = render_prompt(self.template, item)
+            if getattr(self.tokenizer, "chat_template", None):
+                prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                            add_generation_prompt=True)
+            ids = self.tokenizer(prompt, return_tensors="pt")
+            with torch.no_grad():
+                gen = self.model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False)
+            reply = self.tokenizer.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            label = parse_verdict(reply)
+            self.stats[label or "parse_failure"] += 1
+            out.append(JudgeResult(label or "unknown", raw=reply[:500], error=None if label else "unparseable verdict"))
+        return out
+
+
+@dataclass
+class CachedJudge:
+    """Content-hash cache in front of a judge (and the rule fallback for its ``unknown`` labels)."""
+
+    inner: Any
+    path: Path | None = None
+    fallback: RuleJudge | None = None
+    stats: Counter = field(default_factory=Counter)
+    _memo: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.name = self.inner.name
+        if self.path is not None and self.path.exists():
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                    self._memo[row["key"]] = row
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a torn last line from a killed run
+
+    def key(self, item: JudgeItem) -> str:
+        text = json.dumps([self.inner.name, getattr(self.inner, "model", ""), getattr(self.inner, "template", ""),
+                           item.sample.problem, item.sample.options, item.thinking, item.answer])
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[JudgeResult]:
+        keys = [self.key(i) for i in items]
+        todo = [(k, i) for k, i in zip(keys, items) if k not in self._memo]
+        self.stats["cache_hits"] += len(items) - len(todo)
+        if todo:
+            fresh = self.inner.judge([i for _, i in todo])
+            rows = []
+            for (k, _), r in zip(todo, fresh):
+                row = {"key": k, "label": r.label, "raw": r.raw, "error": r.error}
+                if r.error is None or r.label != "unknown":
+                    rows.append(row)  # failed requests are not cached: a re-run asks again
+                self._memo[k] = row
+            if self.path is not None and rows:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write("".join(json.dumps(r) + "\n" for r in rows))
+        results = [JudgeResult(self._memo[k]["label"], self._memo[k].get("raw", ""), self._memo[k].get("error"))
+                   for k in keys]
+        if self.fallback is not None:
+            unknown = [n for n, r in enumerate(results) if r.label == "unknown" and r.error is not None]
+            if unknown:
+                self.stats["fallback_to_rule"] += len(unknown)
+                for n, r in zip(unknown, self.fallback.judge([items[n] for n in unknown])):
+                    results[n] = JudgeResult(r.label, r.raw, f"fallback to rule after: {results[n].error}")
+        for key in keys:
+            if self._memo[key].get("error") is not None:
+                self._memo.pop(key)  # forget failures so the next call retries them
+        return results
+
+    def counters(self) -> dict[str, int]:
+        return {**dict(self.inner.stats), **dict(self.stats)}
+
+
+def make_judge(cfg: Any, name: str | None = None, cache_path: Path | None = None) -> CachedJudge:
+    """The judge a ``VerifierConfig`` describes (``name`` overrides ``cfg.judge``), cached and with the
+    rule fallback when ``cfg.fallback_to_rule``."""
+    name = name or cfg.judge
+    template = Path(cfg.prompt_template).read_text(encoding="utf-8") if cfg.prompt_template else None
+    if name == "rule":
+        inner: Any = RuleJudge()
+    elif name == "openai":
+        if not cfg.judge_url or not cfg.judge_model:
+            raise ValueError("verifier.judge=openai needs verifier.judge_url and verifier.judge_model")
+        inner = OpenAIJudge(cfg.judge_url, cfg.judge_model, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
+                            retries=cfg.retries, concurrency=cfg.concurrency, template=template)
+    elif name == "hf":
+        if not cfg.judge_model:
+            raise ValueError("verifier.judge=hf needs verifier.judge_model (a local model directory)")
+        inner = HFJudge(cfg.judge_model, template=template)
+    else:
+        raise ValueError(f"unknown judge {name!r}; expected rule, hf or openai")
+    fallback = RuleJudge() if cfg.fallback_to_rule and name != "rule" else None
+    return CachedJudge(inner, cache_path, fallback)
+
+
+def make_eval_judge(name: str, cfg: Any, cache_dir: Path | None = None):
+    """``judge(samples, responses) -> labels`` for ``veripo.eval.evaluate``."""
+    judge = make_judge(cfg, name, None if cache_dir is None else Path(cache_dir) / "judge_cache.jsonl")
+
+    def label(samples: Sequence[Sample], responses: Sequence[str]) -> list[str]:
+        items = []
+        for sample, text in zip(samples, responses):
+            parsed = parse_completion(text)
+            items.append(JudgeItem(sample, parsed.thinking, parsed.answer))
+        return [r.label for r in judge.judge(items)]
+
+    return label

@@ -1,0 +1,136 @@
+"""Verify a rollouts file: check every rollout, judge its consistency, build pairs, write the results.
+
+Outputs (docs/run-directory.md): ``verdicts.jsonl``, ``pairs.jsonl``, ``verify_summary.json`` and the judge's
+``judge_cache.jsonl`` in ``out_dir``. Re-running over the same rollouts asks the judge nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from veripo.data.jsonl import JsonlWriter, read_jsonl
+from veripo.data.records import Rollout, Sample, Verdict
+from veripo.rewards import parse_completion
+from veripo.rewards.profiles import build_profile
+from veripo.verifier.checks import is_reflective, is_repetitive
+from veripo.verifier.judges import JudgeItem, make_judge
+from veripo.verifier.pairs import build_pairs
+
+
+@dataclass
+class VerifySummary:
+    rollouts: int = 0
+    failed: Counter = field(default_factory=Counter)  # check -> rollouts failing it
+    consistency: Counter = field(default_factory=Counter)  # label -> rollouts
+    pairs: Counter = field(default_factory=Counter)
+    skipped_groups: Counter = field(default_factory=Counter)
+    missing_samples: int = 0
+    judge: str = ""
+    judge_counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def inconsistency_rate(self) -> float | None:
+        """Inconsistent / judged (consistent + inconsistent); None when nothing could be judged."""
+        judged = self.consistency["consistent"] + self.consistency["inconsistent"]
+        return self.consistency["inconsistent"] / judged if judged else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rollouts": self.rollouts, "failed": dict(self.failed), "consistency": dict(self.consistency),
+                "inconsistency_rate": self.inconsistency_rate,
+                "inconsistency_rate_all": (self.consistency["inconsistent"] / self.rollouts) if self.rollouts else None,
+                "pairs": {k: self.pairs.get(k, 0) for k in ("consistency", "penalty", "reflective")},
+                "skipped_groups": dict(self.skipped_groups), "missing_samples": self.missing_samples,
+                "judge": self.judge, "judge_counters": self.judge_counters}
+
+
+def inconsistency_rate(verdicts: Iterable[Verdict]) -> float | None:
+    """Share of judged verdicts whose answer contradicts the thinking (``unknown`` ones are left out)."""
+    labels = Counter(v.consistency for v in verdicts)
+    judged = labels["consistent"] + labels["inconsistent"]
+    return labels["inconsistent"] / judged if judged else None
+
+
+def check_rollout(rollout: Rollout, sample: Sample, profile: Any, cfg: Any) -> Verdict:
+    """Every rule check of one rollout (consistency is filled in by the judge afterwards)."""
+    parsed = parse_completion(rollout.text)
+    scores = profile.score(rollout.text, sample)
+    accuracy = float(scores.get("accuracy", 0.0))
+    thinking_tokens = rollout.thinking_tokens or len((parsed.thinking or "").split())
+    repetitive = is_repetitive(rollout.text, cfg.repetition_ngram, cfg.repetition_threshold)
+    truncated = rollout.truncated or parsed.truncated
+    verdict = Verdict(
+        rollout_id=rollout.id, sample_id=rollout.sample_id, format_ok=parsed.format_ok, accuracy=accuracy,
+        correct=accuracy >= cfg.correct_threshold, thinking_tokens=thinking_tokens, repetitive=repetitive,
+        truncated=truncated, reflective=is_reflective(parsed.thinking, sample),
+    )
+    if not parsed.format_ok:
+        verdict.reasons.append("format: " + ", ".join(parsed.problems or ("not <think>...</think><answer>...</answer>",)))
+    if repetitive:
+        verdict.reasons.append("repetitive")
+    if truncated:
+        verdict.reasons.append("truncated")
+    if thinking_tokens < cfg.min_thinking_tokens:
+        verdict.reasons.append(f"thinking shorter than {cfg.min_thinking_tokens} tokens")
+        verdict.format_ok = False
+    if not verdict.correct:
+        verdict.reasons.append(f"accuracy {accuracy:.2f}")
+    return verdict
+
+
+def verify_rollouts(rollouts: list[Rollout], samples: dict[str, Sample], cfg: Any, out_dir: Path, *,
+                    profile_name: str = "veripo", judge_name: str | None = None,
+                    show_progress: bool = False) -> VerifySummary:
+    """Check and judge ``rollouts``, build pairs, write verdicts/pairs/summary to ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    profile = build_profile(profile_name)
+    summary = VerifySummary(rollouts=len(rollouts))
+    known = [r for r in rollouts if r.sample_id in samples]
+    summary.missing_samples = len(rollouts) - len(known)
+    verdicts = [check_rollout(r, samples[r.sample_id], profile, cfg) for r in known]
+    judge = make_judge(cfg, judge_name, out_dir / "judge_cache.jsonl")
+    summary.judge = judge.name
+    items = [JudgeItem(samples[r.sample_id], r.thinking if r.thinking is not None else parse_completion(r.text).thinking,
+                       r.answer if r.answer is not None else parse_completion(r.text).answer) for r in known]
+    for verdict, result in zip(verdicts, judge.judge(items)):
+        verdict.consistency = result.label
+        verdict.judge = judge.name
+        if result.label == "inconsistent":
+            verdict.reasons.append("answer contradicts the thinking")
+        if result.error:
+            verdict.reasons.append(f"judge: {result.error}")
+    summary.judge_counters = judge.counters()
+    for v in verdicts:
+        summary.consistency[v.consistency] += 1
+        for check, failed in (("format", not v.format_ok), ("accuracy", not v.correct), ("repetition", v.repetitive),
+                              ("truncation", v.truncated), ("consistency", v.consistency == "inconsistent")):
+            summary.failed[check] += int(failed)
+    groups: dict[str, list[Rollout]] = {}
+    for r in known:
+        groups.setdefault(r.id.rsplit("/", 1)[0], []).append(r)  # one group = one question in one rollout batch
+    pairs, stats = build_pairs(groups, {v.rollout_id: v for v in verdicts}, cfg)
+    summary.pairs, summary.skipped_groups = stats.pairs, stats.skipped
+    _rewrite(out_dir / "verdicts.jsonl", verdicts)
+    _rewrite(out_dir / "pairs.jsonl", pairs)
+    tmp = out_dir / "verify_summary.json.tmp"
+    tmp.write_text(json.dumps(summary.to_dict(), indent=2))
+    os.replace(tmp, out_dir / "verify_summary.json")
+    return summary
+
+
+def _rewrite(path: Path, records: list[Any]) -> None:
+    """Write a whole JSONL file atomically (a re-run replaces it; a kill leaves the old one)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    with JsonlWriter(tmp, fsync="batch") as w:
+        w.write_many(records)
+    os.replace(tmp, path)
+
+
+def load_rollouts(path: Path) -> list[Rollout]:
+    return read_jsonl(path, Rollout)
