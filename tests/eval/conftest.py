@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from scripted import ScriptedEngine, WordTokenizer  # noqa: E402
+from scripted import ScriptedEngine, WordTokenizer
 
 
 @pytest.fixture

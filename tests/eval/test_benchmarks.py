@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from veripo.data.loaders import load_samples
-from veripo.eval.benchmarks import assign_numeric_types, benchmark_name, find_benchmark, settings_for
+from veripo.eval.benchmarks import (
+    assign_numeric_types,
+    benchmark_name,
+    find_benchmark,
+    settings_for,
+)
 
 
 @pytest.mark.parametrize("name, key", [("veripo_tomato", "tomato"), ("eval_vsibench", "vsi_bench"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from veripo.cli.main import app
@@ -49,7 +48,7 @@ def test_real_question_files_with_missing_videos(tiny_model_dir, tmp_path, share
                    questions / "veripo_tomato.json", "--limit", "3", "--prompt", "videor1")
     summary = json.loads((out / "metrics.json").read_text())
     assert set(summary) == {"eval_mmvu", "veripo_tomato"}
-    for name, m in summary.items():
+    for m in summary.values():
         assert (m["n"], m["n_missing_media"], m["n_total"]) == (0, 3, 3)
         assert all("not found" in item["reason"] for item in m["missing_media"])
         assert m["profile"] == "videor1-eval"

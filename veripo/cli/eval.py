@@ -4,7 +4,7 @@ table of the metrics. See docs/evaluation.md."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -15,36 +15,40 @@ def register(app: typer.Typer) -> None:
         model: Path = typer.Option(..., "--model", help="A local Qwen2.5-VL / Qwen2-VL model directory."),
         bench: list[Path] = typer.Option(..., "--bench", help="A benchmark file (Video-R1 / VerIPO eval JSON, "
                                          "JSONL) or synthetic dataset folder; repeat for several."),
-        media_root: Optional[Path] = typer.Option(None, "--media-root", help="Media paths resolve under it "
+        media_root: Path | None = typer.Option(None, "--media-root", help="Media paths resolve under it "
                                                   "(default: each file's folder)."),
-        profile: Optional[str] = typer.Option(None, "--profile", help="Headline scoring profile (default: the "
+        profile: str | None = typer.Option(None, "--profile", help="Headline scoring profile (default: the "
                                               "prompt's scorer: veripo-eval or videor1-eval)."),
         prompt: str = typer.Option("veripo", "--prompt", help="Prompt style: veripo ($X$ answers) or videor1."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: eval/<model name>); "
+        out: Path | None = typer.Option(None, "--out", help="Output folder (default: eval/<model name>); "
                                            "re-running into it resumes."),
-        limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N questions of each file."),
+        limit: int | None = typer.Option(None, "--limit", help="Evaluate the first N questions of each file."),
         max_new_tokens: int = typer.Option(4096, "--max-new-tokens", help="Response cap (VerIPO: 4096)."),
         batch_size: int = typer.Option(8, "--batch-size", help="Questions decoded together."),
         repetition_penalty: float = typer.Option(1.05, "--repetition-penalty", help="VerIPO: 1.05."),
-        fps: Optional[float] = typer.Option(None, "--fps", help="Override every benchmark's frame rate."),
-        max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Override the frame cap (VerIPO 128, "
+        fps: float | None = typer.Option(None, "--fps", help="Override every benchmark's frame rate."),
+        max_frames: int | None = typer.Option(None, "--max-frames", help="Override the frame cap (VerIPO 128, "
                                                  "Video-R1 32)."),
-        max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Override pixels per frame."),
+        max_pixels: int | None = typer.Option(None, "--max-pixels", help="Override pixels per frame."),
         judge: str = typer.Option("rule", "--judge", help="Consistency judge for the inconsistency rate: rule, hf, "
                                   "openai or none."),
-        judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL (--judge openai)."),
-        judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Served model name (openai) or local "
+        judge_url: str | None = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL (--judge openai)."),
+        judge_model: str | None = typer.Option(None, "--judge-model", help="Served model name (openai) or local "
                                                   "model directory (hf)."),
         dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-        cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Decoded-frame cache folder."),
+        cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache folder."),
     ) -> None:
         """Greedy-decode every question, score it with every profile, write predictions (our JSONL plus the
         Video-R1 and VerIPO formats) and metrics.json per benchmark; a killed run resumes where it stopped."""
         from rich.console import Console
 
         from veripo.data.loaders import DataError
-        from veripo.eval.suite import DEFAULT_PROFILE_FOR_PROMPT, SuiteOptions, evaluate_files
+        from veripo.eval.suite import (
+            DEFAULT_PROFILE_FOR_PROMPT,
+            SuiteOptions,
+            evaluate_files,
+        )
         from veripo.models.loading import load_policy
         from veripo.rewards import get_profile
 

@@ -6,7 +6,13 @@
 See docs/evaluation.md.
 """
 
-from veripo.eval.benchmarks import BENCHMARKS, BenchmarkSettings, assign_numeric_types, benchmark_name, settings_for
+from veripo.eval.benchmarks import (
+    BENCHMARKS,
+    BenchmarkSettings,
+    assign_numeric_types,
+    benchmark_name,
+    settings_for,
+)
 from veripo.eval.metrics import compute_metrics
 from veripo.eval.predictions import read_predictions, write_peer_exports
 from veripo.eval.runner import evaluate, greedy_params

@@ -96,7 +96,7 @@ def find_benchmark(name: str) -> str | None:
     return None
 
 
-def settings_for(name: str, **overrides: float | int | str | None) -> BenchmarkSettings:
+def settings_for(name: str, **overrides: float | str | None) -> BenchmarkSettings:
     """The settings of the benchmark called (or whose file is called) ``name``, with ``overrides`` applied
     (None values are ignored). Unknown names get the VerIPO defaults under the key ``name``."""
     key = find_benchmark(name)

@@ -29,7 +29,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from veripo.data.records import Sample
-from veripo.eval.predictions import STATUS_MISSING, STATUS_OK, videor1_final_acc, videor1_row
+from veripo.eval.predictions import (
+    STATUS_MISSING,
+    STATUS_OK,
+    videor1_final_acc,
+    videor1_row,
+)
 from veripo.rewards import get_reward
 
 NUMERIC_ESTIMATION_TYPES = ("regression",)  # scored by MRA (VSI-Bench); "numerical" is exact-value

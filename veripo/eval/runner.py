@@ -219,7 +219,14 @@ class _progress:
     def __enter__(self) -> Callable[[int, int], None]:
         if not self.enabled:
             return lambda n, missing: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TextColumn("missing media: {task.fields[missing]}"), TimeElapsedColumn(),
