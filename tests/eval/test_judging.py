@@ -28,3 +28,15 @@ def test_inconsistency_rate_from_rule_judge(tmp_path):
     assert [rows[i]["consistency"] for i in RESPONSES] == ["consistent", "inconsistent", "consistent", "unknown"]
     assert metrics["inconsistency_rate"] == pytest.approx(1 / 3)
     assert metrics["n_judged"] == 3 and metrics["judge"] == "rule"
+
+
+def test_rate_matches_the_verifiers_definition():
+    from veripo.data.records import Verdict
+    from veripo.eval.metrics import inconsistency_rate_of
+    from veripo.verifier.run import inconsistency_rate
+
+    labels = ["consistent", "inconsistent", "unknown", "inconsistent", "consistent", "consistent"]
+    verdicts = [Verdict(rollout_id=str(i), sample_id="s", format_ok=True, accuracy=1.0, correct=True,
+                        thinking_tokens=1, repetitive=False, truncated=False, consistency=label)
+                for i, label in enumerate(labels)]
+    assert inconsistency_rate_of(labels)[0] == inconsistency_rate(verdicts) == pytest.approx(2 / 5)

@@ -53,7 +53,8 @@ def mra_scores(rows: Iterable[dict[str, Any]]) -> list[float]:
 
 def inconsistency_rate_of(labels: Iterable[str | None]) -> tuple[float | None, int]:
     """(share of ``inconsistent`` among ``consistent``/``inconsistent`` labels, that count); ``unknown`` and
-    missing labels are left out. (None, 0) when nothing was labelled."""
+    missing labels are left out. (None, 0) when nothing was labelled. The same definition as the verifier's
+    ``veripo.verifier.run.inconsistency_rate`` over verdicts (tested), here over bare labels."""
     known = [label for label in labels if label in ("consistent", "inconsistent")]
     if not known:
         return None, 0
