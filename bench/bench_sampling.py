@@ -1,10 +1,10 @@
 """Sampling benchmark: prefill-once `HFRolloutEngine` vs `model.generate(num_return_sequences=G)`.
 
 For each case (model size x video prompt) it samples G responses of exactly `--new-tokens` tokens with both
-ways (end-of-text is masked for both, so lengths match) and prints the best-of-`--repeats` wall times and
+ways (end-of-text is masked for both, so lengths match) and prints the best-of-`--repeats` CPU and wall times
 their ratio as a Markdown table, plus a greedy check that both ways produce the same tokens.
 
-    .venv/bin/python bench/bench_sampling.py            # CPU, 2 threads; about a minute
+    .venv/bin/python bench/bench_sampling.py            # CPU, 1 thread; a few minutes
     .venv/bin/python bench/bench_sampling.py --quick    # tiny model only, a few seconds
 
 `generate` already runs the vision tower once for the G copies; what prefill-once saves is the G-fold LLM
@@ -35,18 +35,21 @@ MODEL_SIZES = {
 PROMPTS = {"8f@112px": dict(frames=8, side=112), "16f@224px": dict(frames=16, side=224)}
 
 
-def best_times(fns: dict, repeats: int) -> dict[str, float]:
-    """Best wall time of each function; the functions alternate within every repeat so that load from other
-    processes on a shared machine hits both ways alike."""
+def best_times(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """Best (CPU seconds, wall seconds) of each function over `repeats` runs after a warm-up.
+
+    CPU time (`time.process_time`, all threads of this process) is the work done and barely moves when
+    other processes share the machine; wall time does. The functions alternate within every repeat so
+    that outside load hits both ways alike."""
     for fn in fns.values():
         fn()  # warm-up
-    times = {name: [] for name in fns}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            cpu, wall = time.process_time(), time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: min(t) for name, t in times.items()}
+            times[name].append((time.process_time() - cpu, time.perf_counter() - wall))
+    return {name: (min(c for c, _ in t), min(w for _, w in t)) for name, t in times.items()}
 
 
 def run_case(model, tokenizer, prompt, G: int, new_tokens: int, repeats: int) -> dict:
@@ -72,15 +75,15 @@ def run_case(model, tokenizer, prompt, G: int, new_tokens: int, repeats: int) ->
             theirs = model.generate(**prompt, do_sample=False, **hf_kwargs)[0, prompt["input_ids"].shape[1]:].tolist()
     finally:
         handle.remove()
-    return {"engine_s": best["engine"], "hf_s": best["hf"], "same_greedy": ours == theirs}
+    return {"engine": best["engine"], "hf": best["hf"], "same_greedy": ours == theirs}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generations", "-G", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny model, short prompt only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,14 +107,15 @@ def main() -> None:
             progress.advance(task)
 
     G, T = args.generations, args.new_tokens
-    print(f"\nG={G}, {T} new tokens each, top_p=0.9, torch {torch.__version__}, {args.threads} threads, "
+    print(f"\nG={G}, {T} new tokens each, top_p=0.9, torch {torch.__version__}, {args.threads} thread(s), "
           f"best of {args.repeats}\n")
-    print("| model | params | video | prompt tokens | prefill-once engine (s) | generate(num_return_sequences=G) (s) "
-          "| speed-up | same greedy tokens |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | params | video | prompt tokens | engine CPU s | generate CPU s | speed-up (CPU) "
+          "| engine wall s | generate wall s | speed-up (wall) | same greedy tokens |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size, params, prompt_name, P, r in rows:
-        print(f"| {size} | {params:.1f}M | {prompt_name} | {P} | {r['engine_s']:.3f} | {r['hf_s']:.3f} | "
-              f"{r['hf_s'] / r['engine_s']:.2f}x | {'yes' if r['same_greedy'] else 'NO'} |")
+        (ec, ew), (hc, hw) = r["engine"], r["hf"]
+        print(f"| {size} | {params:.1f}M | {prompt_name} | {P} | {ec:.2f} | {hc:.2f} | {hc / ec:.2f}x "
+              f"| {ew:.2f} | {hw:.2f} | {hw / ew:.2f}x | {'yes' if r['same_greedy'] else 'NO'} |")
 
 
 if __name__ == "__main__":
