@@ -7,7 +7,13 @@
 - ``run``: ``verify_rollouts`` (files in, verdicts/pairs/summary out) and the inconsistency rate.
 """
 
-from veripo.verifier.judges import JudgeItem, JudgeResult, make_eval_judge, make_judge, parse_verdict
+from veripo.verifier.judges import (
+           JudgeItem,
+           JudgeResult,
+           make_eval_judge,
+           make_judge,
+           parse_verdict,
+)
 from veripo.verifier.pairs import build_pairs
 from veripo.verifier.run import VerifySummary, inconsistency_rate, verify_rollouts
 

@@ -21,10 +21,11 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 from veripo.data.records import Sample
 from veripo.rewards import parse_completion
@@ -161,8 +162,11 @@ class OpenAIJudge:
 
 
 def _reply_text(payload: Any) -> str:
+    """The reply's text. Servers that split reasoning out (``transformers serve`` and vLLM for qwen types put
+    ``<think>...</think>`` in ``reasoning_content``) leave ``content`` empty when the reply is all reasoning:
+    then the reasoning is parsed, so a verdict written there is still found by the strict parser."""
     message = payload["choices"][0]["message"]
-    text = message.get("content") or ""
+    text = message.get("content") or message.get("reasoning_content") or ""
     if not isinstance(text, str):
         raise TypeError("message content is not text")
     return text

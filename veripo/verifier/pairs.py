@@ -114,6 +114,6 @@ def build_pairs(groups: dict[str, list[Rollout]], verdicts: dict[str, Verdict], 
     """Pairs for every question's group (``groups``: sample id -> its rollouts), and what was skipped."""
     stats = PairStats()
     pairs: list[Pair] = []
-    for sample_id in groups:
-        pairs.extend(build_group_pairs(groups[sample_id], verdicts, cfg, stats))
+    for group in groups.values():
+        pairs.extend(build_group_pairs(group, verdicts, cfg, stats))
     return pairs, stats

@@ -10,9 +10,10 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from veripo.data.jsonl import JsonlWriter, read_jsonl
 from veripo.data.records import Rollout, Sample, Verdict
@@ -33,6 +34,7 @@ class VerifySummary:
     missing_samples: int = 0
     judge: str = ""
     judge_counters: dict[str, int] = field(default_factory=dict)
+    thinking_tokens_by: str = "whitespace"  # tokenizer | rollout | whitespace (see ``thinking_length``)
 
     @property
     def inconsistency_rate(self) -> float | None:
@@ -43,10 +45,13 @@ class VerifySummary:
     def to_dict(self) -> dict[str, Any]:
         return {"rollouts": self.rollouts, "failed": dict(self.failed), "consistency": dict(self.consistency),
                 "inconsistency_rate": self.inconsistency_rate,
-                "inconsistency_rate_all": (self.consistency["inconsistent"] / self.rollouts) if self.rollouts else None,
+                # the same with ``unknown`` counted as not inconsistent (over every checked rollout)
+                "inconsistency_rate_all": (self.consistency["inconsistent"] / sum(self.consistency.values())
+                                           if sum(self.consistency.values()) else None),
                 "pairs": {k: self.pairs.get(k, 0) for k in ("consistency", "penalty", "reflective")},
                 "skipped_groups": dict(self.skipped_groups), "missing_samples": self.missing_samples,
-                "judge": self.judge, "judge_counters": self.judge_counters}
+                "judge": self.judge, "judge_counters": self.judge_counters,
+                "thinking_tokens_by": self.thinking_tokens_by}
 
 
 def inconsistency_rate(verdicts: Iterable[Verdict]) -> float | None:
@@ -56,12 +61,23 @@ def inconsistency_rate(verdicts: Iterable[Verdict]) -> float | None:
     return labels["inconsistent"] / judged if judged else None
 
 
-def check_rollout(rollout: Rollout, sample: Sample, profile: Any, cfg: Any) -> Verdict:
+def thinking_length(rollout: Rollout, thinking: str | None, tokenizer: Any = None) -> tuple[int, str]:
+    """Thinking length in tokens and how it was counted: ``tokenizer`` (the given tokenizer's encoding of the
+    thinking), ``rollout`` (the count the rollout engine recorded with the policy's tokenizer) or
+    ``whitespace`` (whitespace-separated words, when neither is available)."""
+    if tokenizer is not None:
+        return len(tokenizer.encode(thinking or "", add_special_tokens=False)), "tokenizer"
+    if rollout.thinking_tokens:
+        return rollout.thinking_tokens, "rollout"
+    return len((thinking or "").split()), "whitespace"
+
+
+def check_rollout(rollout: Rollout, sample: Sample, profile: Any, cfg: Any, tokenizer: Any = None) -> Verdict:
     """Every rule check of one rollout (consistency is filled in by the judge afterwards)."""
     parsed = parse_completion(rollout.text)
     scores = profile.score(rollout.text, sample)
     accuracy = float(scores.get("accuracy", 0.0))
-    thinking_tokens = rollout.thinking_tokens or len((parsed.thinking or "").split())
+    thinking_tokens, counted_by = thinking_length(rollout, parsed.thinking, tokenizer)
     repetitive = is_repetitive(rollout.text, cfg.repetition_ngram, cfg.repetition_threshold)
     truncated = rollout.truncated or parsed.truncated
     verdict = Verdict(
@@ -76,28 +92,37 @@ def check_rollout(rollout: Rollout, sample: Sample, profile: Any, cfg: Any) -> V
     if truncated:
         verdict.reasons.append("truncated")
     if thinking_tokens < cfg.min_thinking_tokens:
-        verdict.reasons.append(f"thinking shorter than {cfg.min_thinking_tokens} tokens")
+        verdict.reasons.append(f"thinking shorter than {cfg.min_thinking_tokens} tokens ({counted_by})")
         verdict.format_ok = False
     if not verdict.correct:
         verdict.reasons.append(f"accuracy {accuracy:.2f}")
+    if verdict.reflective:
+        verdict.reasons.append("reflective: changes its conclusion after noticing a mistake")
     return verdict
 
 
-def verify_rollouts(rollouts: list[Rollout], samples: dict[str, Sample], cfg: Any, out_dir: Path, *,
-                    profile_name: str = "veripo", judge_name: str | None = None,
-                    show_progress: bool = False) -> VerifySummary:
-    """Check and judge ``rollouts``, build pairs, write verdicts/pairs/summary to ``out_dir``."""
+def verify_rollouts(rollouts: list[Rollout] | Path, samples: dict[str, Sample], cfg: Any, out_dir: Path, *,
+                    profile_name: str = "veripo", judge_name: str | None = None, tokenizer: Any = None,
+                    show_progress: bool = False, judge_batch: int = 64) -> VerifySummary:
+    """Check and judge ``rollouts`` (records, or a rollouts.jsonl path), build pairs, write verdicts/pairs/
+    summary to ``out_dir``. ``samples``: sample id -> sample (rollouts without one are counted, not checked).
+    ``tokenizer`` counts thinking tokens (else the rollout's own count, else whitespace words)."""
+    if isinstance(rollouts, (str, Path)):
+        rollouts = load_rollouts(Path(rollouts))
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     profile = build_profile(profile_name)
     summary = VerifySummary(rollouts=len(rollouts))
     known = [r for r in rollouts if r.sample_id in samples]
     summary.missing_samples = len(rollouts) - len(known)
-    verdicts = [check_rollout(r, samples[r.sample_id], profile, cfg) for r in known]
+    verdicts = [check_rollout(r, samples[r.sample_id], profile, cfg, tokenizer) for r in known]
+    summary.thinking_tokens_by = ("tokenizer" if tokenizer is not None else
+                                  "rollout" if known and all(r.thinking_tokens for r in known) else "whitespace")
     judge = make_judge(cfg, judge_name, out_dir / "judge_cache.jsonl")
     summary.judge = judge.name
     items = [JudgeItem(samples[r.sample_id], r.thinking if r.thinking is not None else parse_completion(r.text).thinking,
                        r.answer if r.answer is not None else parse_completion(r.text).answer) for r in known]
-    for verdict, result in zip(verdicts, judge.judge(items)):
+    for verdict, result in zip(verdicts, _judge_in_batches(judge, items, judge_batch, show_progress)):
         verdict.consistency = result.label
         verdict.judge = judge.name
         if result.label == "inconsistent":
@@ -111,8 +136,8 @@ def verify_rollouts(rollouts: list[Rollout], samples: dict[str, Sample], cfg: An
                               ("truncation", v.truncated), ("consistency", v.consistency == "inconsistent")):
             summary.failed[check] += int(failed)
     groups: dict[str, list[Rollout]] = {}
-    for r in known:
-        groups.setdefault(r.id.rsplit("/", 1)[0], []).append(r)  # one group = one question in one rollout batch
+    for r in known:  # one group = one question in one rollout batch (the rollouts GRPO compared)
+        groups.setdefault(f"{r.sample_id}/{r.stage}/{r.step}", []).append(r)
     pairs, stats = build_pairs(groups, {v.rollout_id: v for v in verdicts}, cfg)
     summary.pairs, summary.skipped_groups = stats.pairs, stats.skipped
     _rewrite(out_dir / "verdicts.jsonl", verdicts)
@@ -121,6 +146,20 @@ def verify_rollouts(rollouts: list[Rollout], samples: dict[str, Sample], cfg: An
     tmp.write_text(json.dumps(summary.to_dict(), indent=2))
     os.replace(tmp, out_dir / "verify_summary.json")
     return summary
+
+
+def _judge_in_batches(judge: Any, items: list[JudgeItem], batch: int, show_progress: bool) -> list[Any]:
+    """Judge ``items`` ``batch`` at a time (each batch's answers reach the cache before the next is asked,
+    so a killed run loses at most one batch), with a progress bar when asked."""
+    from rich.progress import Progress
+
+    results: list[Any] = []
+    with Progress(disable=not show_progress, transient=True) as progress:
+        task = progress.add_task(f"judging ({judge.name})", total=len(items))
+        for start in range(0, len(items), max(1, batch)):
+            results.extend(judge.judge(items[start:start + batch]))
+            progress.update(task, completed=len(results))
+    return results
 
 
 def _rewrite(path: Path, records: list[Any]) -> None:

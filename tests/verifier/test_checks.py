@@ -1,0 +1,96 @@
+"""Rule checks: repetition, reflection, and every check of one rollout (check_rollout)."""
+
+from __future__ import annotations
+
+import pytest
+
+from veripo.config import VerifierConfig
+from veripo.data.records import Rollout, Sample
+from veripo.rewards.profiles import build_profile
+from veripo.verifier.checks import (
+    conclusions_along,
+    is_reflective,
+    is_repetitive,
+    repeated_line_share,
+    repetition_share,
+)
+from veripo.verifier.run import check_rollout, thinking_length
+
+MC = Sample(id="q", problem="Which way did the ball move?", problem_type="multiple choice", answer="B",
+            options=["A. up", "B. left", "C. right"])
+
+
+def test_repetition_share_hand_computed():
+    # 8 words "a b a b a b a b", 2-grams: ab ba ab ba ab ba ab = 7, 2 distinct -> 5/7 repeat an earlier one
+    assert repetition_share("a b a b a b a b", n=2) == pytest.approx(5 / 7)
+    assert repetition_share("one two three four five six seven eight nine ten", n=4) == 0.0
+    assert repetition_share("too short", n=4) == 0.0
+
+
+def test_repeated_lines_hand_computed():
+    text = "Frame 1: red\nFrame 1: red\nFrame 1: red\nFrame 2: blue"
+    assert repeated_line_share(text) == pytest.approx(0.5)  # 4 lines, 2 distinct
+    assert repeated_line_share("a\nb") == 0.0
+
+
+def test_is_repetitive_uses_threshold_and_ngram():
+    loop = "The ball moves left. " * 12
+    varied = "The ball starts centred. In frame two it is further left. By the end it sits at the left edge."
+    assert is_repetitive(loop, n=4, threshold=0.5)
+    assert not is_repetitive(varied, n=4, threshold=0.5)
+    assert not is_repetitive(loop, n=4, threshold=0.99)  # 44/45 repeated 4-grams < 0.99 is not the threshold
+    lines = "\n".join(["Frame 3: the ball is left"] * 3 + ["done"])
+    assert is_repetitive(lines, n=50, threshold=0.4)  # caught by repeated lines, not n-grams
+
+
+@pytest.mark.parametrize(("thinking", "reflective"), [
+    ("The ball goes right, so the answer is C. Wait, let me re-check frame 3. It is left, so the answer is B.", True),
+    ("So the answer is C. Actually, looking again, the ball went left. Therefore the answer is B.", True),
+    ("So the answer is B. Wait, let me check again. Yes, the answer is B.", False),  # checks, does not change
+    ("The answer is C. Then the answer is B.", False),  # changes without noticing a mistake
+    ("The ball moves left across the frames. So the answer is B.", False),
+    (None, False),
+])
+def test_reflective_detector(thinking, reflective):
+    assert is_reflective(thinking, MC) is reflective
+
+
+def test_conclusions_along_collapses_repeats():
+    assert conclusions_along("So the answer is C. So the answer is C. Wait. So the answer is B.", MC) == ["C", "B"]
+
+
+def rollout(text: str, **kw) -> Rollout:
+    return Rollout(id=kw.pop("id", "q/0/0"), sample_id="q", group_index=0, text=text, **kw)
+
+
+def test_check_rollout_good_and_bad():
+    cfg, profile = VerifierConfig(), build_profile("veripo")
+    good = check_rollout(rollout("<think>The ball moves left, so the answer is B.</think><answer>B</answer>"),
+                         MC, profile, cfg)
+    assert (good.format_ok, good.correct, good.repetitive, good.truncated) == (True, True, False, False)
+    assert good.thinking_tokens == 9 and good.reasons == []
+    cut = check_rollout(rollout("<think>The ball moves left, so the answer", truncated=True), MC, profile, cfg)
+    assert cut.truncated and not cut.format_ok and not cut.correct
+    assert "truncated" in cut.reasons and any(r.startswith("format") for r in cut.reasons)
+    no_close = check_rollout(rollout("<think>left.</think><answer>B"), MC, profile, cfg)
+    assert no_close.truncated  # no closing answer tag, even when the engine did not flag it
+    loop = check_rollout(rollout("<think>" + "the ball moves left " * 20 + "</think><answer>C</answer>"),
+                         MC, profile, cfg)
+    assert loop.repetitive and not loop.correct and "accuracy 0.00" in loop.reasons
+
+
+def test_thinking_length_sources():
+    class Chars:
+        def encode(self, text, add_special_tokens=False):
+            return list(text)
+
+    r = rollout("x", thinking_tokens=7)
+    assert thinking_length(r, "ab cd", Chars()) == (5, "tokenizer")
+    assert thinking_length(r, "ab cd") == (7, "rollout")
+    assert thinking_length(rollout("x"), "ab cd") == (2, "whitespace")
+
+
+def test_min_thinking_tokens_fails_format():
+    v = check_rollout(rollout("<think>B.</think><answer>B</answer>"), MC, build_profile("veripo"),
+                      VerifierConfig(min_thinking_tokens=5))
+    assert not v.format_ok and any("shorter than 5" in r for r in v.reasons)

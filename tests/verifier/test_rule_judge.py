@@ -1,0 +1,56 @@
+"""The rule judge: the conclusion a chain settles on near its end against the final answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from veripo.data.records import Sample
+from veripo.verifier.judges import JudgeItem, RuleJudge, parse_verdict
+
+MC = Sample(id="mc", problem="Where did the square move?", problem_type="multiple choice", answer="B",
+            options=["A. up", "B. moved left", "C. moved right", "D. down"])
+NUM = Sample(id="n", problem="How many circles?", problem_type="numerical", answer="3")
+
+CASES = [
+    (MC, "The square starts in the middle. So the answer is B.", "B", "consistent"),
+    (MC, "The square starts in the middle. So the answer is B.", "C", "inconsistent"),
+    (MC, "Frame 1 shows it centred, frame 4 at the edge. The square moved left.", "B", "consistent"),
+    (MC, "Frame 1 shows it centred, frame 4 at the edge. The square moved left.", "C. moved right", "inconsistent"),
+    (MC, "At first I think it is A. Wait, let me re-check. Therefore the answer is option D.", "D", "consistent"),
+    (MC, "I cannot tell from these frames.", "A", "unknown"),
+    (NUM, "I count one, two, three circles. Therefore 3.", "3", "consistent"),
+    (NUM, "I count one, two, three circles. Therefore 3.", "4", "inconsistent"),
+    (NUM, "Two plus three gives 5. So the total is 5.0", "5", "consistent"),
+    (NUM, "There are some circles.", "3", "unknown"),
+    (NUM, "So the answer is 3.", None, "unknown"),
+    (NUM, None, "3", "unknown"),
+]
+
+
+@pytest.mark.parametrize(("sample", "thinking", "answer", "label"), CASES)
+def test_rule_judge_labels(sample, thinking, answer, label):
+    judge = RuleJudge()
+    [result] = judge.judge([JudgeItem(sample, thinking, answer)])
+    assert result.label == label, result.raw
+    assert judge.stats[label] == 1
+
+
+def test_rule_judge_is_batched_and_deterministic():
+    items = [JudgeItem(s, t, a) for s, t, a, _ in CASES]
+    first = [r.label for r in RuleJudge().judge(items)]
+    assert first == [r.label for r in RuleJudge().judge(items)] == [c[3] for c in CASES]
+
+
+@pytest.mark.parametrize(("reply", "label"), [
+    ("VERDICT: CONSISTENT", "consistent"),
+    ("The answer follows.\nVERDICT: INCONSISTENT\n\n", "inconsistent"),
+    ("  VERDICT:   CONSISTENT  ", "consistent"),
+    ("VERDICT: CONSISTENT\nbut maybe not", None),  # the verdict must be the last line
+    ("verdict: consistent", None),  # strict: upper case as the prompt asks
+    ("VERDICT: MAYBE", None),
+    ("CONSISTENT", None),
+    ("", None),
+    ("\x17!\ufffd\ufffd", None),
+])
+def test_strict_verdict_parser(reply, label):
+    assert parse_verdict(reply) == label
