@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from veripo.data.jsonl import header_line
+
 VERIPO_STAGES = [("sft", "sft", 12), ("grpo-activation", "grpo", 30), ("verify", "verify", 0), ("dpo", "dpo", 8),
                  ("grpo-video", "grpo", 24), ("verify-2", "verify", 0), ("dpo-2", "dpo", 8)]
 GRPO_ONLY_STAGES = [("sft", "sft", 12), ("grpo-activation", "grpo", 30), ("grpo-video", "grpo", 40)]
@@ -52,7 +54,8 @@ def build_run(root: Path, stages: list[tuple[str, str, int]], seed: int = 0) -> 
             global_step += 1
             rows.append(_row(kind, name, step, global_step, rng, step / max(steps, 1)))
         if rows:
-            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            lines = [header_line("metrics")] + rows  # the header veripo.data.jsonl.JsonlWriter starts files with
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
         accuracy += {"grpo": 0.08, "dpo": 0.02, "sft": 0.03}.get(kind, 0.0)
         inconsistency *= {"grpo": 1.5, "dpo": 0.5}.get(kind, 1.0)
         entry: dict[str, Any] = {"name": name, "kind": kind, "index": index,

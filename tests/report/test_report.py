@@ -84,8 +84,8 @@ def test_torn_last_line_and_bad_values_are_notes_not_crashes(make_run) -> None:
     assert len(run.stages[1].rows) == 30 and run.stages[1].rows[-1]["accuracy_mean"] == 0.123
     assert any("1 repeated step(s)" in n for n in run.notes)
     assert len(run.stages[1].series("accuracy_mean")[0]) == 29  # NaN dropped, the rest kept
-    assert any("line 33: the last line is incomplete" in n for n in run.notes)
-    assert any("line 31: expected a JSON object, got list" in n for n in run.notes)
+    assert any("line 34: the last line is incomplete" in n for n in run.notes)
+    assert any("line 32: expected a JSON object, got list" in n for n in run.notes)
     page = write_report(root).read_text()
     assert "the last line is incomplete" in page
 

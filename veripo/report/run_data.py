@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from veripo.data.jsonl import HEADER_KEY
+
 STAGE_DIR = re.compile(r"^(\d+)-(.+)$")
-KINDS = ("sft", "grpo", "verify", "dpo", "eval")
 
 
 @dataclass
@@ -121,7 +122,8 @@ def read_jsonl(path: Path, notes: list[str]) -> Iterator[dict[str, Any]]:
             notes.append(f"{path}: line {i + 1}: {what}; skipped")
             continue
         if isinstance(row, dict):
-            yield row
+            if HEADER_KEY not in row:  # the JsonlWriter's header line, not a record
+                yield row
         else:
             notes.append(f"{path}: line {i + 1}: expected a JSON object, got {type(row).__name__}; skipped")
 
