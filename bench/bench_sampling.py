@@ -2,7 +2,7 @@
 
 For each case (model size x video prompt) it samples G responses of exactly `--new-tokens` tokens with both
 ways (end-of-text is masked for both, so lengths match) and prints the best-of-`--repeats` CPU and wall times
-their ratio as a Markdown table, plus a greedy check that both ways produce the same tokens.
+and their ratios as a Markdown table, plus a greedy check that both ways produce the same tokens.
 
     .venv/bin/python bench/bench_sampling.py            # CPU, 1 thread; a few minutes
     .venv/bin/python bench/bench_sampling.py --quick    # tiny model only, a few seconds
