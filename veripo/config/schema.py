@@ -154,6 +154,7 @@ class VerifierConfig:
     max_pairs_per_question: int = 2
     pair_types: tuple[str, ...] = ("consistency", "reflective", "penalty")  # tried in this order up to the cap
     construct_reflective: bool = False  # splice reflective chains when a group has none (veripo.verifier.pairs)
+    reference_chosen: bool = False  # a group with no good rollout: its sample's reference chain is chosen
     correct_threshold: float = 1.0  # accuracy reward at which a rollout counts as correct
 
 

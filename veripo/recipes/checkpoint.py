@@ -92,23 +92,19 @@ def load_progress(ckpt: Path) -> Progress:
 
 
 def load_model_weights(model: torch.nn.Module, ckpt: Path) -> None:
-    """Load safetensors weights saved by ``save_pretrained`` into an existing model (strict)."""
-    from safetensors.torch import load_file
+    """Load a checkpoint saved by ``save_pretrained`` into an existing model (strict).
 
-    files = sorted(ckpt.glob("*.safetensors"))
-    if not files:
+    Goes through ``from_pretrained`` because transformers renames keys on save (Qwen2.5-VL's
+    ``model.visual.*`` is stored as ``visual.*``) and knows how to map them back.
+    """
+    if not any(ckpt.glob("*.safetensors")):
         raise FileNotFoundError(f"{ckpt}: no *.safetensors weights in this checkpoint")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # save_pretrained drops tied weights (lm_head tied to embeddings): those are the only allowed gaps.
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+    param = next(model.parameters())
+    fresh = type(model).from_pretrained(ckpt, dtype=param.dtype)
+    missing, unexpected = model.load_state_dict(fresh.state_dict(), strict=False)
     if missing or unexpected:
         raise RuntimeError(f"{ckpt}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
+    del fresh
 
 
 def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer | None, scheduler: Any) -> None:

@@ -8,6 +8,9 @@ Three kinds, tried in the order of ``verifier.pair_types`` until ``max_pairs_per
   rollout's thinking, "Wait, let me check again.", then a good rollout's thinking and answer) when the
   group has none;
 - penalty: a good rollout chosen over one that is repetitive, truncated, badly formatted or wrong.
+With ``reference_chosen`` (off by default; the paper builds pairs from rollouts only), a group with no good
+rollout gets its sample's reference chain of thought as the chosen side of penalty pairs: useful for a weak
+or freshly warm-started policy whose groups are all wrong.
 Within a kind the longest good chain is chosen first (VerIPO favours long, consistent reasoning) and each
 rejected rollout is used once. Groups with nothing good or nothing bad are skipped and counted.
 """
@@ -18,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from veripo.data.records import Pair, Rollout, Verdict
+from veripo.data.records import Pair, Rollout, Sample, Verdict, reference_completion
 
 
 @dataclass
@@ -64,12 +67,29 @@ def splice_reflection(wrong: Rollout, good: Rollout) -> str:
             f"</think><answer>{good.answer}</answer>")
 
 
-def build_group_pairs(rollouts: list[Rollout], verdicts: dict[str, Verdict], cfg: Any, stats: PairStats) -> list[Pair]:
+def reference_rollout(group: list[Rollout], sample: Sample | None) -> Rollout | None:
+    """The sample's reference chain as a stand-in rollout (chosen side only), or None without one."""
+    text = reference_completion(sample) if sample is not None else None
+    if not group or text is None:
+        return None
+    first = group[0]
+    return Rollout(id=first.id.rsplit("/", 1)[0] + "/reference", sample_id=first.sample_id, group_index=-1, text=text,
+                   thinking=sample.reasoning, answer=sample.answer, thinking_tokens=len((sample.reasoning or "").split()))
+
+
+def build_group_pairs(rollouts: list[Rollout], verdicts: dict[str, Verdict], cfg: Any, stats: PairStats,
+                      sample: Sample | None = None) -> list[Pair]:
     """Pairs for one question's rollouts (see the module docstring)."""
     stats.questions += 1
     judged = [(r, verdicts[r.id]) for r in rollouts if r.id in verdicts]
     good = sorted([r for r, v in judged if is_good(v)], key=lambda r: (-r.thinking_tokens, r.group_index))
     bad = [(r, v) for r, v in judged if rejection_reasons(v)]
+    if not good and getattr(cfg, "reference_chosen", False):
+        reference = reference_rollout(rollouts, sample)
+        if reference is not None and bad:
+            stats.pairs["penalty"] += min(len(bad), cfg.max_pairs_per_question)
+            return [_pair("penalty", reference, r, ["reference chain chosen", *rejection_reasons(v)], spliced=reference.text)
+                    for r, v in bad[: cfg.max_pairs_per_question]]
     if not good:
         stats.skipped["no_good"] += 1
         return []
@@ -110,10 +130,13 @@ def build_group_pairs(rollouts: list[Rollout], verdicts: dict[str, Verdict], cfg
     return pairs
 
 
-def build_pairs(groups: dict[str, list[Rollout]], verdicts: dict[str, Verdict], cfg: Any) -> tuple[list[Pair], PairStats]:
-    """Pairs for every question's group (``groups``: sample id -> its rollouts), and what was skipped."""
+def build_pairs(groups: dict[str, list[Rollout]], verdicts: dict[str, Verdict], cfg: Any,
+                samples: dict[str, Sample] | None = None) -> tuple[list[Pair], PairStats]:
+    """Pairs for every group (``groups``: group key -> the rollouts of one question), and what was skipped;
+    ``samples`` (by id) are needed only for ``reference_chosen``."""
     stats = PairStats()
     pairs: list[Pair] = []
     for group in groups.values():
-        pairs.extend(build_group_pairs(group, verdicts, cfg, stats))
+        sample = (samples or {}).get(group[0].sample_id) if group else None
+        pairs.extend(build_group_pairs(group, verdicts, cfg, stats, sample))
     return pairs, stats

@@ -138,7 +138,7 @@ def verify_rollouts(rollouts: list[Rollout] | Path, samples: dict[str, Sample], 
     groups: dict[str, list[Rollout]] = {}
     for r in known:  # one group = one question in one rollout batch (the rollouts GRPO compared)
         groups.setdefault(f"{r.sample_id}/{r.stage}/{r.step}", []).append(r)
-    pairs, stats = build_pairs(groups, {v.rollout_id: v for v in verdicts}, cfg)
+    pairs, stats = build_pairs(groups, {v.rollout_id: v for v in verdicts}, cfg, samples)
     summary.pairs, summary.skipped_groups = stats.pairs, stats.skipped
     _rewrite(out_dir / "verdicts.jsonl", verdicts)
     _rewrite(out_dir / "pairs.jsonl", pairs)
