@@ -213,6 +213,8 @@ def test_malformed_prompt_is_rejected_with_its_index(model, tokenizer, prompts):
     bad = {k: v for k, v in prompts[0].items() if k != "mm_token_type_ids"}
     with pytest.raises(ValueError, match="prompt 1: missing 'mm_token_type_ids'"):
         engine.generate([prompts[0], bad], greedy(2))
+    with pytest.raises(ValueError, match="get_rope_index"):
+        HFRolloutEngine(torch.nn.Linear(2, 2), tokenizer)
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(num_generations=2, temperature=1.0, top_p=0.0, max_new_tokens=4)
 

@@ -47,6 +47,11 @@ class HFRolloutEngine:
     def __init__(self, model, tokenizer, *, max_batch_questions: int = 4) -> None:
         if max_batch_questions < 1:
             raise ValueError(f"max_batch_questions must be >= 1, got {max_batch_questions}")
+        if not hasattr(getattr(model, "model", None), "get_rope_index"):
+            raise ValueError(
+                f"HFRolloutEngine needs a Qwen2-VL / Qwen2.5-VL *ForConditionalGeneration model (with "
+                f"`.model.get_rope_index`), got {type(model).__name__}; unwrap DDP/accelerate wrappers first"
+            )
         self.model = model
         self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         self.max_batch_questions = max_batch_questions
