@@ -47,11 +47,13 @@ class StageResult:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def resume_stage(ctx: StageContext, optimizer: Any, scheduler: Any) -> Progress:
-    """Restore the newest checkpoint of this stage (weights, optimizer, counters) and cut the outputs back
-    to it; a fresh ``Progress`` when the stage has none."""
+def resume_stage(ctx: StageContext, optimizer: Any, scheduler: Any, outputs: list[str]) -> Progress:
+    """Restore the newest checkpoint of this stage (weights, optimizer, counters) and cut the ``outputs``
+    files back to it; without a checkpoint the stage starts over and its outputs are emptied."""
     ckpt = latest_checkpoint(ctx.stage_dir)
     if ckpt is None:
+        if ctx.dist.is_main:
+            truncate_outputs(ctx.stage_dir, {name: 0 for name in outputs})
         return Progress(global_step=ctx.global_step)
     load_model_weights(ctx.policy.model, ckpt)
     load_training_state(ckpt, optimizer, scheduler)

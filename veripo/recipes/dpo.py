@@ -89,7 +89,7 @@ def run_dpo(ctx: StageContext) -> StageResult:
     total = per_epoch * dpo.epochs
     optimizer = build_optimizer(model, dpo.lr)
     scheduler = build_scheduler(optimizer, dpo.lr_schedule, dpo.warmup_steps, total)
-    progress = resume_stage(ctx, optimizer, scheduler)
+    progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
     if progress.done:
         return StageResult(steps=progress.step, numbers={"pairs": len(pairs)})
     clock = Stopwatch(progress.extra.get("time_s", 0.0))

@@ -261,7 +261,7 @@ def run_grpo(ctx: StageContext) -> StageResult:
     total_steps = grpo.rollout_batches * steps_per_batch
     optimizer = build_optimizer(model, grpo.lr, grpo.weight_decay)
     scheduler = build_scheduler(optimizer, grpo.lr_schedule, grpo.warmup_steps, total_steps)
-    progress = resume_stage(ctx, optimizer, scheduler)
+    progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
     if progress.done:
         return StageResult(steps=progress.step, outputs={n: ctx.stage_dir / n for n in OUTPUTS})
     ref_model = None

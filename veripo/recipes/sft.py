@@ -47,7 +47,7 @@ def run_sft(ctx: StageContext) -> StageResult:
     total = per_epoch * sft.epochs if sft.max_steps is None else min(sft.max_steps, per_epoch * sft.epochs)
     optimizer = build_optimizer(model, sft.lr, sft.weight_decay)
     scheduler = build_scheduler(optimizer, sft.lr_schedule, sft.warmup_steps, total)
-    progress = resume_stage(ctx, optimizer, scheduler)
+    progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
     if progress.done:
         return StageResult(steps=progress.step)
     clock = Stopwatch(progress.extra.get("time_s", 0.0))

@@ -1,0 +1,123 @@
+"""A real VerIPO run killed with SIGKILL at several points and resumed ends exactly where an uninterrupted
+run ends: the same final weights, the same metrics, rollouts and pairs, nothing written twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+name: resume
+seed: 3
+model: {build_tiny: tiny, device: cpu}
+media: {max_frames: 4, max_pixels: 3136}
+rollout: {num_generations: 4, max_new_tokens: 24}
+data:
+  - {path: synthetic/train, synthetic: {n: 12, seed: 1, kinds: [video, image, text], frames: [4, 4], size: 56}}
+eval:
+  max_new_tokens: 16
+  batch_size: 4
+  profile: veripo
+  heldout:
+    - {path: synthetic/heldout, name: heldout, synthetic: {n: 4, seed: 9, kinds: [video], frames: [4, 4], size: 56}}
+sft: {lr: 3.0e-3, batch_size: 4, epochs: 1, save_every: 1}
+grpo: {lr: 1.0e-3, rollout_batch_size: 2, global_batch_size: 8, rollout_batches: 3, save_every: 1}
+dpo: {lr: 1.0e-3, global_batch_size: 2, epochs: 2}
+verifier: {max_pairs_per_question: 2, construct_reflective: true, reference_chosen: true}
+iterations: 0
+stages:
+  - {name: sft, kind: sft}
+  - {name: grpo, kind: grpo}
+  - {name: verify, kind: verify}
+  - {name: dpo, kind: dpo}
+"""
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = dict(os.environ, VERIPO_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "veripo", "run", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> Path:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return Path(out.strip().splitlines()[-1])
+
+
+def _kill_when(proc: subprocess.Popen, root: Path, pattern: str, timeout: float = 300) -> bool:
+    """SIGKILL the run as soon as a file matching ``pattern`` exists under ``root``; False if it finished first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        if any(root.glob(pattern)):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"{pattern} never appeared under {root}")
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    stage = sorted((run / "stages").glob("*-dpo"))[0]
+    pointer = json.loads((stage / "latest.json").read_text())["checkpoint"]
+    return load_file(str(stage / "checkpoints" / pointer / "model.safetensors"))
+
+
+def _records(path: Path, drop: tuple[str, ...] = ("time_s", "sample")) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path):
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    clean = _finish(_start(["cfg.yaml", "output_dir=clean"], tmp_path))
+
+    out = tmp_path / "killed"
+    proc = _start(["cfg.yaml", f"output_dir={out}"], tmp_path)
+    kill_points = [
+        "*/stages/00-sft/checkpoints/ckpt-000001",      # mid SFT
+        "*/stages/01-grpo/checkpoints/ckpt-000001",     # mid GRPO, after the first rollout batch
+        "*/stages/01-grpo/eval/heldout/predictions.jsonl",  # during the held-out evaluation
+        "*/stages/02-verify/verify_summary.json",      # right after the verifier
+        "*/stages/03-dpo/reference_logps.json",        # DPO, before its first step
+    ]
+    kills = 0
+    for pattern in kill_points:
+        if _kill_when(proc, out, pattern):
+            kills += 1
+        else:
+            break
+        run_dir = next(out.iterdir())
+        proc = _start(["--resume", str(run_dir)], tmp_path)
+    resumed = _finish(proc)
+    assert kills >= 3, f"the run finished before most kill points ({kills} kills)"
+
+    a, b = _final_weights(tmp_path / clean), _final_weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    for rel in ("stages/00-sft/metrics.jsonl", "stages/01-grpo/metrics.jsonl", "stages/01-grpo/rollouts.jsonl",
+                "stages/01-grpo/question_stats.jsonl", "stages/02-verify/pairs.jsonl", "stages/03-dpo/metrics.jsonl",
+                "stages/03-dpo/eval/heldout/predictions.jsonl"):
+        assert _records(tmp_path / clean / rel) == _records(resumed / rel), rel
+    summary_a = json.loads((tmp_path / clean / "summary.json").read_text())
+    summary_b = json.loads((resumed / "summary.json").read_text())
+    strip = lambda s: [{k: v for k, v in st.items() if k != "wall_time_s" and k != "eval"} for st in s["stages"]]  # noqa: E731
+    assert strip(summary_a) == strip(summary_b)
+    assert [st.get("eval", {}).get("heldout", {}).get("accuracy") for st in summary_a["stages"]] == \
+           [st.get("eval", {}).get("heldout", {}).get("accuracy") for st in summary_b["stages"]]
+    assert (resumed / "report" / "index.html").exists()
