@@ -53,7 +53,12 @@ class OverlaySpec:
 
 
 def _finish_timeline(ax: Axes, run: RunData, ylabel: str) -> None:
+    # zoom to the steps that have data (a long SFT stage without rewards would squeeze the RL curves),
+    # measured before the phase spans, which cover every stage, widen the data limits
+    lo, hi = ax.dataLim.intervalx
+    pad = 0.02 * (hi - lo) + 1.0
     draw_phases(ax, run)
+    ax.set_xlim(lo - pad, hi + pad)
     ax.set_xlabel(STEP_AXIS)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
