@@ -20,12 +20,14 @@ class FakeJudgeServer:
     """An OpenAI-compatible chat server on 127.0.0.1 answering from ``reply(prompt) -> str``.
 
     ``mode``: ``ok`` (reply), ``garbage`` (200 with a non-JSON body), ``hang`` (sleeps ``hang_s`` first),
-    ``die_after`` (closes for good after that many requests). Every request's headers and body are kept.
+    ``die_after`` (closes for good after that many requests); ``fail_first`` requests get HTTP 503 first.
+    Every request's headers and body are kept.
     """
 
     def __init__(self, reply=lambda prompt: "VERDICT: CONSISTENT", mode: str = "ok", hang_s: float = 5.0,
-                 die_after: int | None = None) -> None:
+                 die_after: int | None = None, fail_first: int = 0) -> None:
         self.reply, self.mode, self.hang_s, self.die_after = reply, mode, hang_s, die_after
+        self.fail_first = fail_first
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         server = self
@@ -43,6 +45,9 @@ class FakeJudgeServer:
                     threading.Thread(target=server.stop, daemon=True).start()
                     self.close_connection = True
                     return  # no response: the client sees the connection drop
+                if n <= server.fail_first:
+                    self.send_error(503, "warming up")
+                    return
                 if server.mode == "hang":
                     time.sleep(server.hang_s)
                 if server.mode == "garbage":
@@ -66,7 +71,7 @@ class FakeJudgeServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._stopped = False
 
-    def __enter__(self) -> "FakeJudgeServer":  # noqa: PYI034
+    def __enter__(self) -> FakeJudgeServer:  # noqa: PYI034
         self.thread.start()
         return self
 

@@ -232,31 +232,34 @@ class CachedJudge:
 
     def judge(self, items: Sequence[JudgeItem]) -> list[JudgeResult]:
         keys = [self.key(i) for i in items]
-        todo = [(k, i) for k, i in zip(keys, items) if k not in self._memo]
-        self.stats["cache_hits"] += len(items) - len(todo)
+        todo = dict(zip(keys, items))  # identical items (same content) are asked once
+        for key in list(todo):
+            if key in self._memo:
+                del todo[key]
+        self.stats["cache_hits"] += sum(k in self._memo for k in keys)
+        failed: dict[str, dict[str, Any]] = {}
         if todo:
-            fresh = self.inner.judge([i for _, i in todo])
+            fresh = self.inner.judge(list(todo.values()))
             rows = []
-            for (k, _), r in zip(todo, fresh):
-                row = {"key": k, "label": r.label, "raw": r.raw, "error": r.error}
+            for key, r in zip(todo, fresh):
+                row = {"key": key, "label": r.label, "raw": r.raw, "error": r.error}
                 if r.error is None or r.label != "unknown":
-                    rows.append(row)  # failed requests are not cached: a re-run asks again
-                self._memo[k] = row
+                    rows.append(row)
+                    self._memo[key] = row
+                else:
+                    failed[key] = row  # failures are not cached: the next call or a re-run asks again
             if self.path is not None and rows:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.path, "a", encoding="utf-8") as f:
                     f.write("".join(json.dumps(r) + "\n" for r in rows))
-        results = [JudgeResult(self._memo[k]["label"], self._memo[k].get("raw", ""), self._memo[k].get("error"))
-                   for k in keys]
+        found = [self._memo.get(k) or failed[k] for k in keys]
+        results = [JudgeResult(row["label"], row.get("raw", ""), row.get("error")) for row in found]
         if self.fallback is not None:
             unknown = [n for n, r in enumerate(results) if r.label == "unknown" and r.error is not None]
             if unknown:
                 self.stats["fallback_to_rule"] += len(unknown)
                 for n, r in zip(unknown, self.fallback.judge([items[n] for n in unknown])):
                     results[n] = JudgeResult(r.label, r.raw, f"fallback to rule after: {results[n].error}")
-        for key in keys:
-            if self._memo[key].get("error") is not None:
-                self._memo.pop(key)  # forget failures so the next call retries them
         return results
 
     def counters(self) -> dict[str, int]:

@@ -1,0 +1,202 @@
+"""The openai judge against loopback servers: a scripted fake (happy path, retries, garbage, a hang, a kill)
+and a real ``transformers serve`` on a tiny random model (garbage replies, then killed mid-run)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+
+import pytest
+from judge_servers import (
+    FakeJudgeServer,
+    build_tiny_causal_lm,
+    free_port,
+    wait_until_listening,
+)
+
+from veripo.config import VerifierConfig
+from veripo.data.records import Rollout, Sample
+from veripo.verifier.judges import JudgeItem, make_judge
+from veripo.verifier.run import verify_rollouts
+
+SAMPLE = Sample(id="q", problem="Which way did the ball move?", problem_type="multiple choice", answer="B",
+                options=["A. up", "B. left", "C. right"])
+THINKING = "The ball ends at the left edge. So the answer is B."
+SECRET = "sk-test-DO-NOT-LEAK-4242"
+
+
+def items(n: int) -> list[JudgeItem]:
+    """``n`` distinct items (distinct cache keys); even ones answer B (consistent), odd ones C."""
+    return [JudgeItem(SAMPLE, f"Look {i}. {THINKING}", "B" if i % 2 == 0 else "C") for i in range(n)]
+
+
+def scripted_verdict(prompt: str) -> str:
+    """What a perfect judge says: the answer after 'Final answer:' against the chain's 'answer is B'."""
+    answer = prompt.split("Final answer:")[1].split("If the reasoning")[0].strip()
+    return "Reasoning ends at B.\nVERDICT: " + ("CONSISTENT" if answer == "B" else "INCONSISTENT")
+
+
+def config(url: str, **kw) -> VerifierConfig:
+    base = dict(judge="openai", judge_url=url, judge_model="judge-model", api_key_env="VERIPO_TEST_JUDGE_KEY",
+                timeout_s=2.0, retries=1, concurrency=4, fallback_to_rule=False)
+    return VerifierConfig(**{**base, **kw})
+
+
+def test_happy_path_concurrent_with_key_header(monkeypatch):
+    monkeypatch.setenv("VERIPO_TEST_JUDGE_KEY", SECRET)
+    with FakeJudgeServer(scripted_verdict) as server:
+        judge = make_judge(config(server.url))
+        results = judge.judge(items(8))
+    assert [r.label for r in results] == ["consistent", "inconsistent"] * 4
+    assert all(r.error is None for r in results)
+    assert len(server.requests) == 8
+    for request in server.requests:
+        assert request["headers"]["Authorization"] == f"Bearer {SECRET}"
+        assert request["body"]["model"] == "judge-model" and request["body"]["max_tokens"] > 0
+        assert "Final answer:" in request["body"]["messages"][0]["content"]
+    assert judge.counters()["consistent"] == 4 and judge.counters()["inconsistent"] == 4
+
+
+def test_retries_with_backoff_after_server_errors():
+    with FakeJudgeServer(scripted_verdict, fail_first=2) as server:
+        judge = make_judge(config(server.url, retries=3, concurrency=1))
+        start = time.monotonic()
+        [result] = judge.judge(items(1))
+        elapsed = time.monotonic() - start
+    assert result.label == "consistent" and len(server.requests) == 3
+    assert elapsed >= 0.25 + 0.5  # backoff 0.25 s then 0.5 s before the third try
+
+
+def test_cache_prevents_second_requests(tmp_path):
+    cache = tmp_path / "judge_cache.jsonl"
+    with FakeJudgeServer(scripted_verdict) as server:
+        first = make_judge(config(server.url), cache_path=cache).judge(items(6))
+        assert len(server.requests) == 6
+        again = make_judge(config(server.url), cache_path=cache)  # a re-run reads the cache file
+        second = again.judge(items(6))
+        assert len(server.requests) == 6
+        assert again.counters()["cache_hits"] == 6
+        more = again.judge(items(8))  # only the two new items are asked
+        assert len(server.requests) == 8
+    assert [r.label for r in first] == [r.label for r in second] == [r.label for r in more[:6]]
+
+
+def test_garbage_replies_are_unknown_and_counted_with_optional_rule_fallback():
+    with FakeJudgeServer(lambda prompt: "I think it is fine, probably consistent?") as server:
+        results = make_judge(config(server.url)).judge(items(4))
+        assert [r.label for r in results] == ["unknown"] * 4
+        judge = make_judge(config(server.url, fallback_to_rule=True))
+        fallback = judge.judge(items(4))
+    assert all(r.error == "unparseable verdict" for r in results)
+    assert [r.label for r in fallback] == ["consistent", "inconsistent"] * 2  # the rule judge's labels
+    assert judge.counters()["parse_failure"] == 4 and judge.counters()["fallback_to_rule"] == 4
+    with FakeJudgeServer(mode="garbage") as server:  # 200 with an HTML body
+        judge = make_judge(config(server.url, retries=0))
+        results = judge.judge(items(2))
+    assert [r.label for r in results] == ["unknown"] * 2 and judge.counters()["request_failure"] == 2
+
+
+def test_hanging_server_times_out_bounded():
+    with FakeJudgeServer(mode="hang", hang_s=3.0) as server:
+        judge = make_judge(config(server.url, timeout_s=0.3, retries=1, concurrency=2))
+        start = time.monotonic()
+        results = judge.judge(items(10))
+        elapsed = time.monotonic() - start
+        requests = len(server.requests)
+    assert [r.label for r in results] == ["unknown"] * 10
+    counters = Counter(judge.counters())
+    assert counters["request_failure"] >= 3 and counters["server_down"] >= 1  # gave up after 3 failures in a row
+    assert counters["request_failure"] + counters["server_down"] == 10
+    assert requests <= 2 * (3 + 2) and elapsed < 6.0
+
+
+def test_server_killed_mid_run_falls_back_and_nothing_is_lost(tmp_path):
+    with FakeJudgeServer(scripted_verdict, die_after=3) as server:
+        judge = make_judge(config(server.url, concurrency=1, retries=1, fallback_to_rule=True),
+                           cache_path=tmp_path / "judge_cache.jsonl")
+        results = judge.judge(items(10))
+    assert len(results) == 10
+    assert [r.label for r in results] == ["consistent", "inconsistent"] * 5  # 3 judged, 7 by the rule fallback
+    assert [r.error for r in results[:3]] == [None] * 3
+    assert all(r.error.startswith("fallback to rule after") for r in results[3:])
+    assert judge.counters()["fallback_to_rule"] == 7
+    cached = (tmp_path / "judge_cache.jsonl").read_text().splitlines()
+    assert len(cached) == 3  # failures are not cached: a re-run asks for them again
+
+
+def test_api_key_never_logged_or_written(tmp_path, monkeypatch, caplog, capfd):
+    monkeypatch.setenv("VERIPO_TEST_JUDGE_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    rollouts = tmp_path / "rollouts.jsonl"
+    texts = [f"<think>{THINKING}</think><answer>{a}</answer>" for a in "BCB"]
+    rollouts.write_text("".join(json.dumps(Rollout(id=f"q/0/{i}", sample_id="q", group_index=i, text=t).to_dict())
+                                + "\n" for i, t in enumerate(texts)))
+    with FakeJudgeServer(scripted_verdict, die_after=2) as server:
+        summary = verify_rollouts(rollouts, {"q": SAMPLE}, config(server.url, fallback_to_rule=True),
+                                  tmp_path / "out")
+    assert summary.consistency["inconsistent"] == 1
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"  # the key was used ...
+    out = capfd.readouterr()
+    assert SECRET not in out.out + out.err + caplog.text  # ... and never shown
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), path
+
+
+@pytest.fixture(scope="module")
+def served_tiny_model(tmp_path_factory):
+    """``transformers serve`` (in process, CPU) on a random tiny Llama built offline; yields (url, model, kill)."""
+    pytest.importorskip("fastapi")
+    serve = pytest.importorskip("transformers.cli.serve")
+    model_dir = build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-judge"))
+    hub_cache = tmp_path_factory.mktemp("hub-cache")  # an empty, existing cache: nothing from a model hub
+    old = os.environ.get("HF_HUB_CACHE")
+    os.environ["HF_HUB_CACHE"] = str(hub_cache)
+    port = free_port()
+    server = serve.Serve(force_model=str(model_dir), host="127.0.0.1", port=port, device="cpu", non_blocking=True)
+    killed = threading.Event()
+
+    def kill() -> None:
+        if not killed.is_set():
+            killed.set()
+            server.kill_server()
+
+    try:
+        wait_until_listening(port)
+        yield f"http://127.0.0.1:{port}/v1", str(model_dir), kill
+    finally:
+        kill()
+        if old is None:
+            os.environ.pop("HF_HUB_CACHE", None)
+        else:
+            os.environ["HF_HUB_CACHE"] = old
+
+
+def test_real_transformers_serve_garbage_then_killed_mid_run(served_tiny_model, tmp_path):
+    url, model, kill = served_tiny_model
+    cfg = config(url, judge_model=model, timeout_s=20.0, retries=1, concurrency=1, fallback_to_rule=True)
+    judge = make_judge(cfg, cache_path=tmp_path / "judge_cache.jsonl")
+    # A random model answers noise: every reply is a counted parse failure, replaced by the rule's label.
+    results = judge.judge(items(2))
+    assert [r.label for r in results] == ["consistent", "inconsistent"]
+    assert judge.counters()["parse_failure"] == 2 and judge.counters()["fallback_to_rule"] == 2
+    assert all("unparseable verdict" in r.error for r in results)
+
+    def kill_after_first_reply() -> None:
+        deadline = time.monotonic() + 30
+        while judge.inner.stats["parse_failure"] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        kill()
+
+    killer = threading.Thread(target=kill_after_first_reply)
+    killer.start()
+    results = judge.judge(items(8)[2:])  # 6 new items; the server dies after the first answer
+    killer.join()
+    assert len(results) == 6 and [r.label for r in results] == ["consistent", "inconsistent"] * 3
+    counters = Counter(judge.counters())
+    assert counters["request_failure"] + counters["server_down"] >= 1
+    assert counters["parse_failure"] + counters["request_failure"] + counters["server_down"] == 8
