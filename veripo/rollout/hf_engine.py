@@ -104,17 +104,13 @@ class HFRolloutEngine:
         alive_questions = list(range(Q))  # questions whose rows are still in the batch, in batch order
         for step in range(params.max_new_tokens):
             policy_logprobs = torch.log_softmax(logits, dim=-1)
+            processed = next_token_distribution(
+                logits, banned=banned, seen=seen, repetition_penalty=params.repetition_penalty,
+                temperature=1.0 if params.greedy else params.temperature, top_p=1.0 if params.greedy else params.top_p,
+            )
             if params.greedy:
-                processed = next_token_distribution(
-                    logits, banned=banned, seen=seen, repetition_penalty=params.repetition_penalty,
-                    temperature=1.0, top_p=1.0,
-                )
                 sampled = processed.argmax(dim=-1)
-            else:
-                processed = next_token_distribution(
-                    logits, banned=banned, seen=seen, repetition_penalty=params.repetition_penalty,
-                    temperature=params.temperature, top_p=params.top_p,
-                )
+            else:  # one generator per question: its draws do not depend on the other questions in the batch
                 probs = processed.softmax(dim=-1).view(len(alive_questions), G, vocab)
                 sampled = torch.cat([
                     torch.multinomial(probs[i], 1, generator=generators[q]).view(G)
@@ -123,21 +119,13 @@ class HFRolloutEngine:
             sampled_logprobs = policy_logprobs.gather(1, sampled[:, None]).view(-1)
 
             rows = [q * G + g for q in alive_questions for g in range(G)]
-            for batch_row, (row, token, logprob, is_eos) in enumerate(
-                zip(rows, sampled.tolist(), sampled_logprobs.tolist(), torch.isin(sampled, eos).tolist())
+            for row, token, logprob, is_eos in zip(
+                rows, sampled.tolist(), sampled_logprobs.tolist(), torch.isin(sampled, eos).tolist()
             ):
-                if finish[row] is not None:
-                    continue
-                tokens[row].append(token)
-                logprobs[row].append(logprob)
-                if is_eos:
-                    finish[row] = "eos"
-                elif params.stop_strings and completes_stop_string(
-                    self.tokenizer.decode(tokens[row][-stop_window:]), params.stop_strings
-                ):
-                    finish[row] = "stop"
-                elif len(tokens[row]) == params.max_new_tokens:
-                    finish[row] = "length"
+                if finish[row] is None:
+                    tokens[row].append(token)
+                    logprobs[row].append(logprob)
+                    finish[row] = self._finish_reason(tokens[row], is_eos, params, stop_window)
 
             still = [i for i, q in enumerate(alive_questions) if any(finish[q * G + g] is None for g in range(G))]
             if not still:
@@ -172,6 +160,16 @@ class HFRolloutEngine:
             groups.append(GroupOutput(responses=responses, prompt_tokens=int(prompt_lengths[q])))
         return groups
 
+
+    def _finish_reason(self, tokens: list[int], is_eos: bool, params: SamplingParams, stop_window: int):
+        """Why a response whose newest token is `tokens[-1]` ends now, or None if it goes on. Only the last
+        `stop_window` tokens are decoded: a stop string completed by the newest token lies within them."""
+        if is_eos:
+            return "eos"
+        if params.stop_strings and completes_stop_string(self.tokenizer.decode(tokens[-stop_window:]),
+                                                         params.stop_strings):
+            return "stop"
+        return "length" if len(tokens) == params.max_new_tokens else None
 
     def _prefill_and_expand(self, batch: dict[str, torch.Tensor], G: int):
         """Run the Q prompts (vision tower and LLM) once and repeat the result G times.
