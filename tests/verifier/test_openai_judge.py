@@ -41,9 +41,9 @@ def scripted_verdict(prompt: str) -> str:
 
 
 def config(url: str, **kw) -> VerifierConfig:
-    base = dict(judge="openai", judge_url=url, judge_model="judge-model", api_key_env="VERIPO_TEST_JUDGE_KEY",
-                timeout_s=2.0, retries=1, concurrency=4, fallback_to_rule=False)
-    return VerifierConfig(**{**base, **kw})
+    base = {"judge": "openai", "judge_url": url, "judge_model": "judge-model", "api_key_env": "VERIPO_TEST_JUDGE_KEY",
+            "timeout_s": 2.0, "retries": 1, "concurrency": 4, "fallback_to_rule": False}
+    return VerifierConfig(**(base | kw))
 
 
 def test_happy_path_concurrent_with_key_header(monkeypatch):

@@ -3,8 +3,8 @@
 Three kinds, tried in the order of ``verifier.pair_types`` until ``max_pairs_per_question``:
 - consistency: a good rollout (correct, well formed, consistent, not repetitive or truncated) chosen over
   an inconsistent one (its answer contradicts its own thinking);
-- reflective: a good rollout whose chain notices and corrects a mistake chosen over a wrong rollout that
-  never corrects itself; with ``construct_reflective`` such a chain is also built by splicing (the wrong
+- reflective: a good rollout whose chain notices and corrects a mistake chosen over a complete, well-formed
+  rollout that reaches a wrong answer and never corrects itself; with ``construct_reflective`` such a chain is also built by splicing (the wrong
   rollout's thinking, "Wait, let me check again.", then a good rollout's thinking and answer) when the
   group has none;
 - penalty: a good rollout chosen over one that is repetitive, truncated, badly formatted or wrong.
@@ -106,7 +106,9 @@ def build_group_pairs(rollouts: list[Rollout], verdicts: dict[str, Verdict], cfg
             candidates = [(r, v) for r, v in bad if v.consistency == "inconsistent"]
             chosen_pool = good
         elif kind == "reflective":
-            candidates = [(r, v) for r, v in bad if not v.correct and not v.reflective]
+            # a complete, well-formed chain that reaches a wrong answer without correcting itself
+            candidates = [(r, v) for r, v in bad
+                          if not v.correct and not v.reflective and v.format_ok and not v.truncated]
             chosen_pool = [r for r in good if verdicts[r.id].reflective]
         elif kind == "penalty":
             candidates = bad

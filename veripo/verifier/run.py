@@ -43,7 +43,7 @@ class VerifySummary:
         return self.consistency["inconsistent"] / judged if judged else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rollouts": self.rollouts, "failed": dict(self.failed), "consistency": dict(self.consistency),
+        return {"rollouts": self.rollouts, "checked": self.rollouts - self.missing_samples, "failed": dict(self.failed), "consistency": dict(self.consistency),
                 "inconsistency_rate": self.inconsistency_rate,
                 # the same with ``unknown`` counted as not inconsistent (over every checked rollout)
                 "inconsistency_rate_all": (self.consistency["inconsistent"] / sum(self.consistency.values())
@@ -103,10 +103,12 @@ def check_rollout(rollout: Rollout, sample: Sample, profile: Any, cfg: Any, toke
 
 def verify_rollouts(rollouts: list[Rollout] | Path, samples: dict[str, Sample], cfg: Any, out_dir: Path, *,
                     profile_name: str = "veripo", judge_name: str | None = None, tokenizer: Any = None,
-                    show_progress: bool = False, judge_batch: int = 64) -> VerifySummary:
+                    show_progress: bool = False, judge_batch: int = 64,
+                    pairs_path: Path | None = None) -> VerifySummary:
     """Check and judge ``rollouts`` (records, or a rollouts.jsonl path), build pairs, write verdicts/pairs/
     summary to ``out_dir``. ``samples``: sample id -> sample (rollouts without one are counted, not checked).
-    ``tokenizer`` counts thinking tokens (else the rollout's own count, else whitespace words)."""
+    ``tokenizer`` counts thinking tokens (else the rollout's own count, else whitespace words).
+    ``pairs_path`` puts the pairs elsewhere than ``out_dir/pairs.jsonl``."""
     if isinstance(rollouts, (str, Path)):
         rollouts = load_rollouts(Path(rollouts))
     out_dir = Path(out_dir)
@@ -141,7 +143,9 @@ def verify_rollouts(rollouts: list[Rollout] | Path, samples: dict[str, Sample], 
     pairs, stats = build_pairs(groups, {v.rollout_id: v for v in verdicts}, cfg, samples)
     summary.pairs, summary.skipped_groups = stats.pairs, stats.skipped
     _rewrite(out_dir / "verdicts.jsonl", verdicts)
-    _rewrite(out_dir / "pairs.jsonl", pairs)
+    pairs_path = Path(pairs_path) if pairs_path is not None else out_dir / "pairs.jsonl"
+    pairs_path.parent.mkdir(parents=True, exist_ok=True)
+    _rewrite(pairs_path, pairs)
     tmp = out_dir / "verify_summary.json.tmp"
     tmp.write_text(json.dumps(summary.to_dict(), indent=2))
     os.replace(tmp, out_dir / "verify_summary.json")

@@ -1,0 +1,75 @@
+"""``veripo verify`` on a small rollouts file: the table, the three pair kinds, the files, a re-run, errors."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from veripo.cli.main import app
+from veripo.data.jsonl import JsonlWriter, read_jsonl
+from veripo.data.records import Pair, Rollout, Sample, Verdict
+
+SAMPLE = Sample(id="ball", problem="Which way did the ball move?", problem_type="multiple choice", answer="B",
+                options=["A. up", "B. left", "C. right"])
+TEXTS = [
+    # corrects itself and ends right: good and reflective
+    ("<think>The ball goes right, so the answer is C. Wait, let me re-check frame 3. It is left, so the answer is B."
+     "</think><answer>B</answer>"),
+    "<think>The ball moves left. So the answer is B.</think><answer>C</answer>",  # contradicts its thinking
+    "<think>The ball moves right. So the answer is C.</think><answer>C</answer>",  # wrong, never corrected
+    "<think>" + "the ball moves left " * 20 + "So the answer is B.</think><answer>B</answer>",  # a loop
+    "<think>The ball starts in the middle and then",  # cut off by the token cap
+]
+
+
+def write_run(folder, texts=TEXTS):
+    with JsonlWriter(folder / "rollouts.jsonl") as w:
+        w.write_many([Rollout(id=f"ball/0/{i}", sample_id="ball", group_index=i, text=t, truncated=i == 4,
+                              token_ids=[i, i + 1]) for i, t in enumerate(texts)])
+    with JsonlWriter(folder / "samples.jsonl") as w:
+        w.write_many([SAMPLE])
+    return folder / "rollouts.jsonl"
+
+
+def test_verify_cli_writes_all_three_pair_kinds(tmp_path):
+    rollouts = write_run(tmp_path)
+    result = CliRunner().invoke(app, ["verify", str(rollouts), "--out", str(tmp_path / "v" / "pairs.jsonl"),
+                                      "--set", "verifier.max_pairs_per_question=4"])
+    assert result.exit_code == 0, result.output
+    for row in ("format", "accuracy", "repetition", "truncation", "consistency", "pairs: reflective",
+                "inconsistency rate (judged)"):
+        assert row in result.output
+    pairs = read_jsonl(tmp_path / "v" / "pairs.jsonl", Pair)
+    assert {(p.pair_type, p.rejected_rollout) for p in pairs} == {
+        ("consistency", "ball/0/1"), ("reflective", "ball/0/2"), ("penalty", "ball/0/3"), ("penalty", "ball/0/4")}
+    assert all(p.chosen_rollout == "ball/0/0" and p.chosen_token_ids == [0, 1] for p in pairs)
+    verdicts = {v.rollout_id: v for v in read_jsonl(tmp_path / "v" / "verdicts.jsonl", Verdict)}
+    assert verdicts["ball/0/0"].reflective and verdicts["ball/0/0"].consistency == "consistent"
+    assert verdicts["ball/0/1"].consistency == "inconsistent" and verdicts["ball/0/3"].repetitive
+    assert verdicts["ball/0/4"].truncated and verdicts["ball/0/4"].consistency == "unknown"
+    summary = json.loads((tmp_path / "v" / "verify_summary.json").read_text())
+    assert summary["pairs"] == {"consistency": 1, "penalty": 2, "reflective": 1}
+    assert summary["failed"] == {"format": 1, "accuracy": 3, "repetition": 1, "truncation": 1, "consistency": 1}
+    assert summary["inconsistency_rate"] == 1 / 4  # 4 judged, 1 unknown (the truncated one)
+    assert summary["inconsistency_rate_all"] == 1 / 5
+    assert "25.0%" in result.output and "20.0%" in result.output
+
+    again = CliRunner().invoke(app, ["verify", str(rollouts), "--out-dir", str(tmp_path / "v")])
+    assert again.exit_code == 0, again.output
+    assert "cache_hits=5" in again.output  # the re-run asked nothing anew
+
+
+def test_verify_cli_errors_are_clear(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["verify", str(tmp_path / "missing.jsonl")])
+    assert result.exit_code == 2 and "no such rollouts file" in result.output
+    rollouts = write_run(tmp_path)
+    (tmp_path / "samples.jsonl").unlink()
+    result = runner.invoke(app, ["verify", str(rollouts)])
+    assert result.exit_code == 2 and "--samples" in result.output
+    result = runner.invoke(app, ["verify", str(rollouts), "--judge", "magic"])
+    assert result.exit_code == 2 and "rule, hf, openai" in result.output
+    write_run(tmp_path)
+    result = runner.invoke(app, ["verify", str(rollouts), "--judge", "openai"])
+    assert result.exit_code == 2 and "--judge-url" in result.output

@@ -1,0 +1,145 @@
+"""``veripo verify ROLLOUTS.jsonl``: the Rollout-Aware Verifier over a rollouts file; prints what failed
+which check, the pairs of each type and the inconsistency rate, and writes verdicts, pairs and a summary.
+See docs/verifier.md."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import typer
+
+JUDGES = ("rule", "hf", "openai")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("verify")
+    def verify(
+        rollouts: Path = typer.Argument(..., help="A rollouts.jsonl written by a GRPO stage (or by hand)."),
+        samples: Path | None = typer.Option(
+            None, "--samples", help="The questions the rollouts answer (any dataset file `veripo data` reads, or a "
+            "samples JSONL); rollouts name them by sample_id. Default: samples.jsonl beside ROLLOUTS."),
+        judge: str | None = typer.Option(None, "--judge", help="Consistency judge: rule, hf or openai "
+                                            "(default: verifier.judge of the config, else rule)."),
+        judge_url: str | None = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL, e.g. "
+                                                "http://127.0.0.1:8000/v1 (--judge openai)."),
+        judge_model: str | None = typer.Option(None, "--judge-model", help="Served model name (openai; "
+                                                  "transformers serve wants the served path) or a local model "
+                                                  "directory (hf)."),
+        out: Path | None = typer.Option(None, "--out", help="Where to write the pairs (default: "
+                                           "OUT_DIR/pairs.jsonl)."),
+        out_dir: Path | None = typer.Option(None, "--out-dir", help="Folder for verdicts.jsonl, "
+                                               "verify_summary.json and the judge cache (default: the folder of "
+                                               "--out, else verify/ beside ROLLOUTS). Re-running asks the judge "
+                                               "nothing twice."),
+        config: Path | None = typer.Option(None, "--config", help="A run config; its verifier and "
+                                              "rewards.profile sections are used."),
+        overrides: list[str] | None = typer.Option(None, "--set", help="A dotted override, e.g. "
+                                                      "verifier.max_pairs_per_question=4; repeatable."),
+        tokenizer: Path | None = typer.Option(None, "--tokenizer", help="A tokenizer directory to count "
+                                                 "thinking tokens (default: the rollouts' own counts, else "
+                                                 "whitespace words)."),
+    ) -> None:
+        """Check every rollout (format, accuracy, thinking length, repetition, truncation, reflection),
+        judge the consistency of its thinking and answer, build consistency / reflective / penalty pairs.
+
+        The API key of an OpenAI-compatible judge is read from the environment variable named by
+        verifier.api_key_env (default VERIPO_JUDGE_API_KEY) and is never printed or written."""
+        from rich.console import Console
+
+        from veripo.config import ConfigError, RunConfig, load
+        from veripo.data.jsonl import JsonlError
+        from veripo.verifier.run import load_rollouts, verify_rollouts
+
+        def fail(message: str) -> None:
+            typer.secho(f"error: {message}", fg="red", err=True)
+            raise typer.Exit(2)
+
+        if judge is not None and judge not in JUDGES:
+            fail(f"--judge {judge!r} is not one of {', '.join(JUDGES)}")
+        if not rollouts.is_file():
+            fail(f"{rollouts}: no such rollouts file")
+        try:
+            run_cfg = load(RunConfig, config, overrides or [])
+        except ConfigError as e:
+            fail(str(e))
+        changes = {k: v for k, v in (("judge", judge), ("judge_url", judge_url), ("judge_model", judge_model))
+                   if v is not None}
+        cfg = dataclasses.replace(run_cfg.verifier, **changes)
+        try:
+            records = load_rollouts(rollouts)
+            by_id = _load_samples(rollouts, samples)
+        except (JsonlError, ValueError, OSError) as e:
+            fail(str(e))
+        out_dir = out_dir or (out.parent if out is not None else rollouts.parent / "verify")
+        tok = None
+        if tokenizer is not None:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(tokenizer))
+        console = Console()
+        try:
+            summary = verify_rollouts(records, by_id, cfg, out_dir, profile_name=run_cfg.rewards.profile,
+                                      judge_name=cfg.judge, tokenizer=tok, show_progress=True, pairs_path=out)
+        except (ValueError, KeyError) as e:
+            fail(str(e.args[0] if e.args else e).replace("verifier.judge_url", "--judge-url")
+                 .replace("verifier.judge_model", "--judge-model"))
+        print_summary(console, summary.to_dict(), rollouts.name)
+        console.print(f"pairs in [bold]{out or out_dir / 'pairs.jsonl'}[/bold]; verdicts and verify_summary.json "
+                      f"in [bold]{out_dir}[/bold]")
+
+
+def _load_samples(rollouts: Path, samples: Path | None) -> dict[str, Any]:
+    """Sample id -> sample, from --samples or the samples.jsonl beside the rollouts."""
+    from veripo.data.jsonl import read_jsonl
+    from veripo.data.loaders import load_samples
+    from veripo.data.records import Sample
+
+    if samples is None:
+        beside = rollouts.parent / "samples.jsonl"
+        if not beside.is_file():
+            raise ValueError(f"{rollouts}: no samples.jsonl beside it; pass the questions with --samples FILE")
+        return {s.id: s for s in read_jsonl(beside, Sample)}
+    if samples.suffix == ".jsonl":
+        try:
+            return {s.id: s for s in read_jsonl(samples, Sample)}
+        except (TypeError, ValueError):
+            pass  # not our samples JSONL: a dataset file in another format
+    return {s.id: s for s in load_samples(samples, require_media=False).samples}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def print_summary(console: Any, data: dict[str, Any], title: str) -> None:
+    """The checks table (rollouts failing each), pairs per type, skipped groups, the inconsistency rate and
+    the judge's counters (parse failures, request failures, fallbacks, cache hits)."""
+    from rich.table import Table
+
+    n = data["checked"] if "checked" in data else data["rollouts"]
+    table = Table(title=f"{title}: {data['rollouts']} rollouts, judge {data['judge']}")
+    table.add_column("check")
+    table.add_column("failing", justify="right")
+    table.add_column("share", justify="right")
+    for check in ("format", "accuracy", "repetition", "truncation", "consistency"):
+        failing = data["failed"].get(check, 0)
+        table.add_row(check, str(failing), _pct(failing / n if n else None))
+    labels = data["consistency"]
+    table.add_row("consistency unknown", str(labels.get("unknown", 0)),
+                  _pct(labels.get("unknown", 0) / n if n else None), end_section=True)
+    for kind, count in data["pairs"].items():
+        table.add_row(f"pairs: {kind}", str(count), "")
+    for reason, count in sorted(data["skipped_groups"].items()):
+        table.add_row(f"groups skipped: {reason.replace('_', ' ')}", str(count), "")
+    table.add_row("inconsistency rate (judged)", "", _pct(data["inconsistency_rate"]), style="bold")
+    table.add_row("inconsistency rate (all, unknown = not)", "", _pct(data["inconsistency_rate_all"]))
+    console.print(table)
+    if data.get("missing_samples"):
+        console.print(f"[yellow]{data['missing_samples']} rollouts name a sample_id not in the samples: "
+                      "not checked[/yellow]")
+    counters = {k: v for k, v in data.get("judge_counters", {}).items() if v}
+    if counters:
+        console.print("judge: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    console.print(f"thinking length counted by: {data.get('thinking_tokens_by', '?')}")
