@@ -1,7 +1,7 @@
-"""``veripo demo``: build the tiny model, render a small video, ask about it and print sampled rollouts.
+"""``veripo sample``: ask a model about a rendered moving-square video and print sampled rollouts.
 
-For now this shows the foundation working end to end (offline model build, numpy video patchifier, chat
-prompt, M-RoPE generation with vision tokens suppressed); later issues turn it into the full VerIPO run.
+A quick look at what a model (the tiny one built on first use, or any checkpoint of a run) writes: offline
+model build, numpy video patchifier, chat prompt, M-RoPE generation with vision tokens suppressed.
 """
 
 from __future__ import annotations
@@ -42,16 +42,16 @@ def default_model_dir() -> Path:
 
 def register(app: typer.Typer) -> None:
     @app.command()
-    def demo(
-        model_dir: Path | None = typer.Option(None, help="Model directory (default: a cached tiny model, "
-                                                            "built on first use)."),
+    def sample(
+        model_dir: Path | None = typer.Option(None, help="Model directory, e.g. a run's checkpoint (default: a "
+                                                            "cached random tiny model, built on first use)."),
         rollouts: int = typer.Option(4, min=1, help="Responses to sample."),
         max_new_tokens: int = typer.Option(64, min=1, help="Tokens per response."),
         temperature: float = typer.Option(1.0, min=0.0, help="0 = greedy."),
         seed: int = typer.Option(0, help="Sampling seed (the same seed prints the same rollouts)."),
         style: str = typer.Option("veripo", help="Prompt style: veripo or videor1."),
     ) -> None:
-        """Build the tiny model (cached), render a moving-square video and print sampled reasoning rollouts."""
+        """Render a moving-square video, ask which way it moves and print sampled reasoning rollouts."""
         import torch
         from rich.console import Console
         from rich.panel import Panel

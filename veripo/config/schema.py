@@ -108,6 +108,9 @@ class GRPOConfig:
     filter_equal_groups: bool = False  # drop groups whose rewards are all equal (zero advantage)
     accuracy_band: tuple[float, float] | None = None  # keep groups whose mean accuracy lies in [lo, hi]
     save_every: int = 1  # rollout batches between checkpoints (the unit a killed run resumes from)
+    # stop after the rollout batch that passes this many seconds (for equal-time comparisons; a run with a
+    # time budget is not reproducible across machines or resumes)
+    time_budget_s: float | None = None
 
     def validate(self, prefix: str) -> None:
         if self.lr <= 0:

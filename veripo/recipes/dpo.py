@@ -91,7 +91,7 @@ def run_dpo(ctx: StageContext) -> StageResult:
     scheduler = build_scheduler(optimizer, dpo.lr_schedule, dpo.warmup_steps, total)
     progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
     if progress.done:
-        return StageResult(steps=progress.step, numbers={"pairs": len(pairs)})
+        return StageResult(steps=progress.step, numbers={"pairs": len(pairs), "wall_time_s": progress.extra.get("time_s", 0.0)})
     clock = Stopwatch(progress.extra.get("time_s", 0.0))
     ref = reference_logps(ctx, pairs, tokens)
     preference_loss = DPO_LOSSES.get("sigmoid")

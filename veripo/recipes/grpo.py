@@ -263,7 +263,8 @@ def run_grpo(ctx: StageContext) -> StageResult:
     scheduler = build_scheduler(optimizer, grpo.lr_schedule, grpo.warmup_steps, total_steps)
     progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
     if progress.done:
-        return StageResult(steps=progress.step, outputs={n: ctx.stage_dir / n for n in OUTPUTS})
+        return StageResult(steps=progress.step, outputs={n: ctx.stage_dir / n for n in OUTPUTS},
+                           numbers={"wall_time_s": progress.extra.get("time_s", 0.0)})
     ref_model = None
     if grpo.kl_coef > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # noqa: the stage-start policy
@@ -321,7 +322,8 @@ def run_grpo(ctx: StageContext) -> StageResult:
                         metrics_w.write(row)
                 progress.unit = unit + 1
                 bar.advance(1, acc=batch["accuracy_mean"], reward=batch["reward_mean"], len=batch["response_len"])
-                last = progress.unit == grpo.rollout_batches
+                over_budget = grpo.time_budget_s is not None and clock.elapsed() >= grpo.time_budget_s
+                last = progress.unit == grpo.rollout_batches or any(gather_objects(ctx.dist, [over_budget]))
                 if last or progress.unit % max(1, grpo.save_every) == 0:
                     for w in writers:
                         w.sync()
@@ -330,6 +332,8 @@ def run_grpo(ctx: StageContext) -> StageResult:
                     if ctx.dist.is_main:
                         progress.outputs = output_sizes(ctx.stage_dir, OUTPUTS)
                         save_checkpoint(ctx.stage_dir, model, ctx.policy.processor, optimizer, scheduler, progress)
+                if last:
+                    break
     finally:
         for w in writers:
             w.close()

@@ -49,7 +49,7 @@ def run_sft(ctx: StageContext) -> StageResult:
     scheduler = build_scheduler(optimizer, sft.lr_schedule, sft.warmup_steps, total)
     progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
     if progress.done:
-        return StageResult(steps=progress.step)
+        return StageResult(steps=progress.step, numbers={"wall_time_s": progress.extra.get("time_s", 0.0)})
     clock = Stopwatch(progress.extra.get("time_s", 0.0))
     save_every = max(1, sft.save_every)
     targets = {s.id: target_ids(tokenizer, s) for s in samples}

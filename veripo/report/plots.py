@@ -155,7 +155,8 @@ def draw_pair_mix(ax: Axes, run: RunData) -> str | None:
     ax.set_ylabel("preference pairs (count)")
     ax.margins(y=0.12)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="pair type", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # all-zero stages draw no labelled bars
+        ax.legend(title="pair type", fontsize=8)
     return None
 
 
