@@ -148,11 +148,11 @@ def test_api_key_never_logged_or_written(tmp_path, monkeypatch, caplog, capfd):
 
 
 @pytest.fixture(scope="module")
-def served_tiny_model(tmp_path_factory):
+def served_tiny_model(tmp_path_factory, tiny_causal_lm):
     """``transformers serve`` (in process, CPU) on a random tiny Llama built offline; yields (url, model, kill)."""
     pytest.importorskip("fastapi")
     serve = pytest.importorskip("transformers.cli.serve")
-    model_dir = build_tiny_causal_lm(tmp_path_factory.mktemp("tiny-judge"))
+    model_dir = tiny_causal_lm
     hub_cache = tmp_path_factory.mktemp("hub-cache")  # an empty, existing cache: nothing from a model hub
     old = os.environ.get("HF_HUB_CACHE")
     os.environ["HF_HUB_CACHE"] = str(hub_cache)

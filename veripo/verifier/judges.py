@@ -103,7 +103,8 @@ class OpenAIJudge:
         import httpx
 
         self.url = url.rstrip("/") + "/chat/completions"
-        self.model, self.retries, self.concurrency, self.max_tokens = model, retries, max(1, concurrency), max_tokens
+        self.model = self.model_name = model
+        self.retries, self.concurrency, self.max_tokens = model, retries, max(1, concurrency), max_tokens
         self.template = template or DEFAULT_PROMPT.read_text(encoding="utf-8")
         key = os.environ.get(api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -180,6 +181,7 @@ class HFJudge:
     def __init__(self, model_dir: str, *, template: str | None = None, max_new_tokens: int = 16) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self.model_name = str(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         self.template = template or DEFAULT_PROMPT.read_text(encoding="utf-8")
@@ -226,7 +228,8 @@ class CachedJudge:
                     continue  # a torn last line from a killed run
 
     def key(self, item: JudgeItem) -> str:
-        text = json.dumps([self.inner.name, getattr(self.inner, "model", ""), getattr(self.inner, "template", ""),
+        # the judge, the model that answers (a served name or a local directory), the prompt and the content
+        text = json.dumps([self.inner.name, getattr(self.inner, "model_name", ""), getattr(self.inner, "template", ""),
                            item.sample.problem, item.sample.options, item.thinking, item.answer])
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
