@@ -13,7 +13,6 @@ from collections import Counter
 import pytest
 from judge_servers import (
     FakeJudgeServer,
-    build_tiny_causal_lm,
     free_port,
     wait_until_listening,
 )

@@ -104,7 +104,7 @@ class OpenAIJudge:
 
         self.url = url.rstrip("/") + "/chat/completions"
         self.model = self.model_name = model
-        self.retries, self.concurrency, self.max_tokens = model, retries, max(1, concurrency), max_tokens
+        self.retries, self.concurrency, self.max_tokens = retries, max(1, concurrency), max_tokens
         self.template = template or DEFAULT_PROMPT.read_text(encoding="utf-8")
         key = os.environ.get(api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
