@@ -120,7 +120,8 @@ def run_dpo(ctx: StageContext) -> StageResult:
                         loss = preference_loss(delta, dpo.beta) / len(batch)
                         if dpo.nll_coef:
                             loss = loss - dpo.nll_coef * sums[0] / chosen_tokens
-                        seen.update(chosen=float(dpo.beta * (sums[0] - ref_c)), rejected=float(dpo.beta * (sums[1] - ref_r)))
+                        rewards = dpo.beta * (sums.detach() - torch.tensor([ref_c, ref_r]))
+                        seen.update(chosen=float(rewards[0]), rejected=float(rewards[1]))
                         return loss
 
                     stats = backward_group(model, ctx.encode(by_id[pair.sample_id]), ids, mask, loss_fn, micro_batch=None)
