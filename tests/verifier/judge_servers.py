@@ -20,14 +20,14 @@ class FakeJudgeServer:
     """An OpenAI-compatible chat server on 127.0.0.1 answering from ``reply(prompt) -> str``.
 
     ``mode``: ``ok`` (reply), ``garbage`` (200 with a non-JSON body), ``hang`` (sleeps ``hang_s`` first),
-    ``die_after`` (closes for good after that many requests); ``fail_first`` requests get HTTP 503 first.
+    ``die_after`` (closes for good after that many requests); the first ``fail_first`` requests get HTTP ``fail_status``.
     Every request's headers and body are kept.
     """
 
     def __init__(self, reply=lambda prompt: "VERDICT: CONSISTENT", mode: str = "ok", hang_s: float = 5.0,
-                 die_after: int | None = None, fail_first: int = 0) -> None:
+                 die_after: int | None = None, fail_first: int = 0, fail_status: int = 503) -> None:
         self.reply, self.mode, self.hang_s, self.die_after = reply, mode, hang_s, die_after
-        self.fail_first = fail_first
+        self.fail_first, self.fail_status = fail_first, fail_status
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         server = self
@@ -46,7 +46,7 @@ class FakeJudgeServer:
                     self.close_connection = True
                     return  # no response: the client sees the connection drop
                 if n <= server.fail_first:
-                    self.send_error(503, "warming up")
+                    self.send_error(server.fail_status, "scripted failure")
                     return
                 if server.mode == "hang":
                     time.sleep(server.hang_s)

@@ -70,6 +70,14 @@ def test_retries_with_backoff_after_server_errors():
     assert elapsed >= 0.25 + 0.5  # backoff 0.25 s then 0.5 s before the third try
 
 
+def test_client_errors_are_not_retried():
+    with FakeJudgeServer(scripted_verdict, fail_first=100, fail_status=404) as server:
+        judge = make_judge(config(server.url, retries=3, concurrency=1))
+        results = judge.judge(items(5))
+    assert [r.error for r in results] == ["HTTP 404"] * 3 + ["server down"] * 2
+    assert len(server.requests) == 3  # no retries; down after 3 failures in a row
+
+
 def test_cache_prevents_second_requests(tmp_path):
     cache = tmp_path / "judge_cache.jsonl"
     with FakeJudgeServer(scripted_verdict) as server:
@@ -111,6 +119,16 @@ def test_hanging_server_times_out_bounded():
     assert counters["request_failure"] >= 3 and counters["server_down"] >= 1  # gave up after 3 failures in a row
     assert counters["request_failure"] + counters["server_down"] == 10
     assert requests <= 2 * (3 + 2) and elapsed < 6.0
+
+
+def test_server_down_from_the_start():
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    judge = make_judge(config(url, retries=2, concurrency=2))
+    start = time.monotonic()
+    results = judge.judge(items(20))
+    assert [r.label for r in results] == ["unknown"] * 20 and time.monotonic() - start < 10
+    counters = Counter(judge.counters())
+    assert counters["request_failure"] + counters["server_down"] == 20 and counters["server_down"] >= 10
 
 
 def test_server_killed_mid_run_falls_back_and_nothing_is_lost(tmp_path):

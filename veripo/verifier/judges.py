@@ -131,8 +131,10 @@ class OpenAIJudge:
                 response = self.client.post(self.url, json=body)
                 if response.status_code >= 500 or response.status_code == 429:
                     error = f"HTTP {response.status_code}"
+                elif response.status_code >= 400:  # a wrong model name, URL or key: retrying will not help
+                    error = f"HTTP {response.status_code}"
+                    break
                 else:
-                    response.raise_for_status()
                     reply = _reply_text(response.json())
                     with self._lock:
                         self._consecutive_failures = 0

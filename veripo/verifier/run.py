@@ -43,7 +43,9 @@ class VerifySummary:
         return self.consistency["inconsistent"] / judged if judged else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rollouts": self.rollouts, "checked": self.rollouts - self.missing_samples, "failed": dict(self.failed), "consistency": dict(self.consistency),
+        return {"rollouts": self.rollouts, "checked": self.rollouts - self.missing_samples, "failed": dict(self.failed),
+                "failed_checks": dict(self.failed),  # the name docs/run-directory.md and the report use
+                "consistency": dict(self.consistency),
                 "inconsistency_rate": self.inconsistency_rate,
                 # the same with ``unknown`` counted as not inconsistent (over every checked rollout)
                 "inconsistency_rate_all": (self.consistency["inconsistent"] / sum(self.consistency.values())
