@@ -3,7 +3,8 @@
 Launch with ``accelerate launch`` or ``torchrun``; a single process needs nothing. The recipes split
 *questions* over ranks (question ``i`` of a batch goes to rank ``i % world``), compute their loss with the
 global normalisers, and sum gradients over ranks, so any number of ranks takes the same optimizer step as
-one process on the same global batch (tested with two CPU processes over gloo).
+one process on the same global batch (tests/recipes/test_data_parallel_on_cpu.py: two CPU processes over
+gloo match one process to 1e-5). Sampling seeds depend on the question, never on the rank.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
+
+# Gradients are summed in flat buckets of at most this many elements: one collective per bucket instead
+# of one per parameter (hundreds for Qwen2.5-VL), with a bounded extra buffer.
+BUCKET_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -39,15 +44,15 @@ def init_distributed() -> DistInfo:
         return DistInfo()
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-        if backend == "nccl":
+        if backend == "nccl":  # before the group exists, so NCCL binds each rank to its own GPU
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
     return DistInfo(rank=dist.get_rank(), world=dist.get_world_size())
 
 
 def gather_objects(info: DistInfo, local: list[Any]) -> list[Any]:
-    """Concatenate every rank's list, restoring the global order of a ``shard``: the result is the list
-    one process would have built."""
+    """Concatenate every rank's list, restoring the global order of a ``shard``: item ``i`` of rank ``r``
+    goes to position ``i * world + r``, so the result is the list one process would have built."""
     if info.world == 1:
         return list(local)
     parts: list[list[Any] | None] = [None] * info.world
@@ -61,16 +66,59 @@ def gather_objects(info: DistInfo, local: list[Any]) -> list[Any]:
     return merged
 
 
+def broadcast_object(info: DistInfo, value: T | None) -> T:
+    """Rank 0's ``value`` on every rank (e.g. the run directory rank 0 created)."""
+    if info.world == 1:
+        return value  # type: ignore[return-value]
+    holder = [value if info.is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]  # type: ignore[return-value]
+
+
 def sum_gradients(info: DistInfo, model: torch.nn.Module) -> None:
-    """Sum ``.grad`` over ranks (each rank's loss already carries the global normalisers)."""
+    """Sum ``.grad`` over ranks (each rank's loss already carries the global normalisers).
+
+    A parameter that received a gradient on *some* rank gets a zero gradient on the others before the sum
+    (a rank whose questions had no video never reaches the vision tower). A parameter that received none on
+    *any* rank keeps ``grad = None`` everywhere, as in one process: AdamW then skips it (no weight decay, no
+    step-count increment), which a zero gradient would not.
+    """
     if info.world == 1:
         return
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        if p.grad is None:  # a rank whose questions never reached this parameter (e.g. no video)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return
+    device = params[0].device
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    dist.all_reduce(used, op=dist.ReduceOp.SUM)
+    reached = [p for p, n in zip(params, used.tolist()) if n > 0]
+    for p in reached:
+        if p.grad is None:
             p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+    for bucket in _buckets(reached):
+        flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for p in bucket:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
+
+
+def _buckets(params: list[torch.nn.Parameter]) -> list[list[torch.nn.Parameter]]:
+    """Consecutive parameters of one dtype and device, at most ``BUCKET_ELEMENTS`` each (a larger
+    parameter gets a bucket of its own)."""
+    buckets: list[list[torch.nn.Parameter]] = []
+    size = 0
+    for p in params:
+        if buckets and size + p.numel() <= BUCKET_ELEMENTS and buckets[-1][0].grad.dtype == p.grad.dtype \
+                and buckets[-1][0].grad.device == p.grad.device:
+            buckets[-1].append(p)
+            size += p.numel()
+        else:
+            buckets.append([p])
+            size = p.numel()
+    return buckets
 
 
 def barrier(info: DistInfo) -> None:
