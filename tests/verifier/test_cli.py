@@ -57,7 +57,8 @@ def test_verify_cli_writes_all_three_pair_kinds(tmp_path):
 
     again = CliRunner().invoke(app, ["verify", str(rollouts), "--out-dir", str(tmp_path / "v")])
     assert again.exit_code == 0, again.output
-    assert "cache_hits=5" in again.output  # the re-run asked nothing anew
+    assert "cache_hits=4" in again.output  # the re-run asked nothing anew (4 judged, the cut one not asked)
+    assert "1 rollout(s) without thinking or answer" in again.output
 
 
 def test_verify_cli_errors_are_clear(tmp_path):

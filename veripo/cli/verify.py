@@ -141,5 +141,8 @@ def print_summary(console: Any, data: dict[str, Any], title: str) -> None:
                       "not checked[/yellow]")
     counters = {k: v for k, v in data.get("judge_counters", {}).items() if v}
     if counters:
-        console.print("judge: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+        console.print("judge counters (distinct items asked): "
+                      + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    if data.get("judge_skipped"):
+        console.print(f"{data['judge_skipped']} rollout(s) without thinking or answer: unknown, judge not asked")
     console.print(f"thinking length counted by: {data.get('thinking_tokens_by', '?')}")

@@ -35,6 +35,7 @@ class VerifySummary:
     judge: str = ""
     judge_counters: dict[str, int] = field(default_factory=dict)
     thinking_tokens_by: str = "whitespace"  # tokenizer | rollout | whitespace (see ``thinking_length``)
+    judge_skipped: int = 0  # rollouts without thinking or answer: unknown without asking the judge
 
     @property
     def inconsistency_rate(self) -> float | None:
@@ -53,7 +54,7 @@ class VerifySummary:
                 "pairs": {k: self.pairs.get(k, 0) for k in ("consistency", "penalty", "reflective")},
                 "skipped_groups": dict(self.skipped_groups), "missing_samples": self.missing_samples,
                 "judge": self.judge, "judge_counters": self.judge_counters,
-                "thinking_tokens_by": self.thinking_tokens_by}
+                "judge_skipped": self.judge_skipped, "thinking_tokens_by": self.thinking_tokens_by}
 
 
 def inconsistency_rate(verdicts: Iterable[Verdict]) -> float | None:
@@ -124,9 +125,16 @@ def verify_rollouts(rollouts: list[Rollout] | Path, samples: dict[str, Sample], 
                                   "rollout" if known and all(r.thinking_tokens for r in known) else "whitespace")
     judge = make_judge(cfg, judge_name, out_dir / "judge_cache.jsonl")
     summary.judge = judge.name
-    items = [JudgeItem(samples[r.sample_id], r.thinking if r.thinking is not None else parse_completion(r.text).thinking,
-                       r.answer if r.answer is not None else parse_completion(r.text).answer) for r in known]
-    for verdict, result in zip(verdicts, _judge_in_batches(judge, items, judge_batch, show_progress)):
+    items = [_judge_item(r, samples[r.sample_id]) for r in known]
+    askable = [n for n, item in enumerate(items) if item.thinking and item.answer]
+    judged = dict(zip(askable, _judge_in_batches(judge, [items[n] for n in askable], judge_batch, show_progress)))
+    summary.judge_skipped = len(items) - len(askable)
+    for n, verdict in enumerate(verdicts):
+        if n not in judged:  # nothing to compare: not worth a judge request
+            verdict.consistency, verdict.judge = "unknown", judge.name
+            verdict.reasons.append("judge: no thinking or no answer to compare")
+            continue
+        result = judged[n]
         verdict.consistency = result.label
         verdict.judge = judge.name
         if result.label == "inconsistent":
@@ -152,6 +160,13 @@ def verify_rollouts(rollouts: list[Rollout] | Path, samples: dict[str, Sample], 
     tmp.write_text(json.dumps(summary.to_dict(), indent=2))
     os.replace(tmp, out_dir / "verify_summary.json")
     return summary
+
+
+def _judge_item(rollout: Rollout, sample: Sample) -> JudgeItem:
+    """The thinking and answer the rollout engine recorded, else parsed from the text."""
+    parsed = parse_completion(rollout.text) if rollout.thinking is None or rollout.answer is None else None
+    return JudgeItem(sample, rollout.thinking if parsed is None else parsed.thinking,
+                     rollout.answer if parsed is None else parsed.answer)
 
 
 def _judge_in_batches(judge: Any, items: list[JudgeItem], batch: int, show_progress: bool) -> list[Any]:
