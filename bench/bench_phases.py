@@ -9,11 +9,12 @@ one process, with one torch thread, the loop as ``veripo run`` does it:
 2. GRPO phase (timed): ``veripo.recipes.grpo.run_grpo`` on ``--questions`` video questions with the demo's
    ``rollout``/``grpo`` settings (G=8, 96 new tokens, 8 questions per rollout batch, 2 optimizer steps each);
 3. verify (timed, reported apart): ``veripo.recipes.verify.run_verify`` with the demo's rule judge turns that
-   phase's ``rollouts.jsonl`` into ``pairs.jsonl``. If the demo settings give no pair at all (a tiny model
-   with no good rollout), it is run again with ``verifier.reference_chosen=true`` (the sample's reference
-   chain is the chosen side, the rollout the rejected one) and the table says so;
-4. DPO phase (timed): ``veripo.recipes.dpo.run_dpo`` on those pairs with the demo's ``dpo`` settings
-   (reference log-probs once, then one epoch), starting from the GRPO phase's policy as in the loop.
+   phase's ``rollouts.jsonl`` into ``pairs.jsonl``, twice: with the demo's verifier settings, and with
+   ``verifier.reference_chosen=true`` (a group with no good rollout gets the sample's reference chain as
+   the chosen side), which gives every question up to ``max_pairs_per_question`` pairs: the most DPO work
+   these rollouts can make. A tiny model has few good rollouts, so the demo settings give few pairs;
+4. DPO phase (timed), once per pair set: ``veripo.recipes.dpo.run_dpo`` with the demo's ``dpo`` settings
+   (reference log-probs once, then one epoch), each starting from the GRPO phase's policy as in the loop.
 
 Per-question figures divide each phase's time by the same number of questions. CPU seconds
 (``time.process_time``) are the robust figure on a shared machine; wall seconds are printed beside them.
@@ -25,6 +26,7 @@ Per-question figures divide each phase's time by the same number of questions. C
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
@@ -35,6 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+# How the DPO phase's pairs are built from the GRPO phase's rollouts: the demo's verifier settings, and the
+# same with the sample's reference chain as the chosen side of groups with no good rollout (every question
+# then gives up to max_pairs_per_question pairs, the most DPO work these rollouts can make).
+PAIR_SETTINGS = {
+    "demo pairs": [],
+    "reference-chosen pairs": ["verifier.reference_chosen=true"],
+}
 
 
 class Clock:
@@ -49,26 +58,34 @@ class Clock:
 
 
 class CheckpointClock:
-    """Wraps a recipe module's ``save_checkpoint`` to add up its wall and CPU seconds (the phase times
-    include them; the table shows how much of each phase was checkpointing)."""
+    """Adds up the wall and CPU seconds of ``save_checkpoint`` calls made by the recipe modules (the phase
+    times include them; the table shows how much of each phase was checkpointing). The name is replaced in
+    every module that imported it (the recipes call it themselves or through ``veripo.recipes.context``)."""
 
-    def __init__(self, module) -> None:
-        self.module, self.original = module, module.save_checkpoint
+    def __init__(self, *modules) -> None:
+        self.originals = {m: m.save_checkpoint for m in modules if hasattr(m, "save_checkpoint")}
+        if not self.originals:
+            raise RuntimeError("no recipe module calls save_checkpoint: update bench_phases.CheckpointClock")
         self.wall = self.cpu = 0.0
         self.calls = 0
 
     def __enter__(self) -> Self:
-        def timed(*args, **kwargs):
-            with Clock() as c:
-                result = self.original(*args, **kwargs)
-            self.wall, self.cpu, self.calls = self.wall + c.wall, self.cpu + c.cpu, self.calls + 1
-            return result
+        def wrap(original):
+            def timed(*args, **kwargs):
+                with Clock() as c:
+                    result = original(*args, **kwargs)
+                self.wall, self.cpu, self.calls = self.wall + c.wall, self.cpu + c.cpu, self.calls + 1
+                return result
 
-        self.module.save_checkpoint = timed
+            return timed
+
+        for module, original in self.originals.items():
+            module.save_checkpoint = wrap(original)
         return self
 
     def __exit__(self, *_) -> None:
-        self.module.save_checkpoint = self.original
+        for module, original in self.originals.items():
+            module.save_checkpoint = original
 
 
 def main() -> None:
@@ -89,6 +106,7 @@ def main() -> None:
     from veripo.config import RunConfig, load
     from veripo.data.jsonl import read_jsonl
     from veripo.models import build_tiny, load_policy
+    from veripo.recipes import context as context_module
     from veripo.recipes import dpo as dpo_module
     from veripo.recipes import grpo as grpo_module
     from veripo.recipes.context import StageContext
@@ -123,47 +141,57 @@ def main() -> None:
 
     sft = run_sft(context(0, "sft", store.load_all(cfg.data)))
     console.print(f"warm start: {sft.steps} SFT steps")
-    with CheckpointClock(grpo_module) as grpo_saves, Clock() as grpo_clock:
+    with CheckpointClock(grpo_module, context_module) as grpo_saves, Clock() as grpo_clock:
         grpo = run_grpo(context(1, grpo_stage.name, questions, stage=grpo_stage))
     rollouts_path = grpo.outputs["rollouts.jsonl"]
     rollouts = read_jsonl(rollouts_path)
 
-    verify_note = "demo verifier settings (rule judge, at most 2 pairs per question)"
-    with Clock() as verify_clock:
-        verified = run_verify(context(2, "verify", questions, rollouts=rollouts_path))
-    if not read_jsonl(verified.outputs["pairs"]):
-        verify_note = ("the demo settings gave no pair (no good rollout from the tiny model); rerun with "
-                       "verifier.reference_chosen=true: the sample's reference chain is chosen")
-        fallback = load(RunConfig, DEMO_CONFIG, [*overrides, "verifier.reference_chosen=true"])
+    start_weights = copy.deepcopy(policy.model.state_dict())  # both DPO runs start from the GRPO policy
+    runs = []
+    for k, (label, extra) in enumerate(PAIR_SETTINGS.items()):
+        run_cfg = load(RunConfig, DEMO_CONFIG, [*overrides, *extra])
         with Clock() as verify_clock:
-            verified = run_verify(context(3, "verify", questions, run_cfg=fallback, rollouts=rollouts_path))
-    pairs = read_jsonl(verified.outputs["pairs"])
-    if not pairs:
-        raise SystemExit("the verifier built no pair even with reference_chosen: nothing to time for DPO")
-    with CheckpointClock(dpo_module) as dpo_saves, Clock() as dpo_clock:
-        dpo = run_dpo(context(4, "pair-fast-align", questions, pairs=verified.outputs["pairs"]))
+            verified = run_verify(context(2 + 2 * k, "verify", questions, run_cfg=run_cfg, rollouts=rollouts_path))
+        pairs = read_jsonl(verified.outputs["pairs"])
+        if not pairs:
+            runs.append((label, pairs, verify_clock, None, None, None))
+            continue
+        policy.model.load_state_dict(start_weights)
+        with CheckpointClock(dpo_module, context_module) as dpo_saves, Clock() as dpo_clock:
+            dpo = run_dpo(context(3 + 2 * k, "pair-fast-align", questions, run_cfg=run_cfg,
+                                  pairs=verified.outputs["pairs"]))
+        runs.append((label, pairs, verify_clock, dpo, dpo_clock, dpo_saves))
 
     n = len(questions)
-    kinds: dict[str, int] = {}
-    for p in pairs:
-        kinds[p["pair_type"]] = kinds.get(p["pair_type"], 0) + 1
     print(f"{n} video questions, G={cfg.rollout.num_generations}, max {cfg.rollout.max_new_tokens} new tokens, "
-          f"{args.size} model, {args.threads} torch thread(s)")
+          f"{args.size} model, {args.threads} torch thread(s), warm start {sft.steps} SFT steps")
     print(f"GRPO phase: {len(rollouts)} rollouts, {grpo.steps} optimizer steps; mean response "
           f"{sum(r['response_tokens'] for r in rollouts) / max(1, len(rollouts)):.1f} tokens, accuracy "
-          f"{sum(r['rewards'].get('accuracy', 0.0) for r in rollouts) / max(1, len(rollouts)):.3f}")
-    print(f"verify: {len(pairs)} pairs {kinds}; {verify_note}")
-    print(f"DPO phase: {dpo.numbers.get('pairs')} pairs, {dpo.steps} optimizer steps (reference log-probs included)\n")
-    print("| phase | CPU s | wall s | CPU s / question | wall s / question | of which checkpoints (CPU s, saves) |")
-    print("|---|---|---|---|---|---|")
-    for name, c, saves in (("GRPO", grpo_clock, grpo_saves), ("verify (rule judge)", verify_clock, None),
-                           ("DPO", dpo_clock, dpo_saves)):
-        share = f"{saves.cpu:.2f} ({saves.calls})" if saves else "-"
-        print(f"| {name} | {c.cpu:.2f} | {c.wall:.2f} | {c.cpu / n:.3f} | {c.wall / n:.3f} | {share} |")
-    print(f"\nGRPO / DPO per question: {grpo_clock.cpu / dpo_clock.cpu:.1f}x (CPU), "
-          f"{grpo_clock.wall / dpo_clock.wall:.1f}x (wall); GRPO / (verify + DPO): "
-          f"{grpo_clock.cpu / (verify_clock.cpu + dpo_clock.cpu):.1f}x (CPU); without checkpoint saving: "
-          f"{(grpo_clock.cpu - grpo_saves.cpu) / (dpo_clock.cpu - dpo_saves.cpu):.1f}x (CPU)")
+          f"{sum(r['rewards'].get('accuracy', 0.0) for r in rollouts) / max(1, len(rollouts)):.3f}\n")
+    print("| phase | pairs | optimizer steps | CPU s | wall s | CPU s / question | wall s / question | "
+          "of which checkpoints (CPU s, saves) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| GRPO | - | {grpo.steps} | {grpo_clock.cpu:.2f} | {grpo_clock.wall:.2f} | {grpo_clock.cpu / n:.3f} | "
+          f"{grpo_clock.wall / n:.3f} | {grpo_saves.cpu:.2f} ({grpo_saves.calls}) |")
+    for label, pairs, verify_clock, dpo, dpo_clock, dpo_saves in runs:
+        kinds = ", ".join(f"{kind} {sum(p['pair_type'] == kind for p in pairs)}"
+                          for kind in sorted({p["pair_type"] for p in pairs}))
+        print(f"| verify, {label} | {len(pairs)} ({kinds}) | - | {verify_clock.cpu:.2f} | {verify_clock.wall:.2f} | "
+              f"{verify_clock.cpu / n:.3f} | {verify_clock.wall / n:.3f} | - |")
+        if dpo is None:
+            print(f"| DPO, {label} | 0 | - | not run: no pairs | | | | |")
+            continue
+        print(f"| DPO, {label} | {len(pairs)} | {dpo.steps} | {dpo_clock.cpu:.2f} | {dpo_clock.wall:.2f} | "
+              f"{dpo_clock.cpu / n:.3f} | {dpo_clock.wall / n:.3f} | {dpo_saves.cpu:.2f} ({dpo_saves.calls}) |")
+    print()
+    for label, pairs, verify_clock, _, dpo_clock, dpo_saves in runs:
+        if dpo_clock is None:
+            continue
+        print(f"GRPO / DPO per question, {label}: {grpo_clock.cpu / dpo_clock.cpu:.1f}x (CPU), "
+              f"{grpo_clock.wall / dpo_clock.wall:.1f}x (wall); GRPO / (verify + DPO): "
+              f"{grpo_clock.cpu / (verify_clock.cpu + dpo_clock.cpu):.1f}x (CPU); without checkpoint saving: "
+              f"{(grpo_clock.cpu - grpo_saves.cpu) / (dpo_clock.cpu - dpo_saves.cpu):.1f}x (CPU); "
+              f"DPO CPU s per pair {dpo_clock.cpu / len(pairs):.3f}")
 
 if __name__ == "__main__":
     main()
