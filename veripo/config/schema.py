@@ -169,6 +169,7 @@ class DPOConfig:
     micro_batch_size: int = 1
     epochs: int = 1
     nll_coef: float = 0.0  # optional NLL term on the chosen response
+    save_every: int = 1  # optimizer steps between checkpoints (the unit a killed run resumes from)
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"

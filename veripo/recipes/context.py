@@ -10,8 +10,20 @@ from rich.console import Console
 
 from veripo.config import RunConfig, Stage
 from veripo.data.records import Sample
-from veripo.recipes.checkpoint import Progress, latest_checkpoint, load_model_weights, load_progress, load_training_state, truncate_outputs
-from veripo.recipes.distributed import DistInfo
+import torch
+
+from veripo.recipes.checkpoint import (
+    Progress,
+    latest_checkpoint,
+    load_model_weights,
+    load_progress,
+    load_training_state,
+    output_sizes,
+    save_checkpoint,
+    truncate_outputs,
+)
+from veripo.recipes.common import Stopwatch, generator, grad_norm_and_clip
+from veripo.recipes.distributed import DistInfo, sum_gradients
 
 
 @dataclass
@@ -62,3 +74,37 @@ def resume_stage(ctx: StageContext, optimizer: Any, scheduler: Any, outputs: lis
         truncate_outputs(ctx.stage_dir, progress.outputs)
     ctx.log(f"resumed from {ckpt.name} (unit {progress.unit}, step {progress.step})")
     return progress
+
+
+def epoch_batch(items: list[Any], unit: int, batch_size: int, seed: int, stage: str) -> tuple[int, list[Any]]:
+    """Batch ``unit`` of a stage that walks ``items`` in a fresh seeded permutation every epoch."""
+    per_epoch = -(-len(items) // batch_size)
+    epoch, b = divmod(unit, per_epoch)
+    order = torch.randperm(len(items), generator=generator(seed, stage, "order", epoch)).tolist()
+    return epoch, [items[i] for i in order[b * batch_size : (b + 1) * batch_size]]
+
+
+def optimizer_step(ctx: StageContext, optimizer: Any, scheduler: Any, max_grad_norm: float, progress: Progress) -> tuple[float, float]:
+    """Sum gradients over ranks, clip, step optimizer and schedule, count the step; (grad norm, lr used)."""
+    sum_gradients(ctx.dist, ctx.policy.model)
+    grad_norm = grad_norm_and_clip(ctx.policy.model, max_grad_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    progress.step += 1
+    progress.global_step += 1
+    return grad_norm, lr
+
+
+def save_if_due(ctx: StageContext, progress: Progress, *, last: bool, every: int, writers: list[Any], optimizer: Any,
+                scheduler: Any, outputs: list[str], clock: Stopwatch) -> None:
+    """Checkpoint after every ``every`` units and at the end (outputs flushed first, their sizes recorded)."""
+    if not (last or progress.unit % max(1, every) == 0):
+        return
+    for writer in writers:
+        writer.sync()
+    progress.done = last
+    progress.extra["time_s"] = clock.elapsed()
+    if ctx.dist.is_main:
+        progress.outputs = output_sizes(ctx.stage_dir, outputs)
+        save_checkpoint(ctx.stage_dir, ctx.policy.model, ctx.policy.processor, optimizer, scheduler, progress)

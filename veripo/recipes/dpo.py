@@ -20,10 +20,9 @@ from veripo.algos.dpo import DPO_LOSSES
 from veripo.algos.logprobs import backward_group, response_log_probs
 from veripo.data.jsonl import JsonlWriter, read_jsonl
 from veripo.data.records import Pair
-from veripo.recipes.checkpoint import output_sizes, save_checkpoint
-from veripo.recipes.common import Stopwatch, build_optimizer, build_scheduler, generator, grad_norm_and_clip, progress_bar
-from veripo.recipes.context import StageContext, StageResult, resume_stage
-from veripo.recipes.distributed import gather_objects, sum_gradients
+from veripo.recipes.common import Stopwatch, build_optimizer, build_scheduler, progress_bar
+from veripo.recipes.context import StageContext, StageResult, epoch_batch, optimizer_step, resume_stage, save_if_due
+from veripo.recipes.distributed import gather_objects
 from veripo.recipes.run_dir import atomic_write_json, read_json
 
 OUTPUTS = ["metrics.jsonl"]
@@ -103,9 +102,7 @@ def run_dpo(ctx: StageContext) -> StageResult:
         with progress_bar(f"DPO {ctx.stage.name}", total, ctx.show_progress and ctx.dist.is_main) as bar:
             bar.set_completed(progress.unit)
             for unit in range(progress.unit, total):
-                epoch, b = divmod(unit, per_epoch)
-                order = torch.randperm(len(pairs), generator=generator(ctx.cfg.seed, ctx.stage.name, "order", epoch)).tolist()
-                batch = [pairs[i] for i in order[b * dpo.global_batch_size : (b + 1) * dpo.global_batch_size]]
+                epoch, batch = epoch_batch(pairs, unit, dpo.global_batch_size, ctx.cfg.seed, ctx.stage.name)
                 chosen_tokens = float(sum(len(tokens[p.id][0]) for p in batch))
                 optimizer.zero_grad(set_to_none=True)
                 local = []
@@ -127,13 +124,7 @@ def run_dpo(ctx: StageContext) -> StageResult:
                     stats = backward_group(model, ctx.encode(by_id[pair.sample_id]), ids, mask, loss_fn, micro_batch=None)
                     local.append({"loss": float(stats.loss), **seen})
                 rows = gather_objects(ctx.dist, local)
-                sum_gradients(ctx.dist, model)
-                grad_norm = grad_norm_and_clip(model, dpo.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                progress.step += 1
-                progress.global_step += 1
+                grad_norm, lr = optimizer_step(ctx, optimizer, scheduler, dpo.max_grad_norm, progress)
                 progress.unit = unit + 1
                 n = max(1, len(rows))
                 row = {
@@ -148,14 +139,8 @@ def run_dpo(ctx: StageContext) -> StageResult:
                 if writer:
                     writer.write(row)
                 bar.advance(1, loss=row["loss"], margin=row["margin"])
-                last = progress.unit == total
-                progress.done = last
-                progress.extra["time_s"] = clock.elapsed()
-                if writer:
-                    writer.sync()
-                if ctx.dist.is_main:
-                    progress.outputs = output_sizes(ctx.stage_dir, OUTPUTS)
-                    save_checkpoint(ctx.stage_dir, model, ctx.policy.processor, optimizer, scheduler, progress)
+                save_if_due(ctx, progress, last=progress.unit == total, every=dpo.save_every, writers=[writer] if writer else [],
+                            optimizer=optimizer, scheduler=scheduler, outputs=OUTPUTS, clock=clock)
     finally:
         if writer:
             writer.close()

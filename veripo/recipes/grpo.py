@@ -23,7 +23,6 @@ Data parallel: questions are split over ranks; see ``veripo.recipes.distributed`
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,18 +34,9 @@ from veripo.algos.logprobs import backward_group, response_log_probs
 from veripo.algos.policy_loss import clipped_policy_loss
 from veripo.data.jsonl import JsonlWriter
 from veripo.data.records import Rollout, Sample
-from veripo.recipes.checkpoint import output_sizes, save_checkpoint
-from veripo.recipes.common import (
-    Stopwatch,
-    build_optimizer,
-    build_scheduler,
-    derive_seed,
-    generator,
-    grad_norm_and_clip,
-    progress_bar,
-)
-from veripo.recipes.context import StageContext, StageResult, resume_stage
-from veripo.recipes.distributed import gather_objects, sum_gradients
+from veripo.recipes.common import Stopwatch, build_optimizer, build_scheduler, derive_seed, generator, progress_bar
+from veripo.recipes.context import StageContext, StageResult, optimizer_step, resume_stage, save_if_due
+from veripo.recipes.distributed import gather_objects
 from veripo.rewards import parse_completion
 from veripo.rewards.profiles import build_profile
 from veripo.rollout import HFRolloutEngine, SamplingParams
@@ -267,7 +257,7 @@ def run_grpo(ctx: StageContext) -> StageResult:
                            numbers={"wall_time_s": progress.extra.get("time_s", 0.0)})
     ref_model = None
     if grpo.kl_coef > 0:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # noqa: the stage-start policy
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the stage-start policy
         if progress.unit > 0:
             ctx.log("note: kl_coef > 0 on resume uses the resumed weights as the reference")
     engine = HFRolloutEngine(model, tokenizer)
@@ -301,13 +291,7 @@ def run_grpo(ctx: StageContext) -> StageResult:
                     optimizer.zero_grad(set_to_none=True)
                     sums = train_step(ctx, groups, chunk, by_id, ref_model)
                     totals = gather_objects(ctx.dist, [sums])
-                    sum_gradients(ctx.dist, model)
-                    grad_norm = grad_norm_and_clip(model, grpo.max_grad_norm)
-                    lr = scheduler.get_last_lr()[0]
-                    optimizer.step()
-                    scheduler.step()
-                    progress.step += 1
-                    progress.global_step += 1
+                    grad_norm, lr = optimizer_step(ctx, optimizer, scheduler, grpo.max_grad_norm, progress)
                     tokens = max(1.0, sum(t["tokens"] for t in totals))
                     row = {
                         "stage": ctx.stage.name, "kind": "grpo", "step": progress.step,
@@ -324,14 +308,8 @@ def run_grpo(ctx: StageContext) -> StageResult:
                 bar.advance(1, acc=batch["accuracy_mean"], reward=batch["reward_mean"], len=batch["response_len"])
                 over_budget = grpo.time_budget_s is not None and clock.elapsed() >= grpo.time_budget_s
                 last = progress.unit == grpo.rollout_batches or any(gather_objects(ctx.dist, [over_budget]))
-                if last or progress.unit % max(1, grpo.save_every) == 0:
-                    for w in writers:
-                        w.sync()
-                    progress.done = last
-                    progress.extra["time_s"] = clock.elapsed()
-                    if ctx.dist.is_main:
-                        progress.outputs = output_sizes(ctx.stage_dir, OUTPUTS)
-                        save_checkpoint(ctx.stage_dir, model, ctx.policy.processor, optimizer, scheduler, progress)
+                save_if_due(ctx, progress, last=last, every=grpo.save_every, writers=writers, optimizer=optimizer,
+                            scheduler=scheduler, outputs=OUTPUTS, clock=clock)
                 if last:
                     break
     finally:

@@ -18,10 +18,9 @@ import torch
 from veripo.algos.logprobs import backward_group
 from veripo.data.jsonl import JsonlWriter
 from veripo.data.records import Sample
-from veripo.recipes.checkpoint import output_sizes, save_checkpoint
-from veripo.recipes.common import Stopwatch, build_optimizer, build_scheduler, generator, grad_norm_and_clip, progress_bar
-from veripo.recipes.context import StageContext, StageResult, resume_stage
-from veripo.recipes.distributed import gather_objects, sum_gradients
+from veripo.recipes.common import Stopwatch, build_optimizer, build_scheduler, progress_bar
+from veripo.recipes.context import StageContext, StageResult, epoch_batch, optimizer_step, resume_stage, save_if_due
+from veripo.recipes.distributed import gather_objects
 
 OUTPUTS = ["metrics.jsonl"]
 
@@ -51,7 +50,6 @@ def run_sft(ctx: StageContext) -> StageResult:
     if progress.done:
         return StageResult(steps=progress.step, numbers={"wall_time_s": progress.extra.get("time_s", 0.0)})
     clock = Stopwatch(progress.extra.get("time_s", 0.0))
-    save_every = max(1, sft.save_every)
     targets = {s.id: target_ids(tokenizer, s) for s in samples}
     model.train()
     writer = JsonlWriter(ctx.stage_dir / "metrics.jsonl", fsync="batch") if ctx.dist.is_main else None
@@ -61,9 +59,7 @@ def run_sft(ctx: StageContext) -> StageResult:
         with progress_bar(f"SFT {ctx.stage.name}", total, ctx.show_progress and ctx.dist.is_main) as bar:
             bar.set_completed(progress.unit)
             for unit in range(progress.unit, total):
-                epoch, b = divmod(unit, per_epoch)
-                order = torch.randperm(len(samples), generator=generator(ctx.cfg.seed, ctx.stage.name, "order", epoch)).tolist()
-                batch = [samples[i] for i in order[b * sft.batch_size : (b + 1) * sft.batch_size]]
+                epoch, batch = epoch_batch(samples, unit, sft.batch_size, ctx.cfg.seed, ctx.stage.name)
                 n_tokens = float(sum(len(targets[s.id]) for s in batch))
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum = 0.0
@@ -74,28 +70,15 @@ def run_sft(ctx: StageContext) -> StageResult:
                                            lambda logp, _e, _rows: -(logp.sum()) / n_tokens)
                     loss_sum += float(stats.loss)
                 loss = sum(gather_objects(ctx.dist, [loss_sum]))
-                sum_gradients(ctx.dist, model)
-                grad_norm = grad_norm_and_clip(model, sft.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                progress.step += 1
-                progress.global_step += 1
+                grad_norm, lr = optimizer_step(ctx, optimizer, scheduler, sft.max_grad_norm, progress)
                 progress.unit = unit + 1
                 if writer:
                     writer.write({"stage": ctx.stage.name, "kind": "sft", "step": progress.step,
                                   "global_step": progress.global_step, "epoch": epoch, "lr": lr, "loss": loss,
                                   "grad_norm": grad_norm, "tokens": n_tokens, "time_s": clock.elapsed()})
                 bar.advance(1, loss=loss)
-                last = progress.unit == total
-                if last or progress.unit % save_every == 0:
-                    progress.done = last
-                    progress.extra["time_s"] = clock.elapsed()
-                    if writer:
-                        writer.sync()
-                    if ctx.dist.is_main:
-                        progress.outputs = output_sizes(ctx.stage_dir, OUTPUTS)
-                        save_checkpoint(ctx.stage_dir, model, ctx.policy.processor, optimizer, scheduler, progress)
+                save_if_due(ctx, progress, last=progress.unit == total, every=sft.save_every, writers=[writer] if writer else [],
+                            optimizer=optimizer, scheduler=scheduler, outputs=OUTPUTS, clock=clock)
     finally:
         if writer:
             writer.close()
