@@ -10,6 +10,9 @@ from veripo.verifier.judges import JudgeItem, RuleJudge, parse_verdict
 MC = Sample(id="mc", problem="Where did the square move?", problem_type="multiple choice", answer="B",
             options=["A. up", "B. moved left", "C. moved right", "D. down"])
 NUM = Sample(id="n", problem="How many circles?", problem_type="numerical", answer="3")
+NESTED = Sample(id="nest", problem="Where did it go?", problem_type="multiple choice", answer="B",
+                options=["A. left", "B. moved left", "C. right"])
+FREE = Sample(id="f", problem="What is the man doing?", problem_type="free-form", answer="sitting")
 
 CASES = [
     (MC, "The square starts in the middle. So the answer is B.", "B", "consistent"),
@@ -24,6 +27,12 @@ CASES = [
     (NUM, "There are some circles.", "3", "unknown"),
     (NUM, "So the answer is 3.", None, "unknown"),
     (NUM, None, "3", "unknown"),
+    (NESTED, "In the last frame the square moved left.", "B", "consistent"),  # not also "A. left"
+    (NESTED, "In the last frame the square moved left.", "A", "inconsistent"),
+    (FREE, "He stays on the bench. So the man is sitting.", "sitting", "consistent"),
+    (FREE, "He stays on the bench. So the man is sitting.", "He is running", "inconsistent"),  # the paper's case
+    (FREE, "He stays on the bench. So the man is sitting down.", "the man is standing", "unknown"),  # rule can't tell
+    (FREE, "He stays on the bench the whole time.", "sitting", "unknown"),
 ]
 
 

@@ -78,18 +78,53 @@ def _conclusion_in(sentence: str, sample: Sample) -> str | None:
             return None if value is None else _number_text(value)
         value = extract_number(sentence)
         return None if value is None else _number_text(value)
-    return sentence.strip().lower() if _CONCLUSION_CUES.search(sentence) else None
+    cues = list(_FREE_FORM_CUES.finditer(sentence))
+    if not cues:
+        return None
+    clause = " ".join(w.lower() for w in _WORD.findall(sentence[cues[-1].end():]))
+    return clause or None
+
+
+_FREE_FORM_CUES = re.compile(r"\b(?:answer(?: is|:)?|therefore|thus|hence|so)\b[:,]?", re.IGNORECASE)
+
+
+def compare_conclusion(concluded: str | None, final: str | None, sample: Sample) -> str:
+    """``consistent``/``inconsistent``/``unknown`` for a conclusion against a final answer (both normalised
+    by ``conclusion``/``final_answer_key``). Letters and numbers must be equal. Free text (OCR, free-form)
+    is consistent when one word sequence contains the other ("the man is sitting" / "sitting"),
+    inconsistent when they share no content word ("the man is sitting" / "he is running", VerIPO's
+    example), and unknown in between (a rule cannot tell)."""
+    if concluded is None or final is None:
+        return "unknown"
+    if sample.problem_type in ("multiple choice", "numerical", "regression", "math"):
+        return "consistent" if concluded == final else "inconsistent"
+    a, b = f" {concluded} ", f" {final} "
+    if a in b or b in a:
+        return "consistent"
+    shared = (set(concluded.split()) & set(final.split())) - _FUNCTION_WORDS
+    return "inconsistent" if not shared else "unknown"
+
+
+# words that say nothing about what was concluded ("he IS running" vs "the man IS sitting" share no content)
+_FUNCTION_WORDS = frozenset(
+    "a an the is are was were be been it its he she they them his her their this that these those of to in on at "
+    "by for with and or as there here".split())
 
 
 def _single_option_text(sentence: str, options: list[str]) -> str | None:
     """The letter of the one option whose text the sentence names (None if none or several)."""
     lowered = " " + " ".join(_WORD.findall(sentence.lower())) + " "
-    hits = []
+    hits: dict[str, str] = {}  # letter -> option text named in the sentence
     for option in options:
         m = re.match(r"\s*\(?([A-Za-z])[.):]\s*(.+)", option)
-        if m and f" {' '.join(_WORD.findall(m.group(2).lower()))} " in lowered:
-            hits.append(m.group(1).upper())
-    return hits[0] if len(set(hits)) == 1 else None
+        text = " ".join(_WORD.findall(m.group(2).lower())) if m else ""
+        if text and f" {text} " in lowered:
+            hits[m.group(1).upper()] = text
+    if not hits:
+        return None
+    # "moved left" names option "moved left", not also option "left": the longest text wins if it holds the rest
+    letter, longest = max(hits.items(), key=lambda kv: len(kv[1]))
+    return letter if all(f" {t} " in f" {longest} " for t in hits.values()) else None
 
 
 def _number_text(value: float) -> str:
@@ -105,7 +140,7 @@ def final_answer_key(answer: str | None, sample: Sample) -> str | None:
     if sample.problem_type in ("numerical", "regression", "math"):
         value = extract_number(answer)
         return None if value is None else _number_text(value)
-    return answer.strip().lower() or None
+    return " ".join(w.lower() for w in _WORD.findall(answer)) or None
 
 
 def conclusions_along(thinking: str | None, sample: Sample) -> list[str]:

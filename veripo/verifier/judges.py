@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 
 from veripo.data.records import Sample
 from veripo.rewards import parse_completion
-from veripo.verifier.checks import conclusion, final_answer_key
+from veripo.verifier.checks import compare_conclusion, conclusion, final_answer_key
 
 Label = Literal["consistent", "inconsistent", "unknown"]
 DEFAULT_PROMPT = Path(__file__).with_name("prompts") / "consistency.txt"
@@ -83,10 +83,7 @@ class RuleJudge:
         for item in items:
             concluded = conclusion(item.thinking, item.sample)
             final = final_answer_key(item.answer, item.sample)
-            if concluded is None or final is None:
-                label: Label = "unknown"
-            else:
-                label = "consistent" if concluded == final else "inconsistent"
+            label: Label = compare_conclusion(concluded, final, item.sample)  # type: ignore[assignment]
             self.stats[label] += 1
             out.append(JudgeResult(label, raw=f"conclusion={concluded!r} answer={final!r}"))
         return out
