@@ -107,8 +107,7 @@ def compare_conclusion(concluded: str | None, final: str | None, sample: Sample)
 
 # words that say nothing about what was concluded ("he IS running" vs "the man IS sitting" share no content)
 _FUNCTION_WORDS = frozenset(
-    "a an the is are was were be been it its he she they them his her their this that these those of to in on at "
-    "by for with and or as there here".split())
+    ["a", "an", "the", "is", "are", "was", "were", "be", "been", "it", "its", "he", "she", "they", "them", "his", "her", "their", "this", "that", "these", "those", "of", "to", "in", "on", "at", "by", "for", "with", "and", "or", "as", "there", "here"])
 
 
 def _single_option_text(sentence: str, options: list[str]) -> str | None:
