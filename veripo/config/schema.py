@@ -64,7 +64,9 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
-    prefill_once: bool = True  # prefill the prompt once per group and expand its KV cache
+    # questions sampled together per engine call (faster); their samples can then differ from one-at-a-time
+    # sampling at float-rounding level (left padding), so data-parallel equivalence tests use 1
+    batch_questions: int = 4
     stop_at_answer: bool = True  # stop a response at </answer>
 
     def validate(self, prefix: str) -> None:

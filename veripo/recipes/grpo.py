@@ -75,34 +75,38 @@ def batch_questions(samples: list[Sample], unit: int, size: int, seed: int, stag
 
 
 def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list[tuple[int, Sample]], unit: int) -> list[ScoredGroup]:
+    """G responses per question, ``rollout.batch_questions`` questions per engine call, each question with
+    its own seed (from the run seed, stage, batch and sample id: independent of the rank), then scored."""
     rollout = ctx.section("rollout")
     rewards = ctx.cfg.rewards
     profile = build_profile(rewards.profile, rewards.extra, rewards.weights)
+    params = SamplingParams(
+        num_generations=rollout.num_generations,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        max_new_tokens=rollout.max_new_tokens,
+        stop_strings=("</answer>",) if rollout.stop_at_answer else (),
+    )
     groups = []
-    for q, sample in questions:
-        params = SamplingParams(
-            num_generations=rollout.num_generations,
-            temperature=rollout.temperature,
-            top_p=rollout.top_p,
-            max_new_tokens=rollout.max_new_tokens,
-            stop_strings=("</answer>",) if rollout.stop_at_answer else (),
-            seed=derive_seed(ctx.cfg.seed, ctx.stage.name, unit, sample.id),  # independent of the rank
-        )
-        (out,) = engine.generate([ctx.encode(sample)], params)
-        scores = [profile.score(r.text, sample) for r in out.responses]
-        groups.append(
-            ScoredGroup(
-                sample_id=sample.id,
-                question=q,
-                token_ids=[r.token_ids for r in out.responses],
-                logprobs=[r.logprobs for r in out.responses],
-                texts=[r.text for r in out.responses],
-                finish=[r.finish_reason for r in out.responses],
-                rewards=[{k: float(v) for k, v in s.items()} for s in scores],
-                totals=[float(s["total"]) for s in scores],
-                prompt_tokens=out.prompt_tokens,
+    for start in range(0, len(questions), rollout.batch_questions):
+        chunk = questions[start : start + rollout.batch_questions]
+        seeds = [derive_seed(ctx.cfg.seed, ctx.stage.name, unit, sample.id) for _, sample in chunk]
+        outputs = engine.generate([ctx.encode(sample) for _, sample in chunk], params, seeds=seeds)
+        for (q, sample), out in zip(chunk, outputs):
+            scores = [profile.score(r.text, sample) for r in out.responses]
+            groups.append(
+                ScoredGroup(
+                    sample_id=sample.id,
+                    question=q,
+                    token_ids=[r.token_ids for r in out.responses],
+                    logprobs=[r.logprobs for r in out.responses],
+                    texts=[r.text for r in out.responses],
+                    finish=[r.finish_reason for r in out.responses],
+                    rewards=[{k: float(v) for k, v in s.items()} for s in scores],
+                    totals=[float(s["total"]) for s in scores],
+                    prompt_tokens=out.prompt_tokens,
+                )
             )
-        )
     return groups
 
 
@@ -260,7 +264,7 @@ def run_grpo(ctx: StageContext) -> StageResult:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the stage-start policy
         if progress.unit > 0:
             ctx.log("note: kl_coef > 0 on resume uses the resumed weights as the reference")
-    engine = HFRolloutEngine(model, tokenizer)
+    engine = HFRolloutEngine(model, tokenizer, max_batch_questions=rollout_cfg.batch_questions)
     by_id = {s.id: s for s in ctx.samples}
     clock = Stopwatch(progress.extra.get("time_s", 0.0))
     model.train()

@@ -90,8 +90,9 @@ class GroupOutput:
 class RolloutEngine(Protocol):
     """Samples G responses per question."""
 
-    def generate(self, prompts: Sequence[dict[str, torch.Tensor]], params: SamplingParams) -> list[GroupOutput]:
-        """Sample `params.num_generations` responses for each prompt.
+    def generate(self, prompts: Sequence[dict[str, torch.Tensor]], params: SamplingParams,
+                 seeds: Sequence[int] | None = None) -> list[GroupOutput]:
+        """Sample `params.num_generations` responses for each prompt (`seeds`: one generator seed per prompt).
 
         Args:
             prompts: one dict of model inputs per question, each a batch of one: `input_ids` and

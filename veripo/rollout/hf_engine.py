@@ -61,10 +61,17 @@ class HFRolloutEngine:
         self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[dict[str, torch.Tensor]], params: SamplingParams) -> list[GroupOutput]:
-        """Sample `params.num_generations` responses per prompt; see `RolloutEngine.generate`."""
+    def generate(self, prompts: Sequence[dict[str, torch.Tensor]], params: SamplingParams,
+                 seeds: Sequence[int] | None = None) -> list[GroupOutput]:
+        """Sample `params.num_generations` responses per prompt; see `RolloutEngine.generate`.
+
+        `seeds` gives each question its own generator seed (so a question's samples do not depend on its
+        position in the batch, e.g. across data-parallel ranks); by default they derive from `params.seed`.
+        """
         for index, prompt in enumerate(prompts):
             _check_prompt(prompt, index)
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds: got {len(seeds)} seeds for {len(prompts)} prompts")
         base_seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
         was_training = self.model.training
         self.model.eval()
@@ -72,8 +79,9 @@ class HFRolloutEngine:
             outputs: list[GroupOutput] = []
             for start in range(0, len(prompts), self.max_batch_questions):
                 chunk = list(prompts[start : start + self.max_batch_questions])
-                seeds = [_question_seed(base_seed, start + i) for i in range(len(chunk))]
-                outputs.extend(self._generate_chunk(chunk, params, seeds))
+                chunk_seeds = [int(seeds[start + i]) if seeds is not None else _question_seed(base_seed, start + i)
+                               for i in range(len(chunk))]
+                outputs.extend(self._generate_chunk(chunk, params, chunk_seeds))
             return outputs
         finally:
             self.model.train(was_training)
