@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,26 +268,36 @@ class CachedJudge:
         return {**dict(self.inner.stats), **dict(self.stats)}
 
 
+def _rule_judge(cfg: Any, template: str | None) -> RuleJudge:
+    return RuleJudge()
+
+
+def _openai_judge(cfg: Any, template: str | None) -> OpenAIJudge:
+    if not cfg.judge_url or not cfg.judge_model:
+        raise ValueError("verifier.judge=openai needs verifier.judge_url and verifier.judge_model")
+    return OpenAIJudge(cfg.judge_url, cfg.judge_model, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
+                       retries=cfg.retries, concurrency=cfg.concurrency, template=template)
+
+
+def _hf_judge(cfg: Any, template: str | None) -> HFJudge:
+    if not cfg.judge_model:
+        raise ValueError("verifier.judge=hf needs verifier.judge_model (a local model directory)")
+    return HFJudge(cfg.judge_model, template=template)
+
+
+# name -> factory(VerifierConfig, prompt template text or None): a new judge registers here
+JUDGES: dict[str, Callable[[Any, str | None], Any]] = {"rule": _rule_judge, "hf": _hf_judge, "openai": _openai_judge}
+
+
 def make_judge(cfg: Any, name: str | None = None, cache_path: Path | None = None) -> CachedJudge:
     """The judge a ``VerifierConfig`` describes (``name`` overrides ``cfg.judge``), cached and with the
     rule fallback when ``cfg.fallback_to_rule``."""
     name = name or cfg.judge
+    if name not in JUDGES:
+        raise ValueError(f"unknown judge {name!r}; expected one of {', '.join(JUDGES)}")
     template = Path(cfg.prompt_template).read_text(encoding="utf-8") if cfg.prompt_template else None
-    if name == "rule":
-        inner: Any = RuleJudge()
-    elif name == "openai":
-        if not cfg.judge_url or not cfg.judge_model:
-            raise ValueError("verifier.judge=openai needs verifier.judge_url and verifier.judge_model")
-        inner = OpenAIJudge(cfg.judge_url, cfg.judge_model, api_key_env=cfg.api_key_env, timeout_s=cfg.timeout_s,
-                            retries=cfg.retries, concurrency=cfg.concurrency, template=template)
-    elif name == "hf":
-        if not cfg.judge_model:
-            raise ValueError("verifier.judge=hf needs verifier.judge_model (a local model directory)")
-        inner = HFJudge(cfg.judge_model, template=template)
-    else:
-        raise ValueError(f"unknown judge {name!r}; expected rule, hf or openai")
     fallback = RuleJudge() if cfg.fallback_to_rule and name != "rule" else None
-    return CachedJudge(inner, cache_path, fallback)
+    return CachedJudge(JUDGES[name](cfg, template), cache_path, fallback)
 
 
 def make_eval_judge(name: str, cfg: Any, cache_dir: Path | None = None):
