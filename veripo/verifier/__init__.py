@@ -17,7 +17,12 @@ from veripo.verifier.judges import (
     parse_verdict,
 )
 from veripo.verifier.pairs import PairStats, build_pairs
-from veripo.verifier.run import VerifySummary, check_rollout, inconsistency_rate, verify_rollouts
+from veripo.verifier.run import (
+    VerifySummary,
+    check_rollout,
+    inconsistency_rate,
+    verify_rollouts,
+)
 
 __all__ = ["JUDGES", "Judge", "JudgeItem", "JudgeResult", "PairStats", "VerifySummary", "build_pairs", "check_rollout",
            "inconsistency_rate", "make_eval_judge", "make_judge", "parse_verdict", "verify_rollouts"]
