@@ -8,7 +8,9 @@ from veripo.config import VerifierConfig
 from veripo.data.records import Rollout, Sample
 from veripo.rewards.profiles import build_profile
 from veripo.verifier.checks import (
+    conclusion,
     conclusions_along,
+    final_answer_key,
     is_reflective,
     is_repetitive,
     repeated_line_share,
@@ -94,3 +96,46 @@ def test_min_thinking_tokens_fails_format():
     v = check_rollout(rollout("<think>B.</think><answer>B</answer>"), MC, build_profile("veripo"),
                       VerifierConfig(min_thinking_tokens=5))
     assert not v.format_ok and any("shorter than 5" in r for r in v.reasons)
+
+
+NUM = Sample(id="n", problem="How many circles?", problem_type="numerical", answer="3")
+FREE = Sample(id="f", problem="What is the man doing?", problem_type="free-form", answer="sitting")
+
+
+@pytest.mark.parametrize(("sample", "thinking", "concluded"), [
+    (MC, "The ball ends at the edge. So the answer is B.", "B"),  # a letter after a cue
+    (MC, "Therefore option (C).", "C"),
+    (MC, "Frame 4: the ball went left.", "B"),  # the one option whose text the sentence names
+    (MC, "It went up or left.", None),  # two options named: no single conclusion
+    (MC, "The answer is C. Hmm. Okay.", "C"),  # the last of the last three sentences that concludes something
+    (MC, "So the answer is B. Frame 1 is dark. Frame 2 is dark. Frame 3 is dark.", None),  # too early to count
+    (MC, "I cannot decide.", None),
+    (NUM, "Two plus one is 3.", "3"),
+    (NUM, "So 3.5 in total.", "3.5"),
+    (NUM, "Therefore 3.0", "3"),  # numbers are normalised like final answers
+    (NUM, "First 2, then 4. So the answer is 5.", "5"),  # the last number of the concluding sentence
+    (NUM, "I see some.", None),
+    (FREE, "He stays down. So the man is sitting.", "the man is sitting"),  # the words after the last cue
+    (FREE, "Answer: Sitting!", "sitting"),
+    (FREE, "He stays on the bench.", None),
+    (FREE, None, None),
+])
+def test_conclusion_extraction(sample, thinking, concluded):
+    assert conclusion(thinking, sample) == concluded
+
+
+@pytest.mark.parametrize(("sample", "answer", "key"), [
+    (MC, "B", "B"), (MC, "(C) right", "C"), (MC, "left", "B"), (MC, "E", None), (MC, None, None),
+    (NUM, "3.0", "3"), (NUM, "about 12 apples", "12"), (NUM, "none", None),
+    (FREE, "The Man  is Sitting!", "the man is sitting"), (FREE, "", None),
+])
+def test_final_answer_key(sample, answer, key):
+    assert final_answer_key(answer, sample) == key
+
+
+def test_repetition_on_a_real_loop_vs_a_normal_chain():
+    normal = ("In frame 1 the red square is in the top left cell. In frame 2 it has moved one cell to the right. "
+              "By frame 4 it sits in the top right cell, so it moved right. The answer is C.")
+    loop = normal + " " + "Frame 3: the red square is in the top right cell.\n" * 15
+    assert repetition_share(normal) < 0.1 and repeated_line_share(normal) == 0.0
+    assert is_repetitive(loop) and not is_repetitive(normal)

@@ -21,6 +21,8 @@ CASES = [
     (MC, "Frame 1 shows it centred, frame 4 at the edge. The square moved left.", "C. moved right", "inconsistent"),
     (MC, "At first I think it is A. Wait, let me re-check. Therefore the answer is option D.", "D", "consistent"),
     (MC, "I cannot tell from these frames.", "A", "unknown"),
+    (MC, "Left is option B, so the answer is A.", "A", "consistent"),  # the last cue concludes
+    (MC, "Left is option B, so the answer is A.", "B", "inconsistent"),
     (NUM, "I count one, two, three circles. Therefore 3.", "3", "consistent"),
     (NUM, "I count one, two, three circles. Therefore 3.", "4", "inconsistent"),
     (NUM, "Two plus three gives 5. So the total is 5.0", "5", "consistent"),
@@ -63,3 +65,38 @@ def test_rule_judge_is_batched_and_deterministic():
 ])
 def test_strict_verdict_parser(reply, label):
     assert parse_verdict(reply) == label
+
+
+def synthetic_samples() -> list[Sample]:
+    """Every synthetic task kind (video, image, text tasks of every problem type), a few seeds each."""
+    from veripo.data.synthetic import TASKS, Canvas, generate_task
+
+    samples = []
+    for kind, names in TASKS.items():
+        for i in range(3 * len(names)):  # each task name three times (names cycle with the index)
+            task = generate_task(7, i, kind, canvas=Canvas(size=112), frames=(4, 8), difficulties=(1, 2, 3))
+            samples.append(Sample(id=f"{kind}/{i}", problem=task.problem, problem_type=task.problem_type,
+                                  answer=task.answer, options=task.options, reasoning=task.reasoning))
+    return samples
+
+
+def a_different_answer(sample: Sample) -> str:
+    """A wrong answer of the same type: another option, the number plus one, or another phrase."""
+    if sample.options:
+        return next(o for o in sample.options if not o.startswith(sample.answer))[0]
+    if sample.problem_type in ("numerical", "regression", "math", "OCR"):
+        return str(float(sample.answer) + 1) if sample.problem_type != "OCR" else str((int(sample.answer) + 1) % 10)
+    return "nothing happened"
+
+
+def test_synthetic_reference_chains_are_consistent_with_their_gold_answer():
+    samples = synthetic_samples()
+    assert {s.problem_type for s in samples} >= {"multiple choice", "numerical", "regression", "OCR", "free-form",
+                                                  "math"}
+    judge = RuleJudge()
+    gold = judge.judge([JudgeItem(s, s.reasoning, s.answer) for s in samples])
+    assert [r.label for r in gold] == ["consistent"] * len(samples), [
+        (s.id, r.raw) for s, r in zip(samples, gold) if r.label != "consistent"]
+    other = judge.judge([JudgeItem(s, s.reasoning, a_different_answer(s)) for s in samples])
+    assert [r.label for r in other] == ["inconsistent"] * len(samples), [
+        (s.id, r.raw) for s, r in zip(samples, other) if r.label != "inconsistent"]

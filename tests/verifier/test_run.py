@@ -41,3 +41,36 @@ def test_inconsistency_rate_leaves_unknown_out():
 
     assert inconsistency_rate([verdict("unknown")] * 3) is None
     assert inconsistency_rate([verdict("inconsistent"), verdict("unknown"), verdict("consistent")]) == 0.5
+
+
+def test_outputs_and_a_second_run_hits_the_judge_cache(tmp_path, monkeypatch):
+    from veripo.verifier.judges import RuleJudge
+
+    asked: list[int] = []
+    original = RuleJudge.judge
+
+    def counting(self, items):
+        asked.append(len(items))
+        return original(self, items)
+
+    monkeypatch.setattr(RuleJudge, "judge", counting)
+    texts = [GOOD, CONTRADICTS, GOOD.replace("Therefore 3.", "Therefore 4."),  # says 4, answers 3: inconsistent
+             "<think>Some circles.</think><answer>3</answer>",  # no conclusion: unknown
+             "<think>One, two, three circles. Therefore 3."]  # cut off: no answer, the judge is not asked
+    rollouts = [Rollout(id=f"n/0/{i}", sample_id="n", group_index=i, text=t) for i, t in enumerate(texts)]
+    out = tmp_path / "out"
+    first = verify_rollouts(rollouts, {"n": SAMPLE}, VerifierConfig(), out)
+    assert sum(asked) == 4  # the truncated rollout has no answer: not asked
+    assert dict(first.consistency) == {"consistent": 1, "inconsistent": 2, "unknown": 2}
+    assert first.inconsistency_rate == 2 / 3  # unknowns left out
+    data = json.loads((out / "verify_summary.json").read_text())
+    assert data["inconsistency_rate"] == 2 / 3 and data["inconsistency_rate_all"] == 2 / 5
+    assert data["judge_skipped"] == 1 and data["judge_counters"]["cache_hits"] == 0
+    verdicts = read_jsonl(out / "verdicts.jsonl", Verdict)
+    assert len(verdicts) == 5 and (out / "pairs.jsonl").exists()
+    assert len((out / "judge_cache.jsonl").read_text().splitlines()) == 4
+
+    second = verify_rollouts(rollouts, {"n": SAMPLE}, VerifierConfig(), out)
+    assert sum(asked) == 4  # nothing asked anew
+    assert second.judge_counters["cache_hits"] == 4 and dict(second.consistency) == dict(first.consistency)
+    assert [v.consistency for v in read_jsonl(out / "verdicts.jsonl", Verdict)] == [v.consistency for v in verdicts]
