@@ -65,8 +65,8 @@ def conclusion(thinking: str | None, sample: Sample) -> str | None:
 
 def _conclusion_in(sentence: str, sample: Sample) -> str | None:
     if sample.problem_type == "multiple choice":
-        cued = _CONCLUSION_CUES.search(sentence)
-        if cued:
+        # the last cue that names an option: "Yellow is option B, so the answer is A" concludes A
+        for cued in reversed(list(_CONCLUSION_CUES.finditer(sentence))):
             letter = extract_choice(sentence[cued.start():], sample.options)
             if letter is not None:
                 return letter
