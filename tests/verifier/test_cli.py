@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from answers import a_different_answer
 from typer.testing import CliRunner
 
 from veripo.cli.main import app
@@ -74,3 +75,40 @@ def test_verify_cli_errors_are_clear(tmp_path):
     write_run(tmp_path)
     result = runner.invoke(app, ["verify", str(rollouts), "--judge", "openai"])
     assert result.exit_code == 2 and "--judge-url" in result.output
+
+
+def test_verify_cli_defaults_to_the_runs_data_and_config(tmp_path):
+    """Rollouts in RUN/stages/NN-name/: the questions come from RUN/config.yaml's data (synthetic, generated
+    under the run by the same SampleStore the run used) and its verifier section applies."""
+    from veripo.data.loaders import load_samples
+    from veripo.data.records import reference_completion
+
+    run = tmp_path / "run"
+    stage = run / "stages" / "01-grpo"
+    stage.mkdir(parents=True)
+    (run / "config.yaml").write_text(
+        "data:\n  - path: synth\n    synthetic: {n: 4, kinds: [text], seed: 3}\n"
+        "verifier:\n  pair_types: [consistency]\n")
+    runner = CliRunner()
+    rollouts = stage / "rollouts.jsonl"
+    rollouts.write_text("")
+    first = runner.invoke(app, ["verify", str(rollouts)])
+    assert first.exit_code == 0, first.output  # no rollouts yet, but the data was found and generated
+    questions = load_samples(run / "data" / "synth").samples
+    assert len(questions) == 4 and "4 questions from the data of" in first.output
+
+    with JsonlWriter(rollouts) as w:
+        for s in questions:
+            w.write(Rollout(id=f"{s.id}/0", sample_id=s.id, group_index=0, text=reference_completion(s), stage="01-grpo"))
+            w.write(Rollout(id=f"{s.id}/1", sample_id=s.id, group_index=1, stage="01-grpo",
+                            text=f"<think>{s.reasoning}</think><answer>{a_different_answer(s)}</answer>"))
+    result = runner.invoke(app, ["verify", str(rollouts), "--profile", "veripo"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((stage / "verify" / "verify_summary.json").read_text())
+    assert summary["missing_samples"] == 0 and summary["checked"] == 8
+    assert summary["consistency"] == {"consistent": 4, "inconsistent": 4}
+    pairs = read_jsonl(stage / "verify" / "pairs.jsonl", Pair)
+    assert sorted(p.rejected_rollout for p in pairs) == sorted(f"{s.id}/1" for s in questions)
+    assert {p.pair_type for p in pairs} == {"consistency"}  # the run's verifier.pair_types applies
+    bad = runner.invoke(app, ["verify", str(rollouts), "--profile", "nope"])
+    assert bad.exit_code == 2 and "--profile 'nope'" in bad.output

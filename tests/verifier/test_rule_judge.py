@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from answers import a_different_answer
 
 from veripo.data.records import Sample
 from veripo.verifier.judges import JudgeItem, RuleJudge, parse_verdict
@@ -78,15 +79,6 @@ def synthetic_samples() -> list[Sample]:
             samples.append(Sample(id=f"{kind}/{i}", problem=task.problem, problem_type=task.problem_type,
                                   answer=task.answer, options=task.options, reasoning=task.reasoning))
     return samples
-
-
-def a_different_answer(sample: Sample) -> str:
-    """A wrong answer of the same type: another option, the number plus one, or another phrase."""
-    if sample.options:
-        return next(o for o in sample.options if not o.startswith(sample.answer))[0]
-    if sample.problem_type in ("numerical", "regression", "math", "OCR"):
-        return str(float(sample.answer) + 1) if sample.problem_type != "OCR" else str((int(sample.answer) + 1) % 10)
-    return "nothing happened"
 
 
 def test_synthetic_reference_chains_are_consistent_with_their_gold_answer():

@@ -19,7 +19,9 @@ def register(app: typer.Typer) -> None:
         rollouts: Path = typer.Argument(..., help="A rollouts.jsonl written by a GRPO stage (or by hand)."),
         samples: Path | None = typer.Option(
             None, "--samples", help="The questions the rollouts answer (any dataset file `veripo data` reads, or a "
-            "samples JSONL); rollouts name them by sample_id. Default: samples.jsonl beside ROLLOUTS."),
+            "samples JSONL); rollouts name them by sample_id. Default: the run's own data: for "
+            "RUN/stages/NN-name/rollouts.jsonl, the data sources of RUN/config.yaml (two levels up), loaded as "
+            "the run loaded them; else a samples.jsonl beside ROLLOUTS."),
         judge: str | None = typer.Option(None, "--judge", help="Consistency judge: rule, hf or openai "
                                             "(default: verifier.judge of the config, else rule)."),
         judge_url: str | None = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL, e.g. "
@@ -34,7 +36,10 @@ def register(app: typer.Typer) -> None:
                                                "--out, else verify/ beside ROLLOUTS). Re-running asks the judge "
                                                "nothing twice."),
         config: Path | None = typer.Option(None, "--config", help="A run config; its verifier and "
-                                              "rewards.profile sections are used."),
+                                              "rewards.profile sections are used (default: the run's "
+                                              "config.yaml two levels up from ROLLOUTS, if any)."),
+        profile: str | None = typer.Option(None, "--profile", help="Scoring profile of the accuracy check "
+                                              "(default: rewards.profile of the config, as in GRPO)."),
         overrides: list[str] | None = typer.Option(None, "--set", help="A dotted override, e.g. "
                                                       "verifier.max_pairs_per_question=4; repeatable."),
         tokenizer: Path | None = typer.Option(None, "--tokenizer", help="A tokenizer directory to count "
@@ -60,16 +65,22 @@ def register(app: typer.Typer) -> None:
             fail(f"--judge {judge!r} is not one of {', '.join(JUDGES)}")
         if not rollouts.is_file():
             fail(f"{rollouts}: no such rollouts file")
+        run_config = find_run_config(rollouts)
         try:
-            run_cfg = load(RunConfig, config, overrides or [])
+            run_cfg = load(RunConfig, config or run_config, overrides or [])
         except ConfigError as e:
             fail(str(e))
+        if profile is not None:
+            from veripo.rewards.profiles import PROFILES
+
+            if profile not in PROFILES:
+                fail(f"--profile {profile!r} is not one of {', '.join(sorted(PROFILES))}")
         changes = {k: v for k, v in (("judge", judge), ("judge_url", judge_url), ("judge_model", judge_model))
                    if v is not None}
         cfg = dataclasses.replace(run_cfg.verifier, **changes)
         try:
             records = load_rollouts(rollouts)
-            by_id = _load_samples(rollouts, samples)
+            by_id, samples_from = _load_samples(rollouts, samples, run_config)
         except (JsonlError, ValueError, OSError) as e:
             fail(str(e))
         out_dir = out_dir or (out.parent if out is not None else rollouts.parent / "verify")
@@ -79,8 +90,9 @@ def register(app: typer.Typer) -> None:
 
             tok = AutoTokenizer.from_pretrained(str(tokenizer))
         console = Console()
+        console.print(f"{len(by_id)} questions from {samples_from}")
         try:
-            summary = verify_rollouts(records, by_id, cfg, out_dir, profile_name=run_cfg.rewards.profile,
+            summary = verify_rollouts(records, by_id, cfg, out_dir, profile_name=profile or run_cfg.rewards.profile,
                                       judge_name=cfg.judge, tokenizer=tok, show_progress=True, pairs_path=out)
         except (ValueError, KeyError) as e:
             fail(str(e.args[0] if e.args else e).replace("verifier.judge_url", "--judge-url")
@@ -90,23 +102,54 @@ def register(app: typer.Typer) -> None:
                       f"in [bold]{out_dir}[/bold]")
 
 
-def _load_samples(rollouts: Path, samples: Path | None) -> dict[str, Any]:
-    """Sample id -> sample, from --samples or the samples.jsonl beside the rollouts."""
+def find_run_config(rollouts: Path) -> Path | None:
+    """The ``config.yaml`` of the run a stage's rollouts belong to (``RUN/stages/NN-name/rollouts.jsonl``:
+    two levels above the rollouts' folder), or None for a rollouts file outside a run directory."""
+    parents = rollouts.resolve().parents
+    if len(parents) < 3:
+        return None
+    candidate = parents[2] / "config.yaml"
+    return candidate if candidate.is_file() else None
+
+
+def _run_samples(run_config: Path) -> dict[str, Any]:
+    """Every question of a run's data sources (top-level, stages and loop), loaded as the run loaded them
+    (``SampleStore``: same paths, ids, and synthetic data regenerated under the run if it is gone)."""
+    from rich.console import Console
+
+    from veripo.config import RunConfig, load
+    from veripo.recipes.run_dir import RunDir
+    from veripo.recipes.sources import SampleStore
+
+    cfg = load(RunConfig, run_config)
+    store = SampleStore(cfg, RunDir(run_config.parent), Console(stderr=True))
+    sources = list(cfg.data) + [d for stage in (*cfg.stages, *cfg.loop) for d in stage.data]
+    for source in sources:  # the store loads each distinct source once
+        store.load(source)
+    return {s.id: s for s in store.all_samples()}
+
+
+def _load_samples(rollouts: Path, samples: Path | None, run_config: Path | None) -> tuple[dict[str, Any], str]:
+    """Sample id -> sample and where they came from: --samples, else the run's data (its config.yaml two
+    levels up), else the samples.jsonl beside the rollouts."""
     from veripo.data.jsonl import read_jsonl
     from veripo.data.loaders import load_samples
     from veripo.data.records import Sample
 
     if samples is None:
+        if run_config is not None:
+            return _run_samples(run_config), f"the data of {run_config}"
         beside = rollouts.parent / "samples.jsonl"
         if not beside.is_file():
-            raise ValueError(f"{rollouts}: no samples.jsonl beside it; pass the questions with --samples FILE")
-        return {s.id: s for s in read_jsonl(beside, Sample)}
+            raise ValueError(f"{rollouts}: not in a run directory (no config.yaml two levels up) and no "
+                             "samples.jsonl beside it; pass the questions with --samples FILE")
+        return {s.id: s for s in read_jsonl(beside, Sample)}, str(beside)
     if samples.suffix == ".jsonl":
         try:
-            return {s.id: s for s in read_jsonl(samples, Sample)}
+            return {s.id: s for s in read_jsonl(samples, Sample)}, str(samples)
         except (TypeError, ValueError):
             pass  # not our samples JSONL: a dataset file in another format
-    return {s.id: s for s in load_samples(samples, require_media=False).samples}
+    return {s.id: s for s in load_samples(samples, require_media=False).samples}, str(samples)
 
 
 def _pct(value: float | None) -> str:
