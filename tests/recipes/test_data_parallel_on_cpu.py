@@ -1,0 +1,153 @@
+"""Data parallel on CPU: two processes over gloo take the same optimizer steps as one process.
+
+SFT, GRPO and DPO stages run once in one process and once under ``torch.distributed.run`` with two
+processes (same config, seed and global batch). Every stage's final weights must agree to 1e-5 (sums of
+per-question gradients round differently, nothing more), and rank 0's ``rollouts.jsonl`` must equal the
+single process's: the same texts and tokens in the same order, which holds only if sampling seeds do not
+depend on the rank and the gathered groups come back in question order. The data mixes text, image and
+video questions and GRPO gets 3 questions (rank 0 gets two, rank 1 one), so one rank's share of a step
+can miss the vision tower entirely (``sum_gradients`` must then add zeros, and weight decay is on, so a
+parameter no rank reached must keep ``grad=None``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from veripo.data.jsonl import JsonlWriter, read_jsonl
+from veripo.data.loaders import load_samples
+from veripo.data.records import Pair, reference_completion
+from veripo.data.synthetic import make_synthetic
+
+pytestmark = pytest.mark.slow
+
+WORKER = Path(__file__).with_name("dp_worker.py")
+STAGES = ("00-sft", "01-grpo", "02-dpo")
+# --standalone: the rendezvous picks a free local port itself (no race with a port chosen beforehand)
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+CONFIG = """\
+name: dp
+seed: 0
+output_dir: {out}
+model: {{build_tiny: tiny, device: cpu}}
+media: {{max_frames: 4, max_pixels: 3136, cache_dir: {cache}}}
+rollout: {{num_generations: 4, temperature: 1.0, max_new_tokens: 12}}
+data:
+  - {{path: {data}}}
+sft: {{lr: 1.0e-3, batch_size: 5, max_steps: 2, weight_decay: 0.1}}
+grpo: {{lr: 1.0e-3, rollout_batch_size: 3, global_batch_size: 6, rollout_batches: 1, weight_decay: 0.1}}
+dpo: {{lr: 2.0e-4, global_batch_size: 3, epochs: 1, beta: 0.1}}
+stages:
+  - {{name: sft, kind: sft}}
+  - {{name: grpo, kind: grpo}}
+  - {{name: dpo, kind: dpo}}
+"""
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _launch(root: Path, name: str, processes: int, pairs: Path, data: Path) -> tuple[subprocess.Popen, Path]:
+    config = root / f"{name}.yaml"
+    config.write_text(CONFIG.format(out=root / name, data=data, cache=root / "media-cache"))
+    result = root / f"{name}.result"
+    worker = [str(WORKER), "run", str(config), str(pairs), str(result)]
+    if processes == 1:
+        cmd = [sys.executable, *worker]
+    else:
+        cmd = [*TORCHRUN, "--nproc_per_node", str(processes), *worker]
+    log = open(root / f"{name}.log", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=root), result
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Run directories of the one-process and the two-process run (launched side by side)."""
+    root = tmp_path_factory.mktemp("dp")
+    data = make_synthetic(root / "data", n=10, seed=11, kinds=("text", "image", "video"), size=56, frames=(4, 4))
+    pairs = root / "pairs.jsonl"
+    samples = load_samples(data).samples
+    with JsonlWriter(pairs) as w:  # chosen: the reference chain; rejected: another question's chain
+        for s, other in zip(samples[:6], samples[1:7]):
+            w.write(Pair(id=f"{s.id}/p", sample_id=s.id, pair_type="consistency", chosen=reference_completion(s),
+                         rejected=reference_completion(other), reasons=["test"]))
+    launched = {name: _launch(root, name, n, pairs, data) for name, n in (("one", 1), ("two", 2))}
+    start = time.monotonic()
+    out = {}
+    for name, (proc, result) in launched.items():
+        rc = proc.wait(timeout=600)
+        log = (root / f"{name}.log").read_text()
+        assert rc == 0, f"{name}-process run failed (exit {rc}):\n{log[-4000:]}"
+        out[name] = Path(result.read_text())
+    print(f"one- and two-process runs finished in {time.monotonic() - start:.1f}s")
+    return out
+
+
+def _final_weights(stage_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from veripo.recipes.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(stage_dir)
+    assert ckpt is not None, f"{stage_dir}: no checkpoint"
+    weights: dict[str, torch.Tensor] = {}
+    for file in sorted(ckpt.glob("*.safetensors")):
+        weights.update(load_file(file))
+    return weights
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_two_processes_reach_the_same_weights_as_one(runs, stage):
+    one = _final_weights(runs["one"] / "stages" / stage)
+    two = _final_weights(runs["two"] / "stages" / stage)
+    assert one.keys() == two.keys()
+    base = _final_weights_or_none(runs["one"])
+    moved = 0
+    for name, tensor in one.items():
+        torch.testing.assert_close(two[name], tensor, rtol=1e-5, atol=1e-5, msg=lambda m: f"{stage} {name}: {m}")
+        if base is not None and not torch.equal(tensor, base[name]):
+            moved += 1
+    assert base is None or moved > 0, f"{stage}: no parameter changed, the comparison proves nothing"
+
+
+def _final_weights_or_none(run_root: Path) -> dict[str, torch.Tensor] | None:
+    from safetensors.torch import load_file
+
+    files = sorted((run_root / "base-model").glob("*.safetensors"))
+    return {k: v for f in files for k, v in load_file(f).items()} or None
+
+
+def test_rank_zero_writes_the_rollouts_one_process_writes(runs):
+    one = read_jsonl(runs["one"] / "stages" / "01-grpo" / "rollouts.jsonl")
+    two = read_jsonl(runs["two"] / "stages" / "01-grpo" / "rollouts.jsonl")
+    assert len(one) == 3 * 4  # 3 questions x G=4, written once (by rank 0 only)
+    assert [(r["id"], r["text"], r["token_ids"]) for r in two] == [(r["id"], r["text"], r["token_ids"]) for r in one]
+    assert [r["reward"] for r in two] == [r["reward"] for r in one]
+    assert [r["advantage"] for r in two] == pytest.approx([r["advantage"] for r in one], abs=1e-9)
+    assert len({r["sample_id"] for r in one}) == 3
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_logged_losses_match(runs, stage):
+    one = read_jsonl(runs["one"] / "stages" / stage / "metrics.jsonl")
+    two = read_jsonl(runs["two"] / "stages" / stage / "metrics.jsonl")
+    assert len(one) == len(two) == 2  # every stage takes 2 optimizer steps
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4, abs=1e-6)
+
+
+def test_sum_gradients_zero_fills_only_parameters_some_rank_reached(tmp_path):
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", str(WORKER), "sum-gradients"]
+    done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-8000:]}"
