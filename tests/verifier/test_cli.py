@@ -112,3 +112,17 @@ def test_verify_cli_defaults_to_the_runs_data_and_config(tmp_path):
     assert {p.pair_type for p in pairs} == {"consistency"}  # the run's verifier.pair_types applies
     bad = runner.invoke(app, ["verify", str(rollouts), "--profile", "nope"])
     assert bad.exit_code == 2 and "--profile 'nope'" in bad.output
+
+
+def test_verify_cli_names_the_bad_record(tmp_path):
+    rollouts = write_run(tmp_path)
+    with open(rollouts, "a") as f:
+        f.write('{"id": "ball/0/9", "sample_id": "ball"}\n')
+    result = CliRunner().invoke(app, ["verify", str(rollouts)])
+    assert result.exit_code == 2 and "rollouts.jsonl:7" in result.output  # line 1: the header and "group_index" in result.output
+    template = tmp_path / "prompt.txt"
+    template.write_text("{thinking} only")
+    rollouts.unlink()
+    write_run(tmp_path)
+    result = CliRunner().invoke(app, ["verify", str(rollouts), "--set", f"verifier.prompt_template={template}"])
+    assert result.exit_code == 2 and "expected {thinking} and {answer}" in result.output

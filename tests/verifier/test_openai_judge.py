@@ -217,3 +217,19 @@ def test_real_transformers_serve_garbage_then_killed_mid_run(served_tiny_model, 
     counters = Counter(judge.counters())
     assert counters["request_failure"] + counters["server_down"] >= 1
     assert counters["parse_failure"] + counters["request_failure"] + counters["server_down"] == 8
+
+
+def test_server_killed_mid_run_without_fallback_leaves_unknowns_that_a_rerun_asks_again(tmp_path):
+    cache = tmp_path / "judge_cache.jsonl"
+    with FakeJudgeServer(scripted_verdict, die_after=4) as server:
+        judge = make_judge(config(server.url, concurrency=1, retries=1), cache_path=cache)
+        results = judge.judge(items(9))
+    assert [r.label for r in results[:4]] == ["consistent", "inconsistent"] * 2
+    assert [r.label for r in results[4:]] == ["unknown"] * 5 and all(r.error for r in results[4:])
+    counters = Counter(judge.counters())
+    assert counters["request_failure"] + counters["server_down"] == 5 and counters["fallback_to_rule"] == 0
+    with FakeJudgeServer(scripted_verdict) as again:  # the server is back: only the 5 lost items are asked
+        rerun = make_judge(config(again.url, concurrency=1), cache_path=cache)
+        labels = [r.label for r in rerun.judge(items(9))]
+    assert labels == ["consistent", "inconsistent"] * 4 + ["consistent"] and len(again.requests) == 5
+    assert rerun.counters()["cache_hits"] == 4

@@ -105,3 +105,26 @@ def test_longest_good_chain_chosen_first():
     verdicts["q/0/long"] = replace(verdicts["q/0/long"], consistency="inconsistent")
     pairs, _ = build_pairs(groups, verdicts, VerifierConfig(pair_types=("consistency",)))
     assert [p.chosen_rollout for p in pairs] == ["q/0/short"]
+
+
+def test_reference_chosen_only_when_asked_and_only_for_groups_without_a_good_rollout():
+    from veripo.data.records import Sample
+
+    sample = Sample(id="q", problem="Which way?", problem_type="multiple choice", answer="B",
+                    options=["A. up", "B. left"], reasoning="It ends on the left. So the answer is B.")
+    groups, verdicts = group(make("wrong", correct=False), make("loop", repetitive=True), make("cut", truncated=True))
+    pairs, stats = build_pairs(groups, verdicts, VerifierConfig(), {"q": sample})
+    assert pairs == [] and stats.skipped["no_good"] == 1  # the paper's rule: rollouts only
+    cfg = VerifierConfig(reference_chosen=True, max_pairs_per_question=2)
+    pairs, stats = build_pairs(groups, verdicts, cfg, {"q": sample})
+    assert [p.rejected_rollout for p in pairs] == ["q/0/wrong", "q/0/loop"] and stats.pairs["penalty"] == 2
+    for p in pairs:
+        assert p.pair_type == "penalty" and p.chosen_rollout is None and p.chosen_token_ids is None
+        assert p.chosen == "<think>It ends on the left. So the answer is B.</think><answer>B</answer>"
+        assert p.reasons[0] == "reference chain chosen"
+    no_reasoning = Sample(id="q", problem="Which way?", problem_type="multiple choice", answer="B")
+    pairs, stats = build_pairs(groups, verdicts, cfg, {"q": no_reasoning})
+    assert pairs == [] and stats.skipped["no_good"] == 1  # nothing to choose: skipped and counted
+    mixed = group(make("good"), make("wrong", correct=False))
+    [pair], _ = build_pairs(*mixed, cfg, {"q": sample})
+    assert pair.chosen_rollout == "q/0/good"  # a group with a good rollout uses it, not the reference

@@ -289,13 +289,35 @@ def _hf_judge(cfg: Any, template: str | None) -> HFJudge:
 JUDGES: dict[str, Callable[[Any, str | None], Any]] = {"rule": _rule_judge, "hf": _hf_judge, "openai": _openai_judge}
 
 
+TEMPLATE_FIELDS = ("question", "options", "thinking", "answer")
+
+
+def load_template(path: str | Path) -> str:
+    """A replacement judge prompt, checked once so that a bad file fails before any rollout is judged: it must
+    name ``{thinking}`` and ``{answer}``, use no other field than ``{question}``, ``{options}``, ``{thinking}``
+    and ``{answer}``, and double any literal brace (``{{``/``}}``), as ``str.format`` needs."""
+    import string
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"verifier.prompt_template {path}: {e}") from None
+    unknown = sorted(fields - set(TEMPLATE_FIELDS))
+    if unknown or not {"thinking", "answer"} <= fields:
+        raise ValueError(f"verifier.prompt_template {path}: fields {sorted(fields)}; expected {{thinking}} and "
+                         f"{{answer}} (optionally {{question}}, {{options}}) and no others"
+                         + (f" (unknown: {unknown}; write literal braces as {{{{ and }}}})" if unknown else ""))
+    return text
+
+
 def make_judge(cfg: Any, name: str | None = None, cache_path: Path | None = None) -> CachedJudge:
     """The judge a ``VerifierConfig`` describes (``name`` overrides ``cfg.judge``), cached and with the
     rule fallback when ``cfg.fallback_to_rule``."""
     name = name or cfg.judge
     if name not in JUDGES:
         raise ValueError(f"unknown judge {name!r}; expected one of {', '.join(JUDGES)}")
-    template = Path(cfg.prompt_template).read_text(encoding="utf-8") if cfg.prompt_template else None
+    template = load_template(cfg.prompt_template) if cfg.prompt_template else None
     fallback = RuleJudge() if cfg.fallback_to_rule and name != "rule" else None
     return CachedJudge(JUDGES[name](cfg, template), cache_path, fallback)
 
