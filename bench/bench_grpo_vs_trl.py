@@ -15,8 +15,9 @@ forward+backward over all Q*G responses, one optimizer step. Both sides get:
 - the same prompt tokens: TRL gets the images already resized by veripo's media settings, so its image
   processor keeps them as they are, and the prompt lengths are printed for both.
 
-Why images and not video: TRL 1.16's GRPO trainer passes images to the processor but has no video path (a
-``video`` column or part is dropped: DESIGN.md), so a video comparison would time TRL on a text-only prompt.
+Why images and not video: TRL 1.16's GRPO trainer passes images to the processor but has no video path (it
+extracts only ``image`` parts from the messages; ../shared/reference/DESIGN.md: "with video prompts its GRPO
+silently trains without the video features"), so a video comparison would time TRL on a text-only prompt.
 
 TRL needs a transformers ``ProcessorMixin``; ``Qwen2_5_VLProcessor`` cannot be built without torchvision
 (its video processor), so ``ImageOnlyQwenProcessor`` below is the real transformers class with only that
