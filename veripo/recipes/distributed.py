@@ -1,9 +1,13 @@
 """Data-parallel plumbing for the recipes: which rank am I, gather Python objects, sum gradients.
 
-Launch with ``accelerate launch`` or ``torchrun``; a single process needs nothing. The recipes split
-*questions* over ranks (question ``i`` of a batch goes to rank ``i % world``), compute their loss with the
-global normalisers, and sum gradients over ranks, so any number of ranks takes the same optimizer step as
-one process on the same global batch (tests/recipes/test_data_parallel_on_cpu.py: two CPU processes over
+Launch with ``torchrun`` (``python -m torch.distributed.run --standalone --nproc_per_node N -m veripo run CONFIG``)
+or ``accelerate launch`` on GPUs; on CPU, ``accelerate launch`` with ``distributed_type: MULTI_CPU`` on one
+machine starts a single process unless given an mpirun hostfile, so use torchrun there. A single process
+needs nothing.
+
+The recipes split *questions* over ranks (question ``i`` of a batch goes to rank ``i % world``), compute
+their loss with the global normalisers, and sum gradients over ranks, so any number of ranks takes the same
+optimizer step as one process on the same global batch (tests/recipes/test_data_parallel_on_cpu.py: two CPU processes over
 gloo match one process to 1e-5). Sampling seeds depend on the question, never on the rank.
 """
 
