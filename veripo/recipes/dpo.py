@@ -40,14 +40,24 @@ def pair_token_ids(tokenizer: Any, pair: Pair) -> tuple[list[int], list[int]]:
     return list(chosen), list(rejected)
 
 
-def _pair_tensors(chosen: list[int], rejected: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(chosen), len(rejected))
-    ids = torch.zeros(2, width, dtype=torch.long)
-    mask = torch.zeros(2, width)
-    for row, seq in enumerate((chosen, rejected)):
+def pair_rows(group: list[Pair], tokens: dict[str, tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Response ids and mask ``[2k, R]`` of k pairs of one question: row ``2i`` chosen, ``2i + 1`` rejected."""
+    seqs = [seq for p in group for seq in tokens[p.id]]
+    width = max(len(seq) for seq in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width)
+    for row, seq in enumerate(seqs):
         ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1.0
     return ids, mask
+
+
+def by_question(pairs: list[Pair]) -> list[list[Pair]]:
+    """Pairs grouped by question, in order of first appearance: one prompt pass serves a whole group."""
+    groups: dict[str, list[Pair]] = {}
+    for pair in pairs:
+        groups.setdefault(pair.sample_id, []).append(pair)
+    return list(groups.values())
 
 
 def reference_logps(ctx: StageContext, pairs: list[Pair], tokens: dict[str, tuple[list[int], list[int]]]) -> dict[str, list[float]]:
@@ -57,13 +67,14 @@ def reference_logps(ctx: StageContext, pairs: list[Pair], tokens: dict[str, tupl
     if cached is not None and set(cached) >= {p.id for p in pairs}:
         return cached
     by_id = {s.id: s for s in ctx.samples}
-    mine = ctx.dist.shard(pairs)
+    mine = ctx.dist.shard(by_question(pairs))
     local = []
     with progress_bar("DPO reference log-probs", len(mine), ctx.show_progress and ctx.dist.is_main) as bar:
-        for pair in mine:
-            ids, mask = _pair_tensors(*tokens[pair.id])
-            logp = response_log_probs(ctx.policy.model, ctx.encode(by_id[pair.sample_id]), ids, mask).log_probs
-            local.append((pair.id, (logp * mask).sum(-1).tolist()))
+        for group in mine:
+            ids, mask = pair_rows(group, tokens)
+            logp = response_log_probs(ctx.policy.model, ctx.encode(by_id[group[0].sample_id]), ids, mask).log_probs
+            sums = (logp * mask).sum(-1).view(-1, 2)
+            local.extend((pair.id, sums[i].tolist()) for i, pair in enumerate(group))
             bar.advance(1)
     result = dict(gather_objects(ctx.dist, local))
     if ctx.dist.is_main:
@@ -105,31 +116,31 @@ def run_dpo(ctx: StageContext) -> StageResult:
                 epoch, batch = epoch_batch(pairs, unit, dpo.global_batch_size, ctx.cfg.seed, ctx.stage.name)
                 chosen_tokens = float(sum(len(tokens[p.id][0]) for p in batch))
                 optimizer.zero_grad(set_to_none=True)
-                local = []
-                for pair in ctx.dist.shard(batch):
-                    ids, mask = _pair_tensors(*tokens[pair.id])
-                    ref_c, ref_r = ref[pair.id]
-                    seen: dict[str, float] = {}
+                local: list[dict[str, float]] = []
+                losses: list[float] = []
+                for group in ctx.dist.shard(by_question(batch)):
+                    ids, mask = pair_rows(group, tokens)
+                    ref_logps = torch.tensor([ref[p.id] for p in group])  # [k, 2]
 
                     def loss_fn(logp: torch.Tensor, _entropy: Any, _rows: torch.Tensor) -> torch.Tensor:
-                        sums = (logp * mask).sum(-1)
-                        delta = (sums[0] - ref_c) - (sums[1] - ref_r)
-                        loss = preference_loss(delta, dpo.beta) / len(batch)
+                        sums = (logp * mask).sum(-1).view(-1, 2)  # [k, (chosen, rejected)]
+                        ratios = sums - ref_logps
+                        loss = preference_loss(ratios[:, 0] - ratios[:, 1], dpo.beta).sum() / len(batch)
                         if dpo.nll_coef:
-                            loss = loss - dpo.nll_coef * sums[0] / chosen_tokens
-                        rewards = dpo.beta * (sums.detach() - torch.tensor([ref_c, ref_r]))
-                        seen.update(chosen=float(rewards[0]), rejected=float(rewards[1]))
+                            loss = loss - dpo.nll_coef * sums[:, 0].sum() / chosen_tokens
+                        local.extend({"chosen": float(r[0]), "rejected": float(r[1])} for r in dpo.beta * ratios.detach())
                         return loss
 
-                    stats = backward_group(model, ctx.encode(by_id[pair.sample_id]), ids, mask, loss_fn, micro_batch=None)
-                    local.append({"loss": float(stats.loss), **seen})
+                    stats = backward_group(model, ctx.encode(by_id[group[0].sample_id]), ids, mask, loss_fn)
+                    losses.append(float(stats.loss))
                 rows = gather_objects(ctx.dist, local)
+                loss = sum(gather_objects(ctx.dist, [sum(losses)]))
                 grad_norm, lr = optimizer_step(ctx, optimizer, scheduler, dpo.max_grad_norm, progress)
                 progress.unit = unit + 1
                 n = max(1, len(rows))
                 row = {
                     "stage": ctx.stage.name, "kind": "dpo", "step": progress.step, "global_step": progress.global_step,
-                    "epoch": epoch, "lr": lr, "loss": sum(r["loss"] for r in rows), "grad_norm": grad_norm,
+                    "epoch": epoch, "lr": lr, "loss": loss, "grad_norm": grad_norm,
                     "chosen_reward": sum(r["chosen"] for r in rows) / n,
                     "rejected_reward": sum(r["rejected"] for r in rows) / n,
                     "margin": sum(r["chosen"] - r["rejected"] for r in rows) / n,
