@@ -160,3 +160,18 @@ def test_sum_gradients_zero_fills_only_parameters_some_rank_reached(tmp_path):
     cmd = [*TORCHRUN, "--nproc_per_node", "2", str(WORKER), "sum-gradients"]
     done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-8000:]}"
+
+
+def test_collective_timeout_outlasts_rank_zero_only_work(monkeypatch):
+    from datetime import timedelta
+
+    from veripo.recipes.distributed import collective_timeout
+
+    monkeypatch.delenv("VERIPO_DIST_TIMEOUT_S", raising=False)
+    assert collective_timeout() == timedelta(hours=6)  # torch's default, 30 minutes, cuts a long verify short
+    monkeypatch.setenv("VERIPO_DIST_TIMEOUT_S", "90")
+    assert collective_timeout() == timedelta(seconds=90)
+    for bad in ("soon", "0", "-5"):
+        monkeypatch.setenv("VERIPO_DIST_TIMEOUT_S", bad)
+        with pytest.raises(ValueError, match="VERIPO_DIST_TIMEOUT_S"):
+            collective_timeout()

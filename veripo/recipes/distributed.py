@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -50,8 +51,22 @@ def init_distributed() -> DistInfo:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":  # before the group exists, so NCCL binds each rank to its own GPU
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=collective_timeout())
     return DistInfo(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def collective_timeout() -> timedelta:
+    """How long a rank waits in a collective: rank 0 alone evaluates and verifies (an LLM judge over
+    thousands of rollouts) while the others wait at the stage barrier, which torch's 30-minute default can
+    cut short. ``VERIPO_DIST_TIMEOUT_S`` overrides the 6 hours."""
+    raw = os.environ.get("VERIPO_DIST_TIMEOUT_S", str(6 * 3600))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"VERIPO_DIST_TIMEOUT_S={raw!r}: expected a number of seconds") from None
+    if seconds <= 0:
+        raise ValueError(f"VERIPO_DIST_TIMEOUT_S={raw!r}: expected a positive number of seconds")
+    return timedelta(seconds=seconds)
 
 
 def gather_objects(info: DistInfo, local: list[Any]) -> list[Any]:
