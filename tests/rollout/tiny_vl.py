@@ -9,22 +9,7 @@ from __future__ import annotations
 
 import torch
 
-QWEN_SPECIALS = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
+from veripo.models.tokenizer import QWEN_SPECIAL_TOKENS as QWEN_SPECIALS
 
 
 def byte_tokenizer():
