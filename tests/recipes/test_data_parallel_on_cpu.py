@@ -73,8 +73,8 @@ def _launch(root: Path, name: str, processes: int, pairs: Path, data: Path) -> t
         cmd = [sys.executable, *worker]
     else:
         cmd = [*TORCHRUN, "--nproc_per_node", str(processes), *worker]
-    log = open(root / f"{name}.log", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=root), result
+    with open(root / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=root), result
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +92,17 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     launched = {name: _launch(root, name, n, pairs, data) for name, n in (("one", 1), ("two", 2))}
     start = time.monotonic()
     out = {}
-    for name, (proc, result) in launched.items():
-        rc = proc.wait(timeout=600)
-        log = (root / f"{name}.log").read_text()
-        assert rc == 0, f"{name}-process run failed (exit {rc}):\n{log[-4000:]}"
-        out[name] = Path(result.read_text())
+    try:
+        for name, (proc, result) in launched.items():
+            rc = proc.wait(timeout=600)
+            log = (root / f"{name}.log").read_text()
+            assert rc == 0, f"{name}-process run failed (exit {rc}):\n{log[-4000:]}"
+            out[name] = Path(result.read_text())
+    finally:
+        for proc, _ in launched.values():
+            if proc.poll() is None:  # a failed or hung run: torchrun passes SIGTERM on to its workers
+                proc.terminate()
+                proc.wait(timeout=30)
     print(f"one- and two-process runs finished in {time.monotonic() - start:.1f}s")
     return out
 
