@@ -59,7 +59,7 @@ class DataSource:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["hf"] = "hf"  # transformers, prefill once per group (a vLLM engine is planned, not built)
     num_generations: int = 8  # G, responses per question (paper: 8)
     temperature: float = 1.0
     top_p: float = 1.0

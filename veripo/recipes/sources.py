@@ -27,19 +27,26 @@ class SampleStore:
             path = self.run_dir.root / "data" / path  # generated data lives with the run
         return path
 
+    def generate(self, source: DataSource) -> None:
+        """Write a synthetic source's dataset folder if it is not there yet (the run's rank 0 does this for
+        every source before any stage, so ranks never write the same files at once)."""
+        path = self.source_path(source)
+        if not source.synthetic or (path / "dataset.json").exists():
+            return
+        from veripo.data.synthetic import make_synthetic
+
+        self.console.print(f"generating synthetic data {path} {source.synthetic}")
+        kwargs = dict(source.synthetic)
+        if "frames" in kwargs:
+            kwargs["frames"] = tuple(kwargs["frames"])
+        make_synthetic(path, **kwargs)
+
     def load(self, source: DataSource) -> LoadResult:
         path = self.source_path(source)
         key = (str(path), source.media_root, source.format, source.on_error, source.limit)
         if key in self._loaded:
             return self._loaded[key]
-        if source.synthetic and not (path / "dataset.json").exists():
-            from veripo.data.synthetic import make_synthetic
-
-            self.console.print(f"generating synthetic data {path} {source.synthetic}")
-            kwargs = dict(source.synthetic)
-            if "frames" in kwargs:
-                kwargs["frames"] = tuple(kwargs["frames"])
-            make_synthetic(path, **kwargs)
+        self.generate(source)
         result = load_samples(path, media_root=source.media_root, format=source.format, on_error=source.on_error,
                               limit=source.limit)
         if result.skipped:

@@ -127,6 +127,10 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
     done = {entry["index"]: entry for entry in state.get("completed", [])}
     policy = load_base_policy(cfg, run_dir, dist)
     store = SampleStore(cfg, run_dir, console)
+    if dist.is_main:  # synthetic data first, by one rank
+        for source in (*cfg.data, *cfg.eval.heldout, *(d for s in (*cfg.stages, *cfg.loop) for d in s.data)):
+            store.generate(source)
+    barrier(dist)
     encode = store.encoder(policy)
     inputs = {k: Path(v) for k, v in state.get("inputs", {}).items()}
     question_stats: dict[str, tuple[int, int]] = {}
