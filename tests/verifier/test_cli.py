@@ -84,11 +84,12 @@ def test_verify_cli_defaults_to_the_runs_data_and_config(tmp_path):
     from veripo.data.records import reference_completion
 
     run = tmp_path / "run"
-    stage = run / "stages" / "01-grpo"
+    stage = run / "stages" / "00-grpo"
     stage.mkdir(parents=True)
     (run / "config.yaml").write_text(
         "data:\n  - path: synth\n    synthetic: {n: 4, kinds: [text], seed: 3}\n"
-        "verifier:\n  pair_types: [consistency]\n")
+        "verifier:\n  pair_types: [penalty]\n"
+        "stages:\n  - {name: grpo, kind: grpo}\n  - {name: verify, kind: verify, verifier: {pair_types: [consistency]}}\n")
     runner = CliRunner()
     rollouts = stage / "rollouts.jsonl"
     rollouts.write_text("")
@@ -99,8 +100,8 @@ def test_verify_cli_defaults_to_the_runs_data_and_config(tmp_path):
 
     with JsonlWriter(rollouts) as w:
         for s in questions:
-            w.write(Rollout(id=f"{s.id}/0", sample_id=s.id, group_index=0, text=reference_completion(s), stage="01-grpo"))
-            w.write(Rollout(id=f"{s.id}/1", sample_id=s.id, group_index=1, stage="01-grpo",
+            w.write(Rollout(id=f"{s.id}/0", sample_id=s.id, group_index=0, text=reference_completion(s), stage="grpo"))
+            w.write(Rollout(id=f"{s.id}/1", sample_id=s.id, group_index=1, stage="grpo",
                             text=f"<think>{s.reasoning}</think><answer>{a_different_answer(s)}</answer>"))
     result = runner.invoke(app, ["verify", str(rollouts), "--profile", "veripo"])
     assert result.exit_code == 0, result.output
@@ -109,7 +110,11 @@ def test_verify_cli_defaults_to_the_runs_data_and_config(tmp_path):
     assert summary["consistency"] == {"consistent": 4, "inconsistent": 4}
     pairs = read_jsonl(stage / "verify" / "pairs.jsonl", Pair)
     assert sorted(p.rejected_rollout for p in pairs) == sorted(f"{s.id}/1" for s in questions)
-    assert {p.pair_type for p in pairs} == {"consistency"}  # the run's verifier.pair_types applies
+    assert {p.pair_type for p in pairs} == {"consistency"}  # the verify stage's verifier overrides apply
+    assert "verifier settings of stage 'verify'" in result.output
+    mine = runner.invoke(app, ["verify", str(rollouts), "--set", "verifier.pair_types=[penalty]"])
+    assert mine.exit_code == 0, mine.output  # the command line wins over the stage
+    assert {p.pair_type for p in read_jsonl(stage / "verify" / "pairs.jsonl", Pair)} == {"penalty"}
     bad = runner.invoke(app, ["verify", str(rollouts), "--profile", "nope"])
     assert bad.exit_code == 2 and "--profile 'nope'" in bad.output
 

@@ -77,7 +77,10 @@ def register(app: typer.Typer) -> None:
                 fail(f"--profile {profile!r} is not one of {', '.join(sorted(PROFILES))}")
         changes = {k: v for k, v in (("judge", judge), ("judge_url", judge_url), ("judge_model", judge_model))
                    if v is not None}
-        cfg = dataclasses.replace(run_cfg.verifier, **changes)
+        base, stage_note = run_cfg.verifier, ""
+        if config is None and run_config is not None:
+            base, stage_note = _verify_stage_settings(run_cfg, rollouts, overrides or [])
+        cfg = dataclasses.replace(base, **changes)
         try:
             records = load_rollouts(rollouts)
             by_id, samples_from = _load_samples(rollouts, samples, run_config)
@@ -90,7 +93,7 @@ def register(app: typer.Typer) -> None:
 
             tok = AutoTokenizer.from_pretrained(str(tokenizer))
         console = Console()
-        console.print(f"{len(by_id)} questions from {samples_from}")
+        console.print(f"{len(by_id)} questions from {samples_from}{stage_note}")
         try:
             summary = verify_rollouts(records, by_id, cfg, out_dir, profile_name=profile or run_cfg.rewards.profile,
                                       judge_name=cfg.judge, tokenizer=tok, show_progress=True, pairs_path=out)
@@ -110,6 +113,30 @@ def find_run_config(rollouts: Path) -> Path | None:
         return None
     candidate = parents[2] / "config.yaml"
     return candidate if candidate.is_file() else None
+
+
+def _verify_stage_settings(run_cfg: Any, rollouts: Path, overrides: list[str]) -> tuple[Any, str]:
+    """The verifier section the run's own verify stage would use on these rollouts: the first ``verify``
+    stage planned after the stage whose folder (``NN-name``, NN its 0-based place in the plan) holds them,
+    with that stage's ``verifier`` overrides, then the command line's ``--set verifier.*`` on top; the run's
+    base section (overrides already applied) when there is none."""
+    import dataclasses
+    import re
+
+    from veripo.config import apply_overrides
+
+    from veripo.recipes.veripo import plan
+
+    stages = plan(run_cfg)
+    found = re.match(r"(\d+)-", rollouts.resolve().parent.name)
+    if found is None or int(found.group(1)) >= len(stages):
+        return run_cfg.verifier, ""
+    for stage in stages[int(found.group(1)) + 1:]:
+        if stage.kind == "verify":
+            mine = apply_overrides({}, [o for o in overrides if o.startswith("verifier.")]).get("verifier", {})
+            stage = dataclasses.replace(stage, verifier={**stage.verifier, **mine})
+            return run_cfg.section_for(stage, "verifier"), f"; verifier settings of stage {stage.name!r}"
+    return run_cfg.verifier, ""
 
 
 def _run_samples(run_config: Path) -> dict[str, Any]:
