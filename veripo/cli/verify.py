@@ -124,7 +124,6 @@ def _verify_stage_settings(run_cfg: Any, rollouts: Path, overrides: list[str]) -
     import re
 
     from veripo.config import apply_overrides
-
     from veripo.recipes.veripo import plan
 
     stages = plan(run_cfg)
