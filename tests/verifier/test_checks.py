@@ -139,3 +139,37 @@ def test_repetition_on_a_real_loop_vs_a_normal_chain():
     loop = normal + " " + "Frame 3: the red square is in the top right cell.\n" * 15
     assert repetition_share(normal) < 0.1 and repeated_line_share(normal) == 0.0
     assert is_repetitive(loop) and not is_repetitive(normal)
+
+
+def test_make_eval_judge_labels_raw_responses():
+    from veripo.verifier.judges import make_eval_judge
+
+    label = make_eval_judge("rule", VerifierConfig())
+    responses = ["<think>It ends on the left. So the answer is B.</think><answer>B</answer>",
+                 "<think>It ends on the left. So the answer is B.</think><answer>C</answer>",
+                 "no tags at all"]
+    assert label([MC] * 3, responses) == ["consistent", "inconsistent", "unknown"]
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # hypothesis is a test extra
+    given = None
+
+if given is not None:
+    hostile = st.text(st.characters(codec="utf-8"), max_size=400) | st.builds(
+        lambda unit, k: unit * k, st.sampled_from(["So the answer is B. ", "wait\n", "{x} }{ ", "\u0000\ud7ff"]),
+        st.integers(0, 300))
+
+    @settings(max_examples=150, deadline=None)
+    @given(thinking=hostile, answer=hostile, kind=st.sampled_from(["multiple choice", "numerical", "free-form"]))
+    def test_checks_and_rule_judge_never_crash_on_hostile_text(thinking, answer, kind):
+        from veripo.verifier.judges import JudgeItem, RuleJudge, parse_verdict
+
+        sample = MC if kind == "multiple choice" else Sample(id="x", problem="?", problem_type=kind, answer="3")
+        assert 0.0 <= repetition_share(thinking) <= 1.0 and 0.0 <= repeated_line_share(thinking) <= 1.0
+        assert isinstance(is_reflective(thinking, sample), bool)
+        [result] = RuleJudge().judge([JudgeItem(sample, thinking, answer)])
+        assert result.label in ("consistent", "inconsistent", "unknown")
+        assert parse_verdict(thinking) in (None, "consistent", "inconsistent")
