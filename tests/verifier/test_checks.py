@@ -115,6 +115,9 @@ FREE = Sample(id="f", problem="What is the man doing?", problem_type="free-form"
     (NUM, "Therefore 3.0", "3"),  # numbers are normalised like final answers
     (NUM, "First 2, then 4. So the answer is 5.", "5"),  # the last number of the concluding sentence
     (NUM, "I see some.", None),
+    (NUM, "Therefore 1e3.", "1000"),  # an exponent belongs to the number
+    (NUM, "So there are 1,000 dots.", "1000"),
+    (NUM, "So it moved -3 cells.", "-3"),
     (FREE, "He stays down. So the man is sitting.", "the man is sitting"),  # the words after the last cue
     (FREE, "Answer: Sitting!", "sitting"),
     (FREE, "He stays on the bench.", None),

@@ -72,7 +72,7 @@ def _conclusion_in(sentence: str, sample: Sample) -> str | None:
                 return letter
         return _single_option_text(sentence, sample.options)
     if sample.problem_type in ("numerical", "regression", "math"):
-        numbers = re.findall(r"-?\d+(?:[.,]\d+)?", sentence)
+        numbers = re.findall(r"-?\d+(?:[.,]\d+)?(?:[eE][-+]?\d+)?", sentence)
         if numbers:
             value = extract_number(numbers[-1])
             return None if value is None else _number_text(value)
