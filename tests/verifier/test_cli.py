@@ -131,3 +131,25 @@ def test_verify_cli_names_the_bad_record(tmp_path):
     write_run(tmp_path)
     result = CliRunner().invoke(app, ["verify", str(rollouts), "--set", f"verifier.prompt_template={template}"])
     assert result.exit_code == 2 and "expected {thinking} and {answer}" in result.output
+
+
+def test_verify_cli_with_an_openai_judge_that_dies(tmp_path, monkeypatch):
+    from judge_servers import FakeJudgeServer
+
+    monkeypatch.setenv("VERIPO_JUDGE_API_KEY", "sk-cli-secret-777")
+    rollouts = write_run(tmp_path)
+    with FakeJudgeServer(lambda prompt: "VERDICT: CONSISTENT", die_after=2) as server:
+        result = CliRunner().invoke(app, [
+            "verify", str(rollouts), "--judge", "openai", "--judge-url", server.url, "--judge-model", "judge",
+            "--set", "verifier.retries=0", "--set", "verifier.timeout_s=2", "--set", "verifier.concurrency=1"])
+    assert result.exit_code == 0, result.output
+    assert "judge openai" in result.output and "fallback_to_rule=2" in result.output  # 2 answered, 2 lost
+    assert server.requests[0]["headers"]["Authorization"] == "Bearer sk-cli-secret-777"
+    assert "sk-cli-secret-777" not in result.output
+    summary = json.loads((tmp_path / "verify" / "verify_summary.json").read_text())
+    assert summary["judge_counters"]["consistent"] == 2  # the server says consistent, even for ball/0/1 ...
+    verdicts = {v.rollout_id: v for v in read_jsonl(tmp_path / "verify" / "verdicts.jsonl", Verdict)}
+    assert verdicts["ball/0/1"].consistency == "consistent"  # ... and is believed: it answered
+    assert verdicts["ball/0/2"].consistency == "consistent"  # the rule judge's label after the server died
+    assert any(r.startswith("judge: fallback to rule after") for r in verdicts["ball/0/2"].reasons)
+    assert summary["consistency"] == {"consistent": 4, "unknown": 1}
