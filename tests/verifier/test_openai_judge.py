@@ -233,3 +233,15 @@ def test_server_killed_mid_run_without_fallback_leaves_unknowns_that_a_rerun_ask
         labels = [r.label for r in rerun.judge(items(9))]
     assert labels == ["consistent", "inconsistent"] * 4 + ["consistent"] and len(again.requests) == 5
     assert rerun.counters()["cache_hits"] == 4
+
+
+def test_verify_rollouts_closes_the_judges_connections(tmp_path, monkeypatch):
+    from veripo.verifier.judges import OpenAIJudge
+
+    closed = []
+    original = OpenAIJudge.close
+    monkeypatch.setattr(OpenAIJudge, "close", lambda self: (closed.append(self), original(self)))
+    rollouts = [Rollout(id="q/0/0", sample_id="q", group_index=0, text=f"<think>{THINKING}</think><answer>B</answer>")]
+    with FakeJudgeServer(scripted_verdict) as server:
+        summary = verify_rollouts(rollouts, {"q": SAMPLE}, config(server.url), tmp_path / "out")
+    assert summary.consistency["consistent"] == 1 and len(closed) == 1 and closed[0].client.is_closed

@@ -160,6 +160,9 @@ class OpenAIJudge:
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(self._ask, items))
 
+    def close(self) -> None:
+        self.client.close()
+
 
 def _reply_text(payload: Any) -> str:
     """The reply's text. Servers that split reasoning out (``transformers serve`` and vLLM for qwen types put
@@ -266,6 +269,12 @@ class CachedJudge:
 
     def counters(self) -> dict[str, int]:
         return {**dict(self.inner.stats), **dict(self.stats)}
+
+    def close(self) -> None:
+        """Release the judge's connections (an openai judge's HTTP pool); judging afterwards is an error."""
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
 
 def _rule_judge(cfg: Any, template: str | None) -> RuleJudge:

@@ -127,7 +127,10 @@ def verify_rollouts(rollouts: list[Rollout] | Path, samples: dict[str, Sample], 
     summary.judge = judge.name
     items = [_judge_item(r, samples[r.sample_id]) for r in known]
     askable = [n for n, item in enumerate(items) if item.thinking and item.answer]
-    judged = dict(zip(askable, _judge_in_batches(judge, [items[n] for n in askable], judge_batch, show_progress)))
+    try:
+        judged = dict(zip(askable, _judge_in_batches(judge, [items[n] for n in askable], judge_batch, show_progress)))
+    finally:
+        judge.close()
     summary.judge_skipped = len(items) - len(askable)
     for n, verdict in enumerate(verdicts):
         if n not in judged:  # nothing to compare: not worth a judge request
