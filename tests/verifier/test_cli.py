@@ -117,6 +117,17 @@ def test_verify_cli_defaults_to_the_runs_data_and_config(tmp_path):
     assert {p.pair_type for p in read_jsonl(stage / "verify" / "pairs.jsonl", Pair)} == {"penalty"}
     bad = runner.invoke(app, ["verify", str(rollouts), "--profile", "nope"])
     assert bad.exit_code == 2 and "--profile 'nope'" in bad.output
+    (run / "config.yaml").write_text("rollout:\n  prefill_once: true\n")  # a run config from an older schema
+    old = runner.invoke(app, ["verify", str(rollouts)])
+    assert old.exit_code == 2 and "rollout.prefill_once" in old.output and "--config FILE" in old.output
+    samples = tmp_path / "questions.jsonl"
+    with JsonlWriter(samples) as w:
+        w.write_many(questions)
+    (tmp_path / "plain.yaml").write_text("verifier:\n  pair_types: [consistency]\n")
+    fixed = runner.invoke(app, ["verify", str(rollouts), "--config", str(tmp_path / "plain.yaml"),
+                                "--samples", str(samples)])
+    assert fixed.exit_code == 0, fixed.output
+    assert json.loads((stage / "verify" / "verify_summary.json").read_text())["pairs"]["consistency"] == 4
 
 
 def test_verify_cli_names_the_bad_record(tmp_path):

@@ -69,7 +69,10 @@ def register(app: typer.Typer) -> None:
         try:
             run_cfg = load(RunConfig, config or run_config, overrides or [])
         except ConfigError as e:
-            fail(str(e))
+            hint = ("" if config is not None or run_config is None else
+                    f" (the config of the run holding ROLLOUTS; pass --config FILE and --samples FILE to verify "
+                    f"without it)")
+            fail(f"{e}{hint}")
         if profile is not None:
             from veripo.rewards.profiles import PROFILES
 
