@@ -70,8 +70,8 @@ def register(app: typer.Typer) -> None:
             run_cfg = load(RunConfig, config or run_config, overrides or [])
         except ConfigError as e:
             hint = ("" if config is not None or run_config is None else
-                    f" (the config of the run holding ROLLOUTS; pass --config FILE and --samples FILE to verify "
-                    f"without it)")
+                    " (the config of the run holding ROLLOUTS; pass --config FILE and --samples FILE to verify "
+                    "without it)")
             fail(f"{e}{hint}")
         if profile is not None:
             from veripo.rewards.profiles import PROFILES
