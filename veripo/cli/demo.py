@@ -21,14 +21,16 @@ def summary_table(run_dir: Path, title: str):
     from rich.table import Table
 
     summary = json.loads((run_dir / "summary.json").read_text())
-    table = Table(title=title)
-    for column in ("stage", "kind", "held-out accuracy", "response tokens", "inconsistency", "pairs", "wall s"):
-        table.add_column(column, justify="left" if column in ("stage", "kind", "pairs") else "right")
+    table = Table(title=title, caption="pairs: consistency/reflective/penalty; inconsistency: held-out after a "
+                  "training stage, the judged rollouts at a verify stage")
+    for column in ("stage", "kind", "accuracy", "tokens", "inconsist.", "pairs", "wall s"):
+        table.add_column(column, justify="left" if column in ("stage", "kind") else "right", no_wrap=True)
     for st in summary["stages"]:
         ev = next(iter(st.get("eval", {}).values()), {})
         fmt = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
         inconsistency = ev.get("inconsistency_rate", st.get("inconsistency_rate"))
-        pairs = ", ".join(f"{k} {v}" for k, v in st.get("pairs", {}).items() if v) if isinstance(st.get("pairs"), dict) else ""
+        counts = st.get("pairs") if isinstance(st.get("pairs"), dict) else None
+        pairs = "/".join(str(counts.get(k, 0)) for k in ("consistency", "reflective", "penalty")) if counts else ""
         table.add_row(st["name"], st["kind"], fmt(ev.get("accuracy")), fmt(ev.get("response_len"), 1), fmt(inconsistency),
                       pairs, fmt(st.get("wall_time_s"), 0))
     return table
