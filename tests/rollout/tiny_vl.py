@@ -51,53 +51,17 @@ def tiny_model(
     patch_size: int = 4,
     seed: int = 0,
 ):
-    """A randomly initialised Qwen2_5_VLForConditionalGeneration in fp32, eval mode (defaults: 81k params)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    """A randomly initialised Qwen2_5_VLForConditionalGeneration in fp32, eval mode (defaults: 81k params),
+    configured by the models layer's ``tiny_config`` with these widths."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from veripo.models.tiny import TinySpec, tiny_config
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    half_head = hidden // heads // 2  # M-RoPE splits each head's rotary half into temporal/height/width
-    temporal = half_head // 4
-    height = (half_head - temporal) // 2
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=hidden * 11 // 4,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            max_position_embeddings=32768,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [temporal, height, half_head - temporal - height],
-            },
-            tie_word_embeddings=False,
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            hidden_size=vision_hidden,
-            intermediate_size=2 * vision_hidden,
-            num_heads=max(2, vision_hidden // 64),
-            out_hidden_size=hidden,
-            patch_size=patch_size,
-            temporal_patch_size=2,
-            spatial_merge_size=2,
-            window_size=8 * patch_size,
-            fullatt_block_indexes=[vision_depth - 1],
-            in_channels=3,
-            tokens_per_second=2,
-        ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        vision_token_id=ids["<|vision_pad|>"],
-        tie_word_embeddings=False,
-    )
+    spec = TinySpec(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, intermediate=hidden * 11 // 4,
+                    vision_hidden=vision_hidden, vision_depth=vision_depth, vision_heads=max(2, vision_hidden // 64),
+                    vision_intermediate=2 * vision_hidden)
+    config = tiny_config(spec, tokenizer, patch_size=patch_size)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]

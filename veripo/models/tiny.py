@@ -43,8 +43,9 @@ SIZES: dict[str, TinySpec] = {
 }
 
 
-def tiny_config(spec: TinySpec, tokenizer):
-    """A ``Qwen2_5_VLConfig`` for ``spec`` whose special token ids come from ``tokenizer``."""
+def tiny_config(spec: TinySpec, tokenizer, *, patch_size: int = 14):
+    """A ``Qwen2_5_VLConfig`` for ``spec`` whose special token ids come from ``tokenizer`` (``patch_size``
+    other than Qwen's 14 only for tests that want very small frames)."""
     from transformers import Qwen2_5_VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
@@ -53,7 +54,6 @@ def tiny_config(spec: TinySpec, tokenizer):
     # [16, 24, 24] of 64, i.e. a quarter for time and the rest shared by height and width.
     temporal = half_head // 4
     height = (half_head - temporal) // 2
-    patch_size = 14
     return Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
