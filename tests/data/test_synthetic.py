@@ -22,6 +22,7 @@ from veripo.data.synthetic import (
     render,
     synthetic_corpus,
 )
+from veripo.data.synthetic_tasks import DIRECTIONS
 
 PIXELS = {"min_pixels": 0, "max_pixels": 112 * 112}
 
@@ -131,3 +132,24 @@ def test_corpus_covers_the_words_of_generated_datasets(dataset: Path) -> None:
     for s in load_samples(dataset).samples:
         for text in (s.problem, s.answer, s.reasoning, *s.options):
             assert set(re.findall("[A-Za-z]+", text)) <= words, text
+
+
+def test_options_keep_a_fixed_order_below_difficulty_3() -> None:
+    """Difficulties 1-2 list options in the fixed order of their pool (colours as in COLOURS, directions as
+    in DIRECTIONS, left before right), so an option's letter follows from its value; difficulty 3 shuffles."""
+    colour_rank = {c: i for i, c in enumerate(COLOURS)}
+    orders = {"colour": colour_rank, "colour_change": colour_rank, "appeared_first": colour_rank,
+              "direction": {d: i for i, d in enumerate(DIRECTIONS)}, "side": {"left": 0, "right": 1}}
+    shuffled = 0
+    for difficulty in (1, 2, 3):
+        for kind in ("video", "image"):
+            for i in range(60):
+                task = generate_task(5, i, kind, canvas=Canvas(size=112), frames=(4, 8), difficulties=(difficulty,))
+                if task.name not in orders:
+                    continue
+                ranks = [orders[task.name][o.split(". ", 1)[1]] for o in task.options]
+                if difficulty < 3:
+                    assert ranks == sorted(ranks), (task.name, difficulty, task.options)
+                else:
+                    shuffled += ranks != sorted(ranks)
+    assert shuffled > 0  # difficulty 3 does shuffle

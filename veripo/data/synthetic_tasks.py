@@ -147,7 +147,8 @@ def task_appeared_first(rng: np.random.Generator, canvas: Canvas, frames: int, d
     cells = _cells(rng, canvas, k)
     onsets = sorted(int(x) for x in rng.choice(np.arange(frames - 1), size=k, replace=False))
     scene: Scene = [[(c, *cells[i]) for i, c in enumerate(colours) if t >= onsets[i]] for t in range(frames)]
-    options, letter = _multiple_choice(rng, colours[0], colours, k, shuffle=difficulty >= 2)
+    present = sorted(colours, key=list(COLOURS).index)  # the colours in the video, in the fixed colour order
+    options, letter = _multiple_choice(rng, colours[0], present, k, shuffle=difficulty >= 3)
     reasoning = _conclude(f"{_describe_frames(scene)} The {colours[0]} square is the first to appear, in frame "
                           f"{onsets[0] + 1}.", letter, options)
     return Task("appeared_first", "Which square appears first?", "multiple choice", letter, reasoning, options,
@@ -230,7 +231,7 @@ def task_digit(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty
 
 def task_image_colour(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
     colour, cell = str(rng.choice(list(COLOURS))), _cells(rng, canvas, 1)[0]
-    options, letter = _multiple_choice(rng, colour, list(COLOURS), 2 if difficulty == 1 else 4, shuffle=difficulty >= 2)
+    options, letter = _multiple_choice(rng, colour, list(COLOURS), 2 if difficulty == 1 else 4, shuffle=difficulty >= 3)
     scene: Scene = [[(colour, *cell)]]
     reasoning = _conclude(f"The image shows a {colour} square at row {cell[0] + 1}, column {cell[1] + 1}.", letter, options)
     return Task("colour", "What colour is the square?", "multiple choice", letter, reasoning, options, scene,
@@ -243,7 +244,7 @@ def task_image_side(rng: np.random.Generator, canvas: Canvas, frames: int, diffi
     side = str(rng.choice(["left", "right"]))
     col = int(rng.integers(0, half)) if side == "left" else int(rng.integers(half, canvas.grid))
     row = int(rng.integers(0, canvas.grid))
-    options, letter = _multiple_choice(rng, side, ["left", "right"], 2, shuffle=difficulty >= 2)
+    options, letter = _multiple_choice(rng, side, ["left", "right"], 2, shuffle=difficulty >= 3)
     reasoning = _conclude(f"The image shows a {colour} square in column {col + 1} of {canvas.grid}, the {side} half.",
                           letter, options)
     return Task("side", f"Is the {colour} square on the left or the right?", "multiple choice", letter, reasoning,
