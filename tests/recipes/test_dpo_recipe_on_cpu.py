@@ -29,7 +29,7 @@ def test_dpo_stage_raises_margin_on_video_pairs(tmp_path: Path):
                          rejected=f"<think>{s.reasoning}</think><answer>{wrong}</answer>", reasons=["test"]))
     cfg = load(RunConfig, None, [
         f"output_dir={tmp_path / 'runs'}", "model.build_tiny=tiny", "model.device=cpu",
-        "media.max_frames=4", "media.max_pixels=3136", "dpo.lr=5e-3", "dpo.global_batch_size=3", "dpo.epochs=4",
+        "media.max_frames=4", "media.max_pixels=3136", "dpo.lr=5e-3", "dpo.global_batch_size=3", "dpo.epochs=8",
         "dpo.beta=0.1",
     ])
     cfg = dataclasses.replace(cfg, data=(DataSource(path=str(data)),), stages=(Stage(name="dpo", kind="dpo"),))
@@ -39,11 +39,16 @@ def test_dpo_stage_raises_margin_on_video_pairs(tmp_path: Path):
     reference = json.loads((stage / "reference_logps.json").read_text())
     assert set(reference) == {f"{s.id}/p" for s in samples}
     rows = read_jsonl(stage / "metrics.jsonl")
-    assert len(rows) == 8  # 6 pairs / 3 per step x 4 epochs
-    first, last = rows[0], rows[-1]
-    assert first["margin"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as its own reference
-    assert last["margin"] > 0.05 and last["pair_accuracy"] == 1.0
-    assert last["loss"] < first["loss"]
+    assert len(rows) == 16  # 6 pairs / 3 per step x 8 epochs
+    assert rows[0]["margin"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as its own reference
+
+    def epoch_mean(epoch: int, key: str) -> float:  # each epoch's two steps see all six pairs once
+        values = [r[key] for r in rows if r["epoch"] == epoch]
+        return sum(values) / len(values)
+
+    # a random tiny model learns to prefer the right answer after its own chain for most pairs
+    assert epoch_mean(7, "margin") > 0.2 and epoch_mean(7, "pair_accuracy") > 0.8  # 5 of 6
+    assert epoch_mean(7, "loss") < epoch_mean(0, "loss") - 0.1
     summary = json.loads((root / "summary.json").read_text())
     assert summary["stages"][0]["pairs"] == 6
 
