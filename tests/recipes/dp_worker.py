@@ -2,13 +2,16 @@
 
     python dp_worker.py run CONFIG PAIRS RESULT       # one process, or under torch.distributed.run
     python -m torch.distributed.run --nproc_per_node 2 dp_worker.py sum-gradients
+    python -m torch.distributed.run --nproc_per_node 2 dp_worker.py sharded-resume
 
 ``run`` runs the config's stages with ``veripo.recipes.veripo.run`` and rank 0 writes the run directory to
-RESULT; ``sum-gradients`` checks ``sum_gradients`` on a toy module and exits non-zero on a mismatch.
+RESULT; ``sum-gradients`` checks ``sum_gradients`` on a toy module and ``sharded-resume`` that a sharded
+AdamW (ZeRO-1) resumes from a checkpointed state as a plain AdamW does; each exits non-zero on a mismatch.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -55,10 +58,57 @@ def check_sum_gradients() -> None:
     distributed.barrier(info)
 
 
+def check_sharded_resume() -> None:
+    """A plain AdamW takes two steps and saves its state; the sharded optimizer of ``build_optimizer`` loads
+    it on both ranks, and one more step on both must give the same weights and the same gathered state."""
+    from veripo.recipes.common import build_optimizer
+    from veripo.recipes.distributed import init_distributed
+
+    info = init_distributed()
+    assert info.world == 2, f"run me with 2 processes, got {info.world}"
+
+    def new_model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+
+    def set_grads(model: torch.nn.Module, step: int) -> None:
+        gen = torch.Generator().manual_seed(100 + step)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen)
+
+    plain_model = new_model()
+    plain = build_optimizer(plain_model, 1e-2, 0.1)  # shard=False: a plain AdamW
+    for step in range(2):
+        set_grads(plain_model, step)
+        plain.step()
+    saved = {k: v.clone() for k, v in plain_model.state_dict().items()}
+    state = copy.deepcopy(plain.state_dict())  # as torch.save / torch.load would: no tensors shared with `plain`
+
+    sharded_model = new_model()
+    sharded_model.load_state_dict(saved)
+    sharded = build_optimizer(sharded_model, 1e-2, 0.1, shard=True)
+    assert type(sharded).__name__ == "ZeroRedundancyOptimizer", type(sharded)
+    sharded.load_state_dict(state)
+    set_grads(plain_model, 2)
+    set_grads(sharded_model, 2)
+    plain.step()
+    sharded.step()
+    for (name, a), b in zip(plain_model.state_dict().items(), sharded_model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-7, msg=lambda m: f"rank {info.rank} {name}: {m}")
+    sharded.consolidate_state_dict(to=0)
+    if info.is_main:
+        gathered, expected = sharded.state_dict(), plain.state_dict()
+        for index, moments in expected["state"].items():
+            for key, value in moments.items():
+                torch.testing.assert_close(gathered["state"][index][key], value, rtol=0, atol=1e-7)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["run"] and len(sys.argv) == 5:
         run_stages(*sys.argv[2:])
     elif sys.argv[1:] == ["sum-gradients"]:
         check_sum_gradients()
+    elif sys.argv[1:] == ["sharded-resume"]:
+        check_sharded_resume()
     else:
         sys.exit(__doc__)

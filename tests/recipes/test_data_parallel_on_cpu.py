@@ -15,6 +15,10 @@ prompt and their first tokens) moves by up to ``lr`` in a direction set by the s
 difference between one and two processes is therefore a fraction of ``lr``; DPO, the worst conditioned,
 runs at lr 1e-4 (largest difference measured: 4e-6; 1.2e-5 at lr 1e-3), SFT and GRPO at 1e-3 (2e-6).
 The logged gradient norms, where no optimizer amplifies anything, agree to 1e-4 relative.
+
+A third run, two processes with ``distributed.shard_optimizer`` (ZeRO stage 1: each rank keeps the AdamW
+state of its share of the parameters), must match the one-process run the same way, and the optimizer state
+it checkpoints (gathered on rank 0) must equal the one-process AdamW state, so a sharded run resumes.
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ stages:
   - {{name: sft, kind: sft, data: [{{path: {text_data}}}]}}
   - {{name: grpo, kind: grpo}}
   - {{name: dpo, kind: dpo}}
+distributed: {{shard_optimizer: {shard}}}
 """
+RUNS = {"one": (1, False), "two": (2, False), "two-zero": (2, True)}  # name: (processes, shard_optimizer)
 
 
 def _env() -> dict[str, str]:
@@ -64,9 +70,11 @@ def _env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _launch(root: Path, name: str, processes: int, pairs: Path, data: Path) -> tuple[subprocess.Popen, Path]:
+def _launch(root: Path, name: str, pairs: Path, data: Path) -> tuple[subprocess.Popen, Path]:
+    processes, shard = RUNS[name]
     config = root / f"{name}.yaml"
-    config.write_text(CONFIG.format(out=root / name, data=data, text_data=root / "text", cache=root / "media-cache"))
+    config.write_text(CONFIG.format(out=root / name, data=data, text_data=root / "text", cache=root / "media-cache",
+                                    shard=str(shard).lower()))
     result = root / f"{name}.result"
     worker = [str(WORKER), "run", str(config), str(pairs), str(result)]
     if processes == 1:
@@ -89,7 +97,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         for s, other in zip(samples[:6], samples[1:7]):
             w.write(Pair(id=f"{s.id}/p", sample_id=s.id, pair_type="consistency", chosen=reference_completion(s),
                          rejected=reference_completion(other), reasons=["test"]))
-    launched = {name: _launch(root, name, n, pairs, data) for name, n in (("one", 1), ("two", 2))}
+    launched = {name: _launch(root, name, pairs, data) for name in RUNS}
     start = time.monotonic()
     out = {}
     try:
@@ -103,7 +111,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
             if proc.poll() is None:  # a failed or hung run: torchrun passes SIGTERM on to its workers
                 proc.terminate()
                 proc.wait(timeout=30)
-    print(f"one- and two-process runs finished in {time.monotonic() - start:.1f}s")
+    print(f"one- and two-process runs (plain and ZeRO-1) finished in {time.monotonic() - start:.1f}s")
     return out
 
 
@@ -120,10 +128,11 @@ def _final_weights(stage_dir: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+@pytest.mark.parametrize("two_run", ["two", "two-zero"])
 @pytest.mark.parametrize("stage", STAGES)
-def test_two_processes_reach_the_same_weights_as_one(runs, stage):
+def test_two_processes_reach_the_same_weights_as_one(runs, stage, two_run):
     one = _final_weights(runs["one"] / "stages" / stage)
-    two = _final_weights(runs["two"] / "stages" / stage)
+    two = _final_weights(runs[two_run] / "stages" / stage)
     assert one.keys() == two.keys()
     for name, tensor in one.items():
         torch.testing.assert_close(two[name], tensor, rtol=1e-5, atol=1e-5, msg=lambda m: f"{stage} {name}: {m}")
@@ -152,18 +161,49 @@ def test_rank_zero_writes_the_rollouts_one_process_writes(runs):
     assert len({r["sample_id"] for r in one}) == 3
 
 
+@pytest.mark.parametrize("two_run", ["two", "two-zero"])
 @pytest.mark.parametrize("stage", STAGES)
-def test_logged_losses_match(runs, stage):
+def test_logged_losses_match(runs, stage, two_run):
     one = read_jsonl(runs["one"] / "stages" / stage / "metrics.jsonl")
-    two = read_jsonl(runs["two"] / "stages" / stage / "metrics.jsonl")
+    two = read_jsonl(runs[two_run] / "stages" / stage / "metrics.jsonl")
     assert len(one) == len(two) == 2  # every stage takes 2 optimizer steps
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("stage", STAGES)
+def test_sharded_optimizer_checkpoints_the_whole_adamw_state(runs, stage):
+    """Rank 0 gathers every rank's share before saving: the saved state equals one process's AdamW state
+    (same parameter order, step counts and moments) and loads into a plain AdamW."""
+    from veripo.recipes.checkpoint import latest_checkpoint
+
+    def state(run: str) -> dict:
+        ckpt = latest_checkpoint(runs[run] / "stages" / stage)
+        return torch.load(ckpt / "optimizer.pt", weights_only=True)
+
+    logs = {run: (runs[run].parent.parent / f"{run}.log").read_text() for run in ("two", "two-zero")}
+    assert "AdamW state sharded over 2 ranks (ZeRO-1)" in logs["two-zero"]
+    assert "ZeRO-1" not in logs["two"]
+    one, zero = state("one"), state("two-zero")
+    assert sorted(zero["state"]) == sorted(one["state"]) and len(one["state"]) > 0
+    assert [g["params"] for g in zero["param_groups"]] == [g["params"] for g in one["param_groups"]]
+    for index, moments in one["state"].items():
+        for key, value in moments.items():
+            torch.testing.assert_close(zero["state"][index][key], value, rtol=1e-4, atol=1e-6,
+                                       msg=lambda m: f"{stage} parameter {index} {key}: {m}")
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in zero["param_groups"][0]["params"]]
+    torch.optim.AdamW(params).load_state_dict(zero)  # the plain AdamW format: resumable without sharding
+
+
 def test_sum_gradients_zero_fills_only_parameters_some_rank_reached(tmp_path):
     cmd = [*TORCHRUN, "--nproc_per_node", "2", str(WORKER), "sum-gradients"]
+    done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-8000:]}"
+
+
+def test_sharded_optimizer_resumes_from_a_plain_adamw_state(tmp_path):
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", str(WORKER), "sharded-resume"]
     done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-8000:]}"
 

@@ -31,9 +31,18 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, *,
+                    shard: bool = False) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; with ``shard`` and several processes, ZeRO stage 1 (each rank
+    holds the AdamW state of its share of the parameters: ``distributed.shard_optimizer``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     # foreach=False: the same arithmetic order on every machine (exact resume, DP equivalence tests)
+    if shard and torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, lr=lr, weight_decay=weight_decay,
+                                       foreach=False)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=False)
 
 

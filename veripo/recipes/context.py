@@ -22,7 +22,7 @@ from veripo.recipes.checkpoint import (
     save_checkpoint,
     truncate_outputs,
 )
-from veripo.recipes.common import Stopwatch, generator, grad_norm_and_clip
+from veripo.recipes.common import Stopwatch, build_optimizer, generator, grad_norm_and_clip
 from veripo.recipes.distributed import DistInfo, sum_gradients
 
 
@@ -48,6 +48,13 @@ class StageContext:
     def log(self, message: str) -> None:
         if self.dist.is_main:
             self.console.print(f"[dim]\\[{self.stage.name}][/dim] {message}")
+
+    def optimizer(self, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+        """The stage's AdamW, sharded over the ranks with ``distributed.shard_optimizer`` (ZeRO-1)."""
+        optimizer = build_optimizer(self.policy.model, lr, weight_decay, shard=self.cfg.distributed.shard_optimizer)
+        if hasattr(optimizer, "consolidate_state_dict"):
+            self.log(f"AdamW state sharded over {self.dist.world} ranks (ZeRO-1)")
+        return optimizer
 
 
 @dataclass
@@ -105,6 +112,8 @@ def save_if_due(ctx: StageContext, progress: Progress, *, last: bool, every: int
         writer.sync()
     progress.done = last
     progress.extra["time_s"] = clock.elapsed()
+    if hasattr(optimizer, "consolidate_state_dict"):  # ZeRO-1: every rank sends its share of the state to rank 0
+        optimizer.consolidate_state_dict(to=0)
     if ctx.dist.is_main:
         progress.outputs = output_sizes(ctx.stage_dir, outputs)
         save_checkpoint(ctx.stage_dir, ctx.policy.model, ctx.policy.processor, optimizer, scheduler, progress)

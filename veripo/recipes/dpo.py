@@ -20,7 +20,7 @@ from veripo.algos.dpo import DPO_LOSSES
 from veripo.algos.logprobs import backward_group, response_log_probs
 from veripo.data.jsonl import JsonlWriter, read_jsonl
 from veripo.data.records import Pair
-from veripo.recipes.common import Stopwatch, build_optimizer, build_scheduler, progress_bar
+from veripo.recipes.common import Stopwatch, build_scheduler, progress_bar
 from veripo.recipes.context import StageContext, StageResult, epoch_batch, optimizer_step, resume_stage, save_if_due
 from veripo.recipes.distributed import gather_objects
 from veripo.recipes.run_dir import atomic_write_json, read_json
@@ -97,7 +97,7 @@ def run_dpo(ctx: StageContext) -> StageResult:
     tokens = {p.id: pair_token_ids(tokenizer, p) for p in pairs}
     per_epoch = math.ceil(len(pairs) / dpo.global_batch_size)
     total = per_epoch * dpo.epochs
-    optimizer = build_optimizer(model, dpo.lr)
+    optimizer = ctx.optimizer(dpo.lr)
     scheduler = build_scheduler(optimizer, dpo.lr_schedule, dpo.warmup_steps, total)
     progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
     if progress.done:

@@ -34,7 +34,7 @@ from veripo.algos.logprobs import backward_group, response_log_probs
 from veripo.algos.policy_loss import clipped_policy_loss
 from veripo.data.jsonl import JsonlWriter
 from veripo.data.records import Rollout, Sample
-from veripo.recipes.common import Stopwatch, build_optimizer, build_scheduler, derive_seed, generator, progress_bar
+from veripo.recipes.common import Stopwatch, build_scheduler, derive_seed, generator, progress_bar
 from veripo.recipes.context import StageContext, StageResult, optimizer_step, resume_stage, save_if_due
 from veripo.recipes.distributed import gather_objects
 from veripo.rewards import parse_completion
@@ -253,7 +253,7 @@ def run_grpo(ctx: StageContext) -> StageResult:
     responses_per_batch = grpo.rollout_batch_size * rollout_cfg.num_generations
     steps_per_batch = responses_per_batch // grpo.global_batch_size
     total_steps = grpo.rollout_batches * steps_per_batch
-    optimizer = build_optimizer(model, grpo.lr, grpo.weight_decay)
+    optimizer = ctx.optimizer(grpo.lr, grpo.weight_decay)
     scheduler = build_scheduler(optimizer, grpo.lr_schedule, grpo.warmup_steps, total_steps)
     progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
     if progress.done:

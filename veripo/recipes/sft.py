@@ -18,7 +18,7 @@ import torch
 from veripo.algos.logprobs import backward_group
 from veripo.data.jsonl import JsonlWriter
 from veripo.data.records import Sample
-from veripo.recipes.common import Stopwatch, build_optimizer, build_scheduler, progress_bar
+from veripo.recipes.common import Stopwatch, build_scheduler, progress_bar
 from veripo.recipes.context import StageContext, StageResult, epoch_batch, optimizer_step, resume_stage, save_if_due
 from veripo.recipes.distributed import gather_objects
 
@@ -44,7 +44,7 @@ def run_sft(ctx: StageContext) -> StageResult:
         raise ValueError(f"stage '{ctx.stage.name}': SFT needs samples with a reference chain of thought (Sample.reasoning); none of {len(ctx.samples)} has one")
     per_epoch = math.ceil(len(samples) / sft.batch_size)
     total = per_epoch * sft.epochs if sft.max_steps is None else min(sft.max_steps, per_epoch * sft.epochs)
-    optimizer = build_optimizer(model, sft.lr, sft.weight_decay)
+    optimizer = ctx.optimizer(sft.lr, sft.weight_decay)
     scheduler = build_scheduler(optimizer, sft.lr_schedule, sft.warmup_steps, total)
     progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
     if progress.done:
