@@ -41,6 +41,7 @@ def grpo_only_config(cfg, veripo_run: Path):
     VerIPO spent after the warm start."""
     from veripo.config import Stage
 
+    veripo_run = veripo_run.resolve()  # the new run resolves relative data paths under its own folder
     summary = json.loads((veripo_run / "summary.json").read_text())
     after_warm_start = sum(s["wall_time_s"] for s in summary["stages"] if s["kind"] != "sft")
     warm = [s for s in summary["stages"] if s["kind"] == "sft"]
@@ -58,7 +59,8 @@ def grpo_only_config(cfg, veripo_run: Path):
                  else d for d in data)
     heldout = tuple(dataclasses.replace(d, path=str(veripo_run / "data" / d.path)) if d.synthetic and not Path(d.path).is_absolute()
                     else d for d in cfg.eval.heldout)
-    return dataclasses.replace(cfg, name=f"{cfg.name}-grpo-only", model=model, grpo=grpo,
+    # data: the GRPO sources only (the warm start's own data is neither needed nor regenerated)
+    return dataclasses.replace(cfg, name=f"{cfg.name}-grpo-only", model=model, grpo=grpo, data=data,
                                stages=(dataclasses.replace(stage, data=data),), loop=(),
                                eval=dataclasses.replace(cfg.eval, heldout=heldout))
 
