@@ -74,8 +74,9 @@ def grad_norm_and_clip(model: torch.nn.Module, max_norm: float) -> float:
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator["ProgressHandle"]:
-    """A rich progress bar; ``handle.advance(n, **fields)`` moves it and shows the latest metrics."""
+def progress_bar(description: str, total: int | None, enabled: bool = True) -> Iterator["ProgressHandle"]:
+    """A rich progress bar; ``handle.advance(n, **fields)`` moves it and shows the latest metrics.
+    ``total=None``: an open-ended bar (count and elapsed time, no time remaining)."""
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),

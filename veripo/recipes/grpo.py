@@ -273,7 +273,10 @@ def run_grpo(ctx: StageContext) -> StageResult:
         w.open()
     rollouts_w, metrics_w, stats_w = writers if writers else (None, None, None)
     try:
-        with progress_bar(f"GRPO {ctx.stage.name}", grpo.rollout_batches, ctx.show_progress and ctx.dist.is_main) as bar:
+        # a time budget ends the stage by the clock: no total, so no made-up time remaining
+        title, total = ((f"GRPO {ctx.stage.name} ({grpo.time_budget_s:.0f} s budget)", None) if grpo.time_budget_s
+                        else (f"GRPO {ctx.stage.name}", grpo.rollout_batches))
+        with progress_bar(title, total, ctx.show_progress and ctx.dist.is_main) as bar:
             bar.set_completed(progress.unit)
             for unit in range(progress.unit, grpo.rollout_batches):
                 questions = batch_questions(ctx.samples, unit, grpo.rollout_batch_size, ctx.cfg.seed, ctx.stage.name)
