@@ -54,11 +54,11 @@ def grpo_only_config(cfg, veripo_run: Path):
         ckpt_dir = veripo_run / "stages" / f"{warm[-1]['index']:02d}-{warm[-1]['name']}"
         pointer = json.loads((ckpt_dir / "latest.json").read_text())["checkpoint"]
         model = dataclasses.replace(cfg.model, path=str(ckpt_dir / "checkpoints" / pointer))
-    # synthetic sources generated inside the VerIPO run are reused from there
-    data = tuple(dataclasses.replace(d, path=str(veripo_run / "data" / d.path)) if d.synthetic and not Path(d.path).is_absolute()
-                 else d for d in data)
-    heldout = tuple(dataclasses.replace(d, path=str(veripo_run / "data" / d.path)) if d.synthetic and not Path(d.path).is_absolute()
-                    else d for d in cfg.eval.heldout)
+    def reuse(sources):  # synthetic sources generated inside the VerIPO run are read from there
+        return tuple(dataclasses.replace(d, path=str(veripo_run / "data" / d.path))
+                     if d.synthetic and not Path(d.path).is_absolute() else d for d in sources)
+
+    data, heldout = reuse(data), reuse(cfg.eval.heldout)
     # data: the GRPO sources only (the warm start's own data is neither needed nor regenerated)
     return dataclasses.replace(cfg, name=f"{cfg.name}-grpo-only", model=model, grpo=grpo, data=data,
                                stages=(dataclasses.replace(stage, data=data),), loop=(),

@@ -9,7 +9,14 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 def derive_seed(seed: int, *keys: object) -> int:
@@ -44,6 +51,13 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0
         return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, lr=lr, weight_decay=weight_decay,
                                        foreach=False)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=False)
+
+
+def is_sharded(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` is the ZeRO-1 one of ``build_optimizer`` (its state lives on several ranks)."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    return isinstance(optimizer, ZeroRedundancyOptimizer)
 
 
 def build_scheduler(

@@ -6,12 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from rich.console import Console
 
 from veripo.config import RunConfig, Stage
 from veripo.data.records import Sample
-import torch
-
 from veripo.recipes.checkpoint import (
     Progress,
     latest_checkpoint,
@@ -22,7 +21,13 @@ from veripo.recipes.checkpoint import (
     save_checkpoint,
     truncate_outputs,
 )
-from veripo.recipes.common import Stopwatch, build_optimizer, generator, grad_norm_and_clip
+from veripo.recipes.common import (
+    Stopwatch,
+    build_optimizer,
+    generator,
+    grad_norm_and_clip,
+    is_sharded,
+)
 from veripo.recipes.distributed import DistInfo, sum_gradients
 
 
@@ -52,7 +57,7 @@ class StageContext:
     def optimizer(self, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
         """The stage's AdamW, sharded over the ranks with ``distributed.shard_optimizer`` (ZeRO-1)."""
         optimizer = build_optimizer(self.policy.model, lr, weight_decay, shard=self.cfg.distributed.shard_optimizer)
-        if hasattr(optimizer, "consolidate_state_dict"):
+        if is_sharded(optimizer):
             self.log(f"AdamW state sharded over {self.dist.world} ranks (ZeRO-1)")
         return optimizer
 
@@ -112,7 +117,7 @@ def save_if_due(ctx: StageContext, progress: Progress, *, last: bool, every: int
         writer.sync()
     progress.done = last
     progress.extra["time_s"] = clock.elapsed()
-    if hasattr(optimizer, "consolidate_state_dict"):  # ZeRO-1: every rank sends its share of the state to rank 0
+    if is_sharded(optimizer):  # ZeRO-1: every rank sends its share of the state to rank 0
         optimizer.consolidate_state_dict(to=0)
     if ctx.dist.is_main:
         progress.outputs = output_sizes(ctx.stage_dir, outputs)

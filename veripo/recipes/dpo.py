@@ -21,7 +21,14 @@ from veripo.algos.logprobs import backward_group, response_log_probs
 from veripo.data.jsonl import JsonlWriter, read_jsonl
 from veripo.data.records import Pair
 from veripo.recipes.common import Stopwatch, build_scheduler, progress_bar
-from veripo.recipes.context import StageContext, StageResult, epoch_batch, optimizer_step, resume_stage, save_if_due
+from veripo.recipes.context import (
+    StageContext,
+    StageResult,
+    epoch_batch,
+    optimizer_step,
+    resume_stage,
+    save_if_due,
+)
 from veripo.recipes.distributed import gather_objects
 from veripo.recipes.run_dir import atomic_write_json, read_json
 

@@ -34,8 +34,20 @@ from veripo.algos.logprobs import backward_group, response_log_probs
 from veripo.algos.policy_loss import clipped_policy_loss
 from veripo.data.jsonl import JsonlWriter
 from veripo.data.records import Rollout, Sample
-from veripo.recipes.common import Stopwatch, build_scheduler, derive_seed, generator, progress_bar
-from veripo.recipes.context import StageContext, StageResult, optimizer_step, resume_stage, save_if_due
+from veripo.recipes.common import (
+    Stopwatch,
+    build_scheduler,
+    derive_seed,
+    generator,
+    progress_bar,
+)
+from veripo.recipes.context import (
+    StageContext,
+    StageResult,
+    optimizer_step,
+    resume_stage,
+    save_if_due,
+)
 from veripo.recipes.distributed import gather_objects
 from veripo.rewards import parse_completion
 from veripo.rewards.profiles import build_profile

@@ -19,7 +19,14 @@ from veripo.algos.logprobs import backward_group
 from veripo.data.jsonl import JsonlWriter
 from veripo.data.records import Sample
 from veripo.recipes.common import Stopwatch, build_scheduler, progress_bar
-from veripo.recipes.context import StageContext, StageResult, epoch_batch, optimizer_step, resume_stage, save_if_due
+from veripo.recipes.context import (
+    StageContext,
+    StageResult,
+    epoch_batch,
+    optimizer_step,
+    resume_stage,
+    save_if_due,
+)
 from veripo.recipes.distributed import gather_objects
 
 OUTPUTS = ["metrics.jsonl"]
