@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +39,10 @@ verifier: {max_pairs_per_question: 2, construct_reflective: true, reference_chos
 iterations: 0
 stages:
   - {name: sft, kind: sft}
-  - {name: grpo, kind: grpo}
+  - name: grpo
+    kind: grpo
+    data:  # questions of its own: after a resume the verifier and DPO must still find them
+      - {path: synthetic/grpo, synthetic: {n: 6, seed: 2, kinds: [video, image], frames: [4, 4], size: 56}}
   - {name: verify, kind: verify}
   - {name: dpo, kind: dpo}
 """
@@ -82,9 +86,17 @@ def _records(path: Path, drop: tuple[str, ...] = ("time_s", "sample")) -> list[d
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 
-def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path):
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run both tests compare against."""
+    root = tmp_path_factory.mktemp("clean")
+    (root / "cfg.yaml").write_text(CONFIG)
+    return root / _finish(_start(["cfg.yaml", "output_dir=runs"], root))
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path, clean_run: Path):
     (tmp_path / "cfg.yaml").write_text(CONFIG)
-    clean = _finish(_start(["cfg.yaml", "output_dir=clean"], tmp_path))
+    clean = clean_run
 
     out = tmp_path / "killed"
     proc = _start(["cfg.yaml", f"output_dir={out}"], tmp_path)
@@ -106,18 +118,44 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path):
     resumed = _finish(proc)
     assert kills >= 3, f"the run finished before most kill points ({kills} kills)"
 
-    a, b = _final_weights(tmp_path / clean), _final_weights(resumed)
+    a, b = _final_weights(clean), _final_weights(resumed)
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
     for rel in ("stages/00-sft/metrics.jsonl", "stages/01-grpo/metrics.jsonl", "stages/01-grpo/rollouts.jsonl",
                 "stages/01-grpo/question_stats.jsonl", "stages/02-verify/pairs.jsonl", "stages/03-dpo/metrics.jsonl",
                 "stages/03-dpo/eval/heldout/predictions.jsonl"):
-        assert _records(tmp_path / clean / rel) == _records(resumed / rel), rel
-    summary_a = json.loads((tmp_path / clean / "summary.json").read_text())
+        assert _records(clean / rel) == _records(resumed / rel), rel
+    summary_a = json.loads((clean / "summary.json").read_text())
     summary_b = json.loads((resumed / "summary.json").read_text())
     strip = lambda s: [{k: v for k, v in st.items() if k != "wall_time_s" and k != "eval"} for st in s["stages"]]  # noqa: E731
     assert strip(summary_a) == strip(summary_b)
     assert [st.get("eval", {}).get("heldout", {}).get("accuracy") for st in summary_a["stages"]] == \
            [st.get("eval", {}).get("heldout", {}).get("accuracy") for st in summary_b["stages"]]
     assert (resumed / "report" / "index.html").exists()
+
+
+def test_resumed_between_stages_finds_the_questions_of_finished_stages(tmp_path: Path, clean_run: Path):
+    """Stopped after the GRPO stage was recorded as finished and before the verifier finished (a kill there
+    is a race a timer cannot hit reliably, so the run directory is cut back to that point): the resumed
+    verifier must judge the GRPO stage's own questions, not silently build no pairs."""
+    run = tmp_path / clean_run.name
+    shutil.copytree(clean_run, run)
+    state = json.loads((run / "state.json").read_text().replace(str(clean_run), str(run)))
+    state["completed"] = [e for e in state["completed"] if e["index"] < 2]
+    state["current"] = None
+    (run / "state.json").write_text(json.dumps(state))
+    summary = json.loads((run / "summary.json").read_text())
+    summary["stages"] = [st for st in summary["stages"] if st["index"] < 2]
+    (run / "summary.json").write_text(json.dumps(summary))
+    for stage in ("02-verify", "03-dpo"):
+        shutil.rmtree(run / "stages" / stage)
+    shutil.rmtree(run / "report")
+
+    resumed = _finish(_start(["--resume", str(run)], tmp_path))
+    pairs = _records(clean_run / "stages/02-verify/pairs.jsonl")
+    assert pairs and _records(resumed / "stages/02-verify/pairs.jsonl") == pairs
+    assert any(p["sample_id"].startswith("grpo") for p in pairs)  # the GRPO stage's own questions
+    a, b = _final_weights(clean_run), _final_weights(resumed)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

@@ -96,7 +96,12 @@ def run_dpo(ctx: StageContext) -> StageResult:
     if pairs_path is None or not pairs_path.exists():
         raise FileNotFoundError(f"stage '{ctx.stage.name}': no pairs file from a verify stage (expected {pairs_path})")
     by_id = {s.id: s for s in ctx.samples}
-    pairs = [p for p in read_jsonl(pairs_path, Pair) if p.sample_id in by_id]
+    pairs = read_jsonl(pairs_path, Pair)
+    unknown = [p for p in pairs if p.sample_id not in by_id]
+    if unknown:  # training on the rest would silently drop pairs
+        raise RuntimeError(f"stage '{ctx.stage.name}': {len(unknown)} of {len(pairs)} pairs in {pairs_path} refer to "
+                           f"questions this run has not loaded (first: pair {unknown[0].id!r}, sample_id "
+                           f"{unknown[0].sample_id!r}); give the stage the data the pairs were built from")
     clock = Stopwatch()
     if not pairs:
         ctx.log(f"no pairs in {pairs_path}: nothing to align, the policy is unchanged")

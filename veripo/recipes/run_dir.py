@@ -56,11 +56,12 @@ class RunDir:
     @classmethod
     def create(cls, output_dir: str | Path, name: str) -> "RunDir":
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        root = Path(output_dir) / f"{_slug(name)}-{stamp}"
+        base = Path(output_dir).resolve()  # absolute: the state file's paths must not depend on the cwd
+        root = base / f"{_slug(name)}-{stamp}"
         n = 1
         while root.exists():  # two runs started in the same second
             n += 1
-            root = Path(output_dir) / f"{_slug(name)}-{stamp}-{n}"
+            root = base / f"{_slug(name)}-{stamp}-{n}"
         root.mkdir(parents=True)
         return cls(root)
 

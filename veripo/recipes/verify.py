@@ -19,7 +19,13 @@ def run_verify(ctx: StageContext) -> StageResult:
     clock = Stopwatch()
     if not ctx.dist.is_main:
         return StageResult(outputs=outputs)
-    summary = verify_rollouts(load_rollouts(rollouts_path), {s.id: s for s in ctx.samples}, ctx.section("verifier"),
+    rollouts = load_rollouts(rollouts_path)
+    samples = {s.id: s for s in ctx.samples}
+    unknown = [r for r in rollouts if r.sample_id not in samples]
+    if unknown:  # a run knows every question it sampled: verifying without them would silently build no pairs
+        raise RuntimeError(f"stage '{ctx.stage.name}': {len(unknown)} of {len(rollouts)} rollouts in {rollouts_path} "
+                           f"refer to questions this run has not loaded (first: sample_id {unknown[0].sample_id!r})")
+    summary = verify_rollouts(rollouts, samples, ctx.section("verifier"),
                               ctx.stage_dir, profile_name=ctx.cfg.rewards.profile)
     data = summary.to_dict()
     ctx.log(f"{data['rollouts']} rollouts: failed {data['failed']}; pairs {data['pairs']}; "

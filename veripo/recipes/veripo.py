@@ -60,7 +60,7 @@ def plan(cfg: RunConfig) -> list[Stage]:
 
 def open_run(cfg: RunConfig, resume: str | Path | None, dist: DistInfo) -> RunDir:
     if resume is not None:
-        run = RunDir(Path(resume))
+        run = RunDir(Path(resume).resolve())
         if not run.config_path.exists():
             raise FileNotFoundError(f"{run.root}: not a veripo run directory (no config.yaml)")
         return run
@@ -149,6 +149,8 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
                 last_training_dir = stage_dir
             if stage.kind == "grpo":
                 question_stats.update(read_question_stats(stage_dir))
+            if stage.kind in TRAINING and (stage.data or cfg.data):  # later verify/DPO stages look up its questions
+                store.load_all(stage.data or cfg.data)
             continue
         if last_training_dir is not None and latest_checkpoint(stage_dir) is None:
             # resuming after finished stages: start from the newest finished weights
