@@ -137,11 +137,12 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path, clean_run: 
 
 def test_resumed_between_stages_finds_the_questions_of_finished_stages(tmp_path: Path, clean_run: Path):
     """Stopped after the GRPO stage was recorded as finished and before the verifier finished (a kill there
-    is a race a timer cannot hit reliably, so the run directory is cut back to that point): the resumed
-    verifier must judge the GRPO stage's own questions, not silently build no pairs."""
+    is a race a timer cannot hit reliably, so a copy of the run directory, elsewhere, is cut back to that
+    point): the resumed verifier must judge the GRPO stage's own questions, not silently build no pairs, and
+    the copy must read its own files, not the original's."""
     run = tmp_path / clean_run.name
     shutil.copytree(clean_run, run)
-    state = json.loads((run / "state.json").read_text().replace(str(clean_run), str(run)))
+    state = json.loads((run / "state.json").read_text())  # a copied run directory resumes where it lies
     state["completed"] = [e for e in state["completed"] if e["index"] < 2]
     state["current"] = None
     (run / "state.json").write_text(json.dumps(state))
@@ -151,6 +152,7 @@ def test_resumed_between_stages_finds_the_questions_of_finished_stages(tmp_path:
     for stage in ("02-verify", "03-dpo"):
         shutil.rmtree(run / "stages" / stage)
     shutil.rmtree(run / "report")
+    assert str(clean_run) not in (run / "state.json").read_text()
 
     resumed = _finish(_start(["--resume", str(run)], tmp_path))
     pairs = _records(clean_run / "stages/02-verify/pairs.jsonl")

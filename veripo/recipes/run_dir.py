@@ -65,6 +65,17 @@ class RunDir:
         root.mkdir(parents=True)
         return cls(root)
 
+    def name_of(self, path: str | Path) -> str:
+        """How ``state.json`` records a file: relative to the run root when inside it (the run directory can be
+        moved or copied and resumed there), else absolute."""
+        path = Path(path).resolve()
+        return str(path.relative_to(self.root.resolve())) if path.is_relative_to(self.root.resolve()) else str(path)
+
+    def path_of(self, recorded: str) -> Path:
+        """The file a ``state.json`` entry names (relative entries are under the run root)."""
+        path = Path(recorded)
+        return path if path.is_absolute() else self.root / path
+
     @property
     def config_path(self) -> Path:
         return self.root / "config.yaml"

@@ -123,7 +123,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
     state = run_dir.read_state()
     if inputs:
-        state["inputs"] = {k: str(v) for k, v in inputs.items()}
+        state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
     done = {entry["index"]: entry for entry in state.get("completed", [])}
     policy = load_base_policy(cfg, run_dir, dist)
     store = SampleStore(cfg, run_dir, console)
@@ -143,7 +143,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         stage_dir = run_dir.stage_dir(index, stage.name)
         if index in done:
             entry = done[index]
-            inputs.update({k: Path(v) for k, v in entry.get("outputs", {}).items()})
+            inputs.update({k: run_dir.path_of(v) for k, v in entry.get("outputs", {}).items()})
             global_step = entry.get("global_step", global_step)
             if stage.kind in TRAINING and entry.get("steps", 0) > 0:
                 last_training_dir = stage_dir
@@ -178,7 +178,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         inputs.update({k: v for k, v in result.outputs.items() if k in ("pairs", "verdicts")})
         entry: dict[str, Any] = {"index": index, "name": stage.name, "kind": stage.kind, "steps": result.steps,
                                  "global_step": global_step, "wall_time_s": wall,
-                                 "outputs": {k: str(v) for k, v in inputs.items()}}
+                                 "outputs": {k: run_dir.name_of(v) for k, v in inputs.items()}}
         summary = {"index": index, "name": stage.name, "kind": stage.kind, "wall_time_s": wall,
                    "steps": result.steps, **{k: v for k, v in result.numbers.items() if k != "wall_time_s"}}
         if stage.kind in TRAINING and cfg.eval.heldout:
