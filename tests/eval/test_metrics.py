@@ -80,3 +80,13 @@ def test_no_evaluated_items():
 def test_inconsistency_rate_ignores_unknown_labels():
     assert inconsistency_rate_of(["consistent", "inconsistent", "inconsistent", "unknown", None]) == (2 / 3, 3)
     assert inconsistency_rate_of(["unknown"]) == (None, 0)
+
+
+def test_accuracy_by_task_when_samples_name_one(rows):
+    assert compute_metrics(rows, benchmark="toy", profile="veripo-eval")["by_task"] == {}  # no task named
+    rows[0]["sample"]["extra"] = {"task": "colour_change"}
+    rows[1]["sample"]["extra"] = {"task": "colour_change"}
+    rows[2]["sample"]["extra"] = {"task": "distance"}
+    m = compute_metrics(rows, benchmark="toy", profile="veripo-eval")
+    assert m["by_task"] == pytest.approx({"colour_change": 0.5, "distance": 0.6})
+    assert m["n_by_task"] == {"colour_change": 2, "distance": 1}

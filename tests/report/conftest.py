@@ -69,7 +69,8 @@ def build_run(root: Path, stages: list[tuple[str, str, int]], seed: int = 0) -> 
             entry["eval"] = {
                 "heldout": {"accuracy": round(accuracy, 4), "response_len": 100.0 + 10 * index, "thinking_len": 70.0 + 8 * index,
                             "inconsistency_rate": round(inconsistency, 4), "n": 64,
-                            "by_type": {"multiple choice": round(accuracy + 0.05, 4), "numerical": round(accuracy - 0.05, 4)}},
+                            "by_type": {"multiple choice": round(accuracy + 0.05, 4), "numerical": round(accuracy - 0.05, 4)},
+                            "by_task": {"colour_change": round(accuracy + 0.1, 4), "count": round(accuracy - 0.1, 4)}},
                 "tomato": {"accuracy": round(accuracy - 0.1, 4), "inconsistency_rate": round(inconsistency * 1.2, 4), "n": 32},
             }
         summary["stages"].append(entry)

@@ -70,6 +70,8 @@ def test_markdown_summary_references_plots_and_numbers(report: Path) -> None:
     assert "| 6 | dpo-2 | DPO | 8 | 20.0 s | 53.0% | 160.0 | 118.0 | 5.6% |" in summary
     assert "| verify-2 | 10 | 9 | 2 | 21 |" in summary
     assert "| stage | multiple choice | numerical |" in summary and "| dpo-2 | 58.0% | 48.0% |" in summary
+    assert "Held-out accuracy per task" in summary
+    assert "| stage | colour_change | count |" in summary and "| dpo-2 | 63.0% | 43.0% |" in summary
     assert "```yaml" in summary
 
 
@@ -117,6 +119,7 @@ def test_run_without_summary_config_or_verify_summary(make_run) -> None:
     assert any("summary.json" in n for n in run.notes) and any("config.yaml: No such file" in n for n in run.notes)
     page = write_report(root).read_text()
     assert "50.0%" in page and "config.yaml not found" in page
+    assert "per task" not in page  # no held-out item named a task: no empty table
     assert (root / "report" / "pair_mix.png").is_file()
 
 

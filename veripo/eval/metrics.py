@@ -4,7 +4,8 @@ Per benchmark (``metrics.json``):
 
 - ``accuracy``: mean of the primary profile's ``accuracy`` over evaluated items (0-1); ``accuracy_all_items``
   counts items with missing media as wrong (the denominator the full benchmark would have).
-- ``by_type`` / ``n_by_type``: the same per problem type.
+- ``by_type`` / ``n_by_type``: the same per problem type; ``by_task`` / ``n_by_task``: per task, for items
+  whose sample names one (``extra["task"]``, as the synthetic tasks do; empty otherwise).
 - ``mra`` / ``n_mra``: VSI-Bench mean relative accuracy (thresholds 0.50..0.95, the registry's
   ``accuracy_mra``) over numeric-estimation (``regression``) items; None without any.
 - ``profiles``: mean ``accuracy``/``format``/``total`` of every scoring profile on the same predictions.
@@ -18,8 +19,8 @@ Per benchmark (``metrics.json``):
   over responses the judge could label; None when no judge ran.
 - ``n``, ``n_total``, ``n_missing_media``, ``missing_media`` (ids and reasons).
 
-The report reads ``accuracy``, ``response_len``, ``thinking_len``, ``inconsistency_rate``, ``n`` and
-``by_type`` (docs/run-directory.md).
+The report reads ``accuracy``, ``response_len``, ``thinking_len``, ``inconsistency_rate``, ``n``,
+``by_type`` and ``by_task`` (docs/run-directory.md).
 """
 
 from __future__ import annotations
@@ -90,8 +91,12 @@ def compute_metrics(rows: Iterable[dict[str, Any]], *, benchmark: str, profile: 
                            f"it has {sorted(r['scores'])}")
     accuracy = [r["scores"][profile]["accuracy"] for r in done]
     by_type: dict[str, list[float]] = defaultdict(list)
+    by_task: dict[str, list[float]] = defaultdict(list)
     for r, acc in zip(done, accuracy):
         by_type[r["sample"]["problem_type"]].append(acc)
+        task = (r["sample"].get("extra") or {}).get("task")
+        if isinstance(task, str) and task:
+            by_task[task].append(acc)
     profile_names = sorted(set().union(*(r["scores"] for r in done))) if done else []
     profiles = {name: {part: _mean([r["scores"][name][part] for r in done if name in r["scores"]]) or 0.0
                        for part in ("accuracy", "format", "total")} for name in profile_names}
@@ -105,6 +110,8 @@ def compute_metrics(rows: Iterable[dict[str, Any]], *, benchmark: str, profile: 
         "accuracy_all_items": sum(accuracy) / n_total if n_total else None,
         "by_type": {t: _mean(v) for t, v in sorted(by_type.items())},
         "n_by_type": {t: len(v) for t, v in sorted(by_type.items())},
+        "by_task": {t: _mean(v) for t, v in sorted(by_task.items())},
+        "n_by_task": {t: len(v) for t, v in sorted(by_task.items())},
         "mra": _mean(mra), "n_mra": len(mra),
         "profiles": profiles,
         "peer_scores": peer_scores(done) if done and "videor1-eval" in profiles and "veripo-eval" in profiles else {},

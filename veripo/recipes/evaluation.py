@@ -12,7 +12,7 @@ from veripo.recipes.context import StageContext
 from veripo.recipes.sources import SampleStore
 
 SUMMARY_KEYS = ("accuracy", "response_len", "thinking_len", "inconsistency_rate", "format_rate", "truncated_rate",
-                "n", "n_missing_media", "by_type", "wall_time_s")
+                "n", "n_missing_media", "by_type", "by_task", "wall_time_s")
 
 
 def evaluate_stage(ctx: StageContext, store: SampleStore) -> dict[str, dict[str, Any]]:

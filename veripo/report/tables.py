@@ -68,13 +68,20 @@ def benchmark_table(run: RunData) -> Table:
     return Table("Eval accuracy per benchmark after each stage", ["stage", "kind"] + benches, rows)
 
 
-def problem_type_table(run: RunData) -> Table:
-    """Held-out accuracy per problem type (the eval's ``by_type``) after each stage."""
-    by_stage = {s.name: s.primary_eval.get("by_type") for s in run.stages}
-    by_stage = {name: types for name, types in by_stage.items() if isinstance(types, dict)}
-    types = list(dict.fromkeys(t for per_type in by_stage.values() for t in per_type))
-    rows = [[name] + [percent(per_type.get(t)) for t in types] for name, per_type in by_stage.items()]
-    return Table("Held-out accuracy per problem type after each stage", ["stage"] + types, rows)
+def problem_type_table(run: RunData, key: str = "by_type", what: str = "problem type") -> Table:
+    """Held-out accuracy per problem type (the eval's ``by_type``) after each stage; ``key="by_task"`` gives
+    it per task."""
+    by_stage = {s.name: s.primary_eval.get(key) for s in run.stages}
+    by_stage = {name: groups for name, groups in by_stage.items() if isinstance(groups, dict) and groups}
+    groups = list(dict.fromkeys(t for per_group in by_stage.values() for t in per_group))
+    rows = [[name] + [percent(per_group.get(t)) for t in groups] for name, per_group in by_stage.items()]
+    return Table(f"Held-out accuracy per {what} after each stage", ["stage"] + groups, rows)
+
+
+def task_table(run: RunData) -> Table | None:
+    """Held-out accuracy per task after each stage, when the held-out items name their tasks."""
+    table = problem_type_table(run, "by_task", "task")
+    return table if table.rows else None
 
 
 def _failed_checks(stage: StageData) -> str:

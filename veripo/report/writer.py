@@ -22,6 +22,7 @@ from veripo.report.tables import (
     problem_type_table,
     run_table,
     stage_table,
+    task_table,
 )
 
 
@@ -66,7 +67,8 @@ def write_report(run_dir: str | Path) -> Path:
         title=f"VerIPO run report: {run.name}",
         meta=[f"run directory: {root.resolve()}",
               f"{len(run.stages)} stage(s), {run.steps_logged} logged optimizer step(s); {_state_line(run)}"],
-        tables=[stage_table(run), benchmark_table(run), problem_type_table(run), pairs_table(run), run_table([run])],
+        tables=[t for t in (stage_table(run), benchmark_table(run), problem_type_table(run), task_table(run),
+                            pairs_table(run), run_table([run])) if t is not None],
         plots=plots,
         configs={run.name: run.config_text},
         notes=page_notes([run], prefix_run=False) + [f"plot {p.name}: {p.note}" for p in plots if p.note],
