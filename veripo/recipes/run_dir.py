@@ -68,8 +68,8 @@ class RunDir:
     def name_of(self, path: str | Path) -> str:
         """How ``state.json`` records a file: relative to the run root when inside it (the run directory can be
         moved or copied and resumed there), else absolute."""
-        path = Path(path).resolve()
-        return str(path.relative_to(self.root.resolve())) if path.is_relative_to(self.root.resolve()) else str(path)
+        path, root = Path(path).resolve(), self.root.resolve()
+        return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
     def path_of(self, recorded: str) -> Path:
         """The file a ``state.json`` entry names (relative entries are under the run root)."""

@@ -149,17 +149,16 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
                 last_training_dir = stage_dir
             if stage.kind == "grpo":
                 question_stats.update(read_question_stats(stage_dir))
-            if stage.kind in TRAINING and (stage.data or cfg.data):  # later verify/DPO stages look up its questions
-                store.load_all(stage.data or cfg.data)
             continue
         if last_training_dir is not None and latest_checkpoint(stage_dir) is None:
             # resuming after finished stages: start from the newest finished weights
             load_model_weights(policy.model, latest_checkpoint(last_training_dir))
             last_training_dir = None
         if stage.kind in ("verify", "dpo"):
-            if stage.data or cfg.data:
-                store.load_all(stage.data or cfg.data)
-            samples = store.all_samples()  # the questions of earlier rollouts, whichever stage loaded them
+            # the questions of every rollout so far, also those of stages finished before a resume (loaded once)
+            for source in (d for earlier in stages[: index + 1] for d in (earlier.data or cfg.data)):
+                store.load(source)
+            samples = store.all_samples()
         else:
             samples = stage_samples(store, cfg, stage, question_stats, index)
         ctx = StageContext(cfg=cfg, stage=stage, index=index, stage_dir=stage_dir, policy=policy, samples=samples,
