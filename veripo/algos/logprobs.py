@@ -32,6 +32,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from veripo.algos.prefix_cache import ReadOnlyPrefixCache, WriteOnceCache, cache_kept_under_checkpointing
+from veripo.models.cache_api import cache_kwargs
 
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 # Loss callback of ``backward_group``: (log_probs [g, R], entropy [g, R] or None, rows [g] long) -> the
@@ -155,7 +156,7 @@ def _prompt_pass(model: nn.Module, prompt: dict[str, torch.Tensor]) -> _PromptSt
     layers = _decoder_layers(model)
     cache = WriteOnceCache(len(layers))
     with cache_kept_under_checkpointing(layers):
-        hidden = model.model(**prompt, position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
+        hidden = model.model(**prompt, position_ids=positions, use_cache=True, **cache_kwargs(model.model, cache)).last_hidden_state
     keys, values = cache.captured()
     return _PromptState(keys, values, hidden[:, -1:], prompt["input_ids"].shape[1], delta)
 
@@ -176,8 +177,8 @@ def _continuation(
                 input_ids=inputs,
                 attention_mask=attention,
                 position_ids=positions.view(1, 1, -1).expand(3, g, -1),
-                past_key_values=ReadOnlyPrefixCache(state.keys, state.values, g),
                 use_cache=True,
+                **cache_kwargs(model.model, ReadOnlyPrefixCache(state.keys, state.values, g)),
             )
         hidden = torch.cat([hidden, out.last_hidden_state], dim=1)
     return _token_log_probs(model, hidden, response_ids, with_entropy)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from veripo.models.cache_api import cache_kwargs, output_cache
 from veripo.rollout.engine import GeneratedResponse, GroupOutput, SamplingParams
 from veripo.rollout.sampling import completes_stop_string, end_of_text_ids, next_token_distribution, vision_token_ids
 
@@ -151,7 +152,7 @@ class HFRolloutEngine:
             positions = (next_position + step).view(1, -1, 1).expand(3, -1, 1)
             logits = self.model(
                 input_ids=sampled[:, None], attention_mask=attention_mask, position_ids=positions,
-                past_key_values=cache, use_cache=True,
+                use_cache=True, **cache_kwargs(self.model, cache),
             ).logits[:, -1].float()
 
         groups = []
@@ -196,7 +197,7 @@ class HFRolloutEngine:
             attention_mask=batch["attention_mask"],
         )
         prefill = self.model(**batch, position_ids=position_ids, use_cache=True, logits_to_keep=1)
-        cache = prefill.past_key_values
+        cache = output_cache(prefill)
         cache.batch_repeat_interleave(G)
         next_position = batch["attention_mask"].sum(-1) + rope_delta.view(-1)
         logits = prefill.logits[:, -1].float()
