@@ -26,7 +26,17 @@ def run_stages(config: str, pairs: str, result: str) -> None:
     from veripo.recipes.distributed import init_distributed
     from veripo.recipes.veripo import run
 
+    import veripo.eval.runner as runner
+
     info = init_distributed()
+    decode_batch = runner._decode_batch
+
+    def logged(batch, *args, **kwargs):  # which held-out items this rank decoded, for the test to check
+        with open(Path(result).with_suffix(f".eval-rank{info.rank}.log"), "a") as log:
+            log.write("".join(f"{s.id}\n" for s in batch))
+        return decode_batch(batch, *args, **kwargs)
+
+    runner._decode_batch = logged
     run_dir = run(load(RunConfig, config), inputs={"pairs": Path(pairs)}, show_progress=False)
     if info.is_main:
         Path(result).write_text(str(run_dir.root))

@@ -16,6 +16,10 @@ difference between one and two processes is therefore a fraction of ``lr``; DPO,
 runs at lr 1e-4 (largest difference measured: 4e-6; 1.2e-5 at lr 1e-3), SFT and GRPO at 1e-3 (2e-6).
 The logged gradient norms, where no optimizer amplifies anything, agree to 1e-4 relative.
 
+Every training stage is followed by the held-out evaluation: each rank decodes its share of the 7 items
+(rank 0 four, rank 1 three, one of them with a broken video) and rank 0 writes all rows; the rows must
+equal the single process's.
+
 A third run, two processes with ``distributed.shard_optimizer`` (ZeRO stage 1: each rank keeps the AdamW
 state of its share of the parameters), must match the one-process run the same way, and the optimizer state
 it checkpoints (gathered on rank 0) must equal the one-process AdamW state, so a sharded run resumes.
@@ -56,6 +60,7 @@ data:
 sft: {{lr: 1.0e-3, batch_size: 5, max_steps: 2, weight_decay: 0.5}}
 grpo: {{lr: 1.0e-3, rollout_batch_size: 3, global_batch_size: 6, rollout_batches: 1, weight_decay: 0.1}}
 dpo: {{lr: 1.0e-4, global_batch_size: 3, epochs: 1, beta: 0.1}}
+eval: {{max_new_tokens: 12, batch_size: 1, heldout: [{{path: {heldout}, name: heldout}}]}}
 stages:
   - {{name: sft, kind: sft, data: [{{path: {text_data}}}]}}
   - {{name: grpo, kind: grpo}}
@@ -74,7 +79,7 @@ def _launch(root: Path, name: str, pairs: Path, data: Path) -> tuple[subprocess.
     processes, shard = RUNS[name]
     config = root / f"{name}.yaml"
     config.write_text(CONFIG.format(out=root / name, data=data, text_data=root / "text", cache=root / "media-cache",
-                                    shard=str(shard).lower()))
+                                    heldout=root / "heldout", shard=str(shard).lower()))
     result = root / f"{name}.result"
     worker = [str(WORKER), "run", str(config), str(pairs), str(result)]
     if processes == 1:
@@ -91,6 +96,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dp")
     data = make_synthetic(root / "data", n=10, seed=11, kinds=("text", "image", "video"), size=56, frames=(4, 4))
     make_synthetic(root / "text", n=10, seed=12, kinds=("text",))  # SFT never reaches the vision tower
+    heldout = make_synthetic(root / "heldout", n=7, seed=13, kinds=("text", "image", "video"), size=56, frames=(4, 4))
+    (heldout / "media" / "000005.mp4").write_bytes(b"not a video")  # item 5, rank 1's: a missing_media row
     pairs = root / "pairs.jsonl"
     samples = load_samples(data).samples
     with JsonlWriter(pairs) as w:  # chosen: the reference chain; rejected: another question's chain
@@ -159,6 +166,29 @@ def test_rank_zero_writes_the_rollouts_one_process_writes(runs):
     assert [r["reward"] for r in two] == [r["reward"] for r in one]
     assert [r["advantage"] for r in two] == pytest.approx([r["advantage"] for r in one], abs=1e-9)
     assert len({r["sample_id"] for r in one}) == 3
+
+
+def test_every_rank_decodes_its_share_of_the_heldout_set(runs):
+    """Rank r decoded items r, r + 2, ... after every training stage (the worker logs what each rank
+    decoded), and rank 0 wrote every item once: the rows the single process writes, the broken video
+    included."""
+    for run in ("two", "two-zero"):
+        decoded = {rank: (runs[run].parent.parent / f"{run}.eval-rank{rank}.log").read_text().split()
+                   for rank in (0, 1)}
+        assert decoded[0] == ["heldout:0", "heldout:2", "heldout:4", "heldout:6"] * len(STAGES), run
+        assert decoded[1] == ["heldout:1", "heldout:3", "heldout:5"] * len(STAGES), run
+    for stage in STAGES:
+        def rows(run: str) -> dict[str, tuple]:
+            found = read_jsonl(runs[run] / "stages" / stage / "eval" / "heldout" / "predictions.jsonl")
+            assert len(found) == len({r["id"] for r in found}), f"{run} {stage}: an item written twice"
+            return {r["id"]: (r["status"], r.get("output"), r.get("consistency")) for r in found}
+
+        one = rows("one")
+        assert len(one) == 7 and one["heldout:5"][0] == "missing_media"
+        if stage == STAGES[0]:  # later stages start from weights 1e-6 apart: compare statuses only there
+            assert rows("two") == one and rows("two-zero") == one
+        else:
+            assert {k: v[0] for k, v in rows("two").items()} == {k: v[0] for k, v in one.items()}
 
 
 @pytest.mark.parametrize("two_run", ["two", "two-zero"])

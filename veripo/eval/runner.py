@@ -10,6 +10,10 @@ The loop::
         append the rows to predictions.jsonl (one fsync per batch)
     metrics.json + the Video-R1 / VerIPO exports from all rows
 
+With several processes (``dist``, launched by torchrun or accelerate) every rank decodes its share of the
+remaining items (item ``i`` on rank ``i % world``, ``batch_size`` per rank per round) and rank 0 gathers
+each round's responses, scores and judges them and writes the rows; the other ranks return ``{}``.
+
 Decoding follows VerIPO's evaluation: greedy, repetition penalty 1.05, stop after ``</answer>`` or an
 end-of-text token. A killed evaluation continues where it stopped: rows already written are never decoded
 again, and a row is written only once complete (a torn last line is dropped and that item redone).
@@ -114,24 +118,26 @@ def check_settings(path: Path, settings: dict[str, Any], *, has_predictions: boo
     write_json_atomic(path, settings)
 
 
-def _encode_batch(batch: list[Sample], encode: Encode, benchmark: str, writer: JsonlWriter):
-    """Encoded prompts of the batch's readable samples; the others are written as missing_media rows."""
-    ready, prompts, missing = [], [], 0
+def _decode_batch(batch: list[Sample], encode: Encode, engine: Any, params: SamplingParams,
+                  benchmark: str) -> tuple[list[dict[str, Any]], list[str], list[GroupOutput]]:
+    """Greedy responses to the batch's readable samples: (missing_media rows of the others, ids of the
+    decoded samples, their outputs)."""
+    ready, prompts, missing = [], [], []
     for sample in batch:
         try:
             prompts.append(encode(sample))
-            ready.append(sample)
+            ready.append(sample.id)
         except (MediaError, FileNotFoundError) as e:
-            writer.write(missing_media_row(sample, str(e), benchmark=benchmark))
-            missing += 1
-    return ready, prompts, missing
+            missing.append(missing_media_row(sample, str(e), benchmark=benchmark))
+    outputs = engine.generate(prompts, params) if prompts else []
+    return missing, ready, list(outputs)
 
 
 def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sample], *, out_dir: str | Path,
              benchmark: str, profile: str = "veripo-eval", max_new_tokens: int = 1024, batch_size: int = 8,
              repetition_penalty: float = 1.05, judge: ConsistencyJudge | None = None, judge_name: str | None = None,
              key: str | None = None, profiles: Sequence[str] | None = None, engine: Any = None,
-             settings: dict[str, Any] | None = None, show_progress: bool = True) -> dict[str, Any]:
+             settings: dict[str, Any] | None = None, show_progress: bool = True, dist: Any = None) -> dict[str, Any]:
     """Evaluate ``samples`` and write ``predictions.jsonl``, ``metrics.json`` and the peer exports to ``out_dir``.
 
     Args:
@@ -151,7 +157,9 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
         engine: a ``RolloutEngine`` (default: ``HFRolloutEngine(model, tokenizer)``).
         settings: what else decides the responses (model, prompt style, media settings); with the decoding
             settings it is kept in ``out_dir/settings.json``, and resuming under different ones is refused.
-    Returns: the metrics dict (also written to ``out_dir/metrics.json``).
+        dist: a ``veripo.recipes.distributed.DistInfo``; with ``world > 1`` every rank must call this with the
+            same samples and settings (only rank 0 needs the judge, only rank 0 touches ``out_dir``).
+    Returns: the metrics dict (also written to ``out_dir/metrics.json``); ``{}`` on ranks other than 0.
     Raises:
         ValueError: repeated sample ids, a bad batch size, or ``out_dir`` holding predictions made with
             other settings (the message names them).
@@ -166,38 +174,55 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
     if len(set(ids)) != len(ids):
         dupes = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
         raise ValueError(f"benchmark {benchmark!r}: sample ids must be unique; repeated: {dupes}")
+    from veripo.recipes.distributed import DistInfo, broadcast_object, gather_objects
+
+    dist = dist or DistInfo()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / PREDICTIONS_FILE
     decoding = {"max_new_tokens": max_new_tokens, "repetition_penalty": repetition_penalty, "greedy": True,
                 **(settings or {})}
-    earlier = read_predictions(path)
-    check_settings(out_dir / SETTINGS_FILE, decoding, has_predictions=bool(earlier))
-    done = {i for i, row in earlier.items() if row.get("status") == STATUS_OK}
-    todo = [s for s in samples if s.id not in done]
-    if done:
-        log.info("%s: %d of %d items already predicted in %s; evaluating the other %d",
-                 benchmark, len(samples) - len(todo), len(samples), path, len(todo))
+    todo_ids = None
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        earlier = read_predictions(path)
+        check_settings(out_dir / SETTINGS_FILE, decoding, has_predictions=bool(earlier))
+        done = {i for i, row in earlier.items() if row.get("status") == STATUS_OK}
+        todo_ids = [s.id for s in samples if s.id not in done]
+        if done:
+            log.info("%s: %d of %d items already predicted in %s; evaluating the other %d",
+                     benchmark, len(samples) - len(todo_ids), len(samples), path, len(todo_ids))
+    todo_ids = broadcast_object(dist, todo_ids)  # rank 0 alone reads what a killed evaluation left
+    by_id = {s.id: s for s in samples}
+    todo = [by_id[i] for i in todo_ids]
+    mine = dist.shard(todo)
+    rounds = -(-len(todo) // (batch_size * dist.world))  # the same on every rank: each round gathers once
     if engine is None:
         from veripo.rollout.hf_engine import HFRolloutEngine
 
         engine = HFRolloutEngine(model, tokenizer, max_batch_questions=batch_size)
     params = greedy_params(max_new_tokens, repetition_penalty)
     started = time.perf_counter()
+    if not dist.is_main:
+        for r in range(rounds):
+            gather_objects(dist, [_decode_batch(mine[r * batch_size:(r + 1) * batch_size], encode, engine, params,
+                                                benchmark)])
+        return {}
     with JsonlWriter(path, kind="prediction", fsync="batch", batch_size=batch_size) as writer, \
             _progress(show_progress, benchmark, len(todo)) as advance:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            ready, prompts, missing = _encode_batch(batch, encode, benchmark, writer)
-            outputs = engine.generate(prompts, params) if prompts else []
-            texts = [o.responses[0].text for o in outputs]
-            scores = score_all_profiles(texts, ready, profiles)
-            labels = judge(ready, texts) if judge is not None and ready else [None] * len(ready)
-            for sample, out, score, label in zip(ready, outputs, scores, labels):
-                writer.write(prediction_row(sample, out, benchmark=benchmark, tokenizer=tokenizer, scores=score,
-                                            consistency=label))
-            writer.sync()
-            advance(len(batch), missing)
+        for r in range(rounds):
+            local = _decode_batch(mine[r * batch_size:(r + 1) * batch_size], encode, engine, params, benchmark)
+            for missing, ready_ids, outputs in gather_objects(dist, [local]):
+                for row in missing:
+                    writer.write(row)
+                ready = [by_id[i] for i in ready_ids]
+                texts = [o.responses[0].text for o in outputs]
+                scores = score_all_profiles(texts, ready, profiles)
+                labels = judge(ready, texts) if judge is not None and ready else [None] * len(ready)
+                for sample, out, score, label in zip(ready, outputs, scores, labels):
+                    writer.write(prediction_row(sample, out, benchmark=benchmark, tokenizer=tokenizer, scores=score,
+                                                consistency=label))
+                writer.sync()
+                advance(len(ready) + len(missing), len(missing))
     rows = read_predictions(path)
     current = [rows[i] for i in ids if i in rows]
     metrics = compute_metrics(current, benchmark=benchmark, profile=profile, key=key, judge_name=judge_name)

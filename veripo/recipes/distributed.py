@@ -56,7 +56,7 @@ def init_distributed() -> DistInfo:
 
 
 def collective_timeout() -> timedelta:
-    """How long a rank waits in a collective: rank 0 alone evaluates and verifies (an LLM judge over
+    """How long a rank waits in a collective: rank 0 alone verifies (an LLM judge over
     thousands of rollouts) while the others wait at the stage barrier, which torch's 30-minute default can
     cut short. ``VERIPO_DIST_TIMEOUT_S`` overrides the 6 hours."""
     raw = os.environ.get("VERIPO_DIST_TIMEOUT_S", str(6 * 3600))

@@ -1,5 +1,5 @@
 """Held-out evaluation after a training stage: greedy decoding on ``eval.heldout`` (resumable: a killed
-evaluation continues where it stopped), accuracy, lengths and the inconsistency rate from the
+evaluation continues where it stopped; with several processes each decodes a share), accuracy, lengths and the inconsistency rate from the
 configured judge, written to ``<stage>/eval/<benchmark>/`` and returned for ``summary.json``."""
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ SUMMARY_KEYS = ("accuracy", "response_len", "thinking_len", "inconsistency_rate"
 
 
 def evaluate_stage(ctx: StageContext, store: SampleStore) -> dict[str, dict[str, Any]]:
-    """Metrics per held-out benchmark (only rank 0 evaluates; other ranks get an empty dict)."""
-    if not ctx.dist.is_main:
-        return {}
+    """Metrics per held-out benchmark. Every rank decodes its share of the items; rank 0 judges, writes and
+    returns the metrics (other ranks get an empty dict)."""
     cfg = ctx.cfg.eval
-    judge, judge_name = consistency_judge(ctx)
+    judge, judge_name = consistency_judge(ctx) if ctx.dist.is_main else (None, cfg.judge)
     results: dict[str, dict[str, Any]] = {}
     for source in cfg.heldout:
         samples = store.load(source).samples
@@ -31,8 +30,10 @@ def evaluate_stage(ctx: StageContext, store: SampleStore) -> dict[str, dict[str,
             max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
             repetition_penalty=cfg.repetition_penalty, judge=judge, judge_name=judge_name,
             settings={"prompt": ctx.cfg.model.prompt, "media": vars(ctx.cfg.media).copy()},
-            show_progress=ctx.show_progress,
+            show_progress=ctx.show_progress, dist=ctx.dist,
         )
+        if not ctx.dist.is_main:
+            continue
         results[name] = {k: metrics.get(k) for k in SUMMARY_KEYS}
         acc, inc = metrics.get("accuracy"), metrics.get("inconsistency_rate")
         ctx.log(f"eval {name}: accuracy {acc if acc is None else round(acc, 3)}, "
