@@ -82,3 +82,34 @@ def test_bad_arguments_are_clear_errors(tiny_model_dir, tmp_path):
     result = runner.invoke(app, ["eval", "--model", str(tiny_model_dir), "--bench", str(tmp_path / "x.json"),
                                  "--judge", "openai", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--judge-url" in result.output
+
+
+def test_two_processes_write_what_one_writes(tiny_model_dir, tmp_path):
+    """``torchrun -m veripo eval``: each of 2 gloo processes decodes a share (items i % 2), rank 0 writes
+    every row once; with one question per call the rows equal a single process's."""
+    import os
+    import subprocess
+    import sys
+
+    data = make_synthetic(tmp_path / "heldout", n=5, seed=3, frames=(4, 4), size=56)
+    args = ["--model", str(tiny_model_dir), "--bench", str(data), "--judge", "rule", "--max-new-tokens", "12",
+            "--batch-size", "1"]
+    result = runner.invoke(app, ["eval", *args, "--out", str(tmp_path / "one")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                             "MASTER_PORT")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "veripo",
+           "eval", *args, "--out", str(tmp_path / "two")]
+    done = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("predictions and metrics in") == 1  # rank 0 alone reports
+
+    def rows(out: str) -> dict[str, tuple]:
+        lines = (tmp_path / out / "heldout" / "predictions.jsonl").read_text().splitlines()[1:]
+        found = [json.loads(line) for line in lines]
+        assert len(found) == len({r["id"] for r in found}) == 5, f"{out}: {[r['id'] for r in found]}"
+        return {r["id"]: (r["status"], r["output"], r["consistency"], r["scores"]) for r in found}
+
+    assert rows("two") == rows("one")
+    one, two = (json.loads((tmp_path / out / "metrics.json").read_text())["heldout"] for out in ("one", "two"))
+    assert two["n"] == one["n"] == 5 and two["accuracy"] == one["accuracy"]

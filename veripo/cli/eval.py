@@ -3,6 +3,7 @@ table of the metrics. See docs/evaluation.md."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,12 @@ def register(app: typer.Typer) -> None:
         cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache folder."),
     ) -> None:
         """Greedy-decode every question, score it with every profile, write predictions (our JSONL plus the
-        Video-R1 and VerIPO formats) and metrics.json per benchmark; a killed run resumes where it stopped."""
+        Video-R1 and VerIPO formats) and metrics.json per benchmark; a killed run resumes where it stopped.
+        Under torchrun / accelerate launch every process decodes a share of the questions and the first one
+        judges and writes."""
         from rich.console import Console
+
+        from veripo.recipes.distributed import init_distributed
 
         from veripo.data.loaders import DataError
         from veripo.eval.suite import (
@@ -69,21 +74,28 @@ def register(app: typer.Typer) -> None:
             fail(f"--limit must be >= 1, got {limit}")
         if batch_size < 1 or max_new_tokens < 1:
             fail("--batch-size and --max-new-tokens must be >= 1")
+        if judge not in ("rule", "hf", "openai", "none"):  # checked on every rank before any of them waits
+            fail(f"--judge {judge!r} is not one of rule, hf, openai, none")
         options = SuiteOptions(prompt=prompt, profile=profile, media_root=str(media_root) if media_root else None,
                                limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                repetition_penalty=repetition_penalty, fps=fps, max_frames=max_frames,
                                max_pixels=max_pixels, cache_dir=str(cache_dir) if cache_dir else None)
+        dist = init_distributed()  # one process unless launched with several
+        if not dist.is_main:
+            options = dataclasses.replace(options, show_progress=False)
         try:
             policy = load_policy(model, dtype=dtype, device=_device(device))
         except ValueError as e:
             fail(str(e))
         out_dir = out or Path("eval") / model.resolve().name
-        judge_fn = _make_judge(judge, judge_url, judge_model, out_dir, fail)
+        judge_fn = _make_judge(judge, judge_url, judge_model, out_dir, fail) if dist.is_main else None
         try:
             results = evaluate_files(policy, bench, out_dir, options, judge=judge_fn,
-                                     judge_name=None if judge_fn is None else judge)
+                                     judge_name=judge if judge != "none" else None, dist=dist)
         except (DataError, ValueError) as e:
             fail(str(e))
+        if not dist.is_main:
+            return
         print_results(console, results)
         console.print(f"predictions and metrics in [bold]{out_dir}[/bold]")
 

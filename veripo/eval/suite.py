@@ -52,8 +52,11 @@ class SuiteOptions:
 
 def evaluate_files(policy: Any, benches: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
                    options: SuiteOptions = SuiteOptions(), *, judge: ConsistencyJudge | None = None,
-                   judge_name: str | None = None, engine: Any = None) -> dict[str, dict[str, Any]]:
+                   judge_name: str | None = None, engine: Any = None, dist: Any = None) -> dict[str, dict[str, Any]]:
     """Evaluate ``policy`` (a ``veripo.models.Policy``) on each benchmark file; returns {benchmark: metrics}.
+
+    With ``dist`` (a ``veripo.recipes.distributed.DistInfo`` of several processes) every rank decodes a share
+    of each benchmark and rank 0 alone judges and writes; the other ranks return ``{}``.
 
     Raises ``veripo.data.loaders.DataError`` for a file that cannot be read at all (bad JSON, unknown
     format); bad records are skipped and counted (``skipped_records`` in the metrics).
@@ -81,7 +84,9 @@ def evaluate_files(policy: Any, benches: Sequence[str | os.PathLike[str]], out_d
                            benchmark=name, key=settings.key, profile=profile, max_new_tokens=options.max_new_tokens,
                            batch_size=options.batch_size, repetition_penalty=options.repetition_penalty,
                            judge=judge, judge_name=judge_name, engine=engine, settings=decided_by,
-                           show_progress=options.show_progress)
+                           show_progress=options.show_progress, dist=dist)
+        if not metrics:  # a rank other than 0: its share is decoded, rank 0 writes
+            continue
         metrics["source_file"] = str(bench)
         metrics["format"] = loaded.format
         metrics["prompt"] = options.prompt
@@ -89,7 +94,8 @@ def evaluate_files(policy: Any, benches: Sequence[str | os.PathLike[str]], out_d
         metrics["skipped_records"] = [str(s) for s in loaded.skipped]
         write_json_atomic(out_dir / name / METRICS_FILE, metrics)
         results[name] = metrics
-    _merge_summary(out_dir / METRICS_FILE, results)
+    if dist is None or dist.is_main:
+        _merge_summary(out_dir / METRICS_FILE, results)
     return results
 
 
