@@ -46,8 +46,6 @@ def register(app: typer.Typer) -> None:
         judges and writes."""
         from rich.console import Console
 
-        from veripo.recipes.distributed import init_distributed
-
         from veripo.data.loaders import DataError
         from veripo.eval.suite import (
             DEFAULT_PROFILE_FOR_PROMPT,
@@ -55,6 +53,7 @@ def register(app: typer.Typer) -> None:
             evaluate_files,
         )
         from veripo.models.loading import load_policy
+        from veripo.recipes.distributed import init_distributed
         from veripo.rewards import get_profile
 
         console = Console()
