@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
             fail(f"--limit must be >= 1, got {limit}")
         if batch_size < 1 or max_new_tokens < 1:
             fail("--batch-size and --max-new-tokens must be >= 1")
-        if judge not in ("rule", "hf", "openai", "none"):  # checked on every rank before any of them waits
+        if judge not in ("rule", "hf", "openai", "none"):  # on every rank, before any of them waits for another
             fail(f"--judge {judge!r} is not one of rule, hf, openai, none")
         options = SuiteOptions(prompt=prompt, profile=profile, media_root=str(media_root) if media_root else None,
                                limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -109,10 +109,8 @@ def _device(device: str) -> str:
 
 def _make_judge(name: str, url: str | None, model: str | None, out_dir: Path, fail: Any) -> Any:
     """The verifier's judge as ``judge(samples, responses) -> labels`` (cached under ``out_dir``), or None."""
-    if name == "none":
+    if name == "none":  # the command has checked the name
         return None
-    if name not in ("rule", "hf", "openai"):
-        fail(f"--judge {name!r} is not one of rule, hf, openai, none")
     from veripo.config import VerifierConfig
     from veripo.verifier.judges import make_eval_judge
 

@@ -68,9 +68,8 @@ def benchmark_table(run: RunData) -> Table:
     return Table("Eval accuracy per benchmark after each stage", ["stage", "kind"] + benches, rows)
 
 
-def problem_type_table(run: RunData, key: str = "by_type", what: str = "problem type") -> Table:
-    """Held-out accuracy per problem type (the eval's ``by_type``) after each stage; ``key="by_task"`` gives
-    it per task."""
+def _grouped_accuracy_table(run: RunData, key: str, what: str) -> Table:
+    """Held-out accuracy per group (the eval's ``key`` dict: ``by_type`` or ``by_task``) after each stage."""
     by_stage = {s.name: s.primary_eval.get(key) for s in run.stages}
     by_stage = {name: groups for name, groups in by_stage.items() if isinstance(groups, dict) and groups}
     groups = list(dict.fromkeys(t for per_group in by_stage.values() for t in per_group))
@@ -78,9 +77,14 @@ def problem_type_table(run: RunData, key: str = "by_type", what: str = "problem 
     return Table(f"Held-out accuracy per {what} after each stage", ["stage"] + groups, rows)
 
 
+def problem_type_table(run: RunData) -> Table:
+    """Held-out accuracy per problem type after each stage."""
+    return _grouped_accuracy_table(run, "by_type", "problem type")
+
+
 def task_table(run: RunData) -> Table | None:
     """Held-out accuracy per task after each stage, when the held-out items name their tasks."""
-    table = problem_type_table(run, "by_task", "task")
+    table = _grouped_accuracy_table(run, "by_task", "task")
     return table if table.rows else None
 
 
