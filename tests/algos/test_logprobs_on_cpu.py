@@ -119,7 +119,8 @@ def test_negative_control_detached_prompt_kv_fails_the_check(tiny_model, prompt,
     assert error > 0.1, error  # ... the gradients are not
 
 
-def test_no_grad_log_probs_equal_a_plain_forward(tiny_model, prompt, responses):
+@pytest.mark.parametrize("temperature", [1.0, 0.6])
+def test_no_grad_log_probs_equal_a_plain_forward(tiny_model, prompt, responses, temperature):
     ids, mask = responses
     prompt_len = prompt["input_ids"].shape[1]
     full = {
@@ -130,18 +131,39 @@ def test_no_grad_log_probs_equal_a_plain_forward(tiny_model, prompt, responses):
         "video_grid_thw": prompt["video_grid_thw"].repeat(4, 1),
     }
     with torch.no_grad():
-        logits = tiny_model(**full).logits[:, prompt_len - 1 : -1]
+        logits = tiny_model(**full).logits[:, prompt_len - 1 : -1] / temperature  # the sampling policy's
     expected = logits.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1) * mask
     for shared_prefix in (True, False):
         for micro_batch in (None, 3):
             out = lp.response_log_probs(
-                tiny_model, prompt, ids, mask, shared_prefix=shared_prefix, micro_batch=micro_batch, with_entropy=True
+                tiny_model, prompt, ids, mask, shared_prefix=shared_prefix, micro_batch=micro_batch, with_entropy=True,
+                temperature=temperature,
             )
             torch.testing.assert_close(out.log_probs * mask, expected, rtol=1e-5, atol=1e-5)
             probs = logits.softmax(-1)
             entropy = -(probs * logits.log_softmax(-1)).sum(-1)
             torch.testing.assert_close(out.entropy * mask, entropy * mask, rtol=1e-5, atol=1e-5)
             assert not out.log_probs.requires_grad
+
+
+def test_temperature_scales_the_trained_log_probs(tiny_model, prompt, responses):
+    """backward_group at a temperature trains the same log-probs response_log_probs reports, and the
+    gradients of both prompt paths agree; they differ from those at temperature 1."""
+    ids, mask = responses
+    at = {}
+    for shared_prefix in (True, False):
+        tiny_model.zero_grad(set_to_none=True)
+        seen = []
+        lp.backward_group(tiny_model, prompt, ids, mask, lambda logp, e, rows: seen.append(logp.detach()) or (logp * mask).sum(),
+                          shared_prefix=shared_prefix, temperature=0.6)
+        at[shared_prefix] = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
+        expected = lp.response_log_probs(tiny_model, prompt, ids, mask, temperature=0.6).log_probs
+        torch.testing.assert_close(torch.cat(seen) * mask, expected * mask, rtol=1e-5, atol=1e-5)
+    assert worst_gradient_error(at[False], at[True]) < RTOL
+    tiny_model.zero_grad(set_to_none=True)
+    lp.backward_group(tiny_model, prompt, ids, mask, lambda logp, e, rows: (logp * mask).sum())
+    at_one = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
+    assert worst_gradient_error(at_one, at[True]) > 1e-2
 
 
 def test_left_padded_prompt_gives_the_same_log_probs(tiny_model, prompt, responses):

@@ -28,8 +28,9 @@ def hf_greedy(model, prompt, engine, max_new_tokens, **kw):
     return tokens
 
 
-def teacher_forced_logprobs(model, prompt, token_ids):
-    """Log-probs of `token_ids` after `prompt` from one full forward of prompt + response, positions by HF."""
+def teacher_forced_logprobs(model, prompt, token_ids, temperature=1.0):
+    """Log-probs of `token_ids` after `prompt` from one full forward of prompt + response, positions by HF,
+    under softmax(logits / temperature)."""
     response = torch.tensor([token_ids])
     full = torch.cat([prompt["input_ids"], response], dim=1)
     mm = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(response)], dim=1)
@@ -37,7 +38,7 @@ def teacher_forced_logprobs(model, prompt, token_ids):
     with torch.no_grad():
         logits = model(input_ids=full, attention_mask=torch.ones_like(full), mm_token_type_ids=mm, **media).logits
     P = prompt["input_ids"].shape[1]
-    return torch.log_softmax(logits[0, P - 1 : -1].float(), dim=-1).gather(1, response.T).view(-1)
+    return torch.log_softmax(logits[0, P - 1 : -1].float() / temperature, dim=-1).gather(1, response.T).view(-1)
 
 
 def test_engine_satisfies_the_protocol(model, tokenizer):
@@ -65,14 +66,17 @@ def test_greedy_with_repetition_penalty_equals_hf_generate(model, tokenizer, pro
     assert group.responses[0].token_ids != engine.generate([prompts[0]], greedy(32))[0].responses[0].token_ids
 
 
-def test_sampled_logprobs_are_the_policy_logprobs(model, tokenizer, prompts):
-    """Temperature, top-p and masking shape the sampling, never the returned log-probs."""
+def test_sampled_logprobs_are_the_sampling_policy_logprobs(model, tokenizer, prompts):
+    """The returned log-probs are those of softmax(logits / temperature), the policy GRPO trains (as TRL and
+    verl); top-p and masking shape the sampling only."""
     engine = HFRolloutEngine(model, tokenizer, max_batch_questions=3)
     groups = engine.generate(prompts, sampled(seed=5, temperature=0.7, top_p=0.8))
     for prompt, group in zip(prompts, groups):
         for response in group.responses:
-            tf = teacher_forced_logprobs(model, prompt, response.token_ids)
+            tf = teacher_forced_logprobs(model, prompt, response.token_ids, temperature=0.7)
             assert torch.allclose(torch.tensor(response.logprobs), tf, atol=1e-4, rtol=0)
+            at_one = teacher_forced_logprobs(model, prompt, response.token_ids)
+            assert not torch.allclose(torch.tensor(response.logprobs), at_one, atol=1e-3, rtol=0)
 
 
 def test_batched_questions_match_one_at_a_time(model, tokenizer, prompts):

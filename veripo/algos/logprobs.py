@@ -122,10 +122,13 @@ LOGITS_CHUNK_ELEMENTS = 2**27
 
 
 def _log_probs_from_hidden(
-    lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool
+    lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``hidden`` ``[n, H]`` -> log-probs of ``targets`` ``[n]`` and entropy ``[n]`` (zeros unless asked), fp32."""
+    """``hidden`` ``[n, H]`` -> log-probs of ``targets`` ``[n]`` and entropy ``[n]`` (zeros unless asked), fp32,
+    under ``softmax(logits / temperature)``."""
     logits = lm_head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
     log_norm = torch.logsumexp(logits, dim=-1)
     log_probs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_norm
     if not with_entropy:
@@ -133,17 +136,18 @@ def _log_probs_from_hidden(
     return log_probs, log_norm - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
 
 
-def _token_log_probs(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool) -> LogProbs:
+def _token_log_probs(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool,
+                     temperature: float = 1.0) -> LogProbs:
     """``hidden`` ``[g, R, H]`` predicting ``targets`` ``[g, R]`` -> log-probs (and entropy) ``[g, R]``, in fp32."""
     g, length, width = hidden.shape
     flat_hidden, flat_targets = hidden.reshape(-1, width), targets.reshape(-1)
     chunk = max(1, LOGITS_CHUNK_ELEMENTS // model.lm_head.out_features)
     if flat_targets.numel() <= chunk:
-        log_probs, entropy = _log_probs_from_hidden(model.lm_head, flat_hidden, flat_targets, with_entropy)
+        log_probs, entropy = _log_probs_from_hidden(model.lm_head, flat_hidden, flat_targets, with_entropy, temperature)
     else:
         parts = [
             torch.utils.checkpoint.checkpoint(
-                _log_probs_from_hidden, model.lm_head, h, t, with_entropy, use_reentrant=False
+                _log_probs_from_hidden, model.lm_head, h, t, with_entropy, temperature, use_reentrant=False
             )
             for h, t in zip(flat_hidden.split(chunk), flat_targets.split(chunk))
         ]
@@ -162,7 +166,8 @@ def _prompt_pass(model: nn.Module, prompt: dict[str, torch.Tensor]) -> _PromptSt
 
 
 def _continuation(
-    model: nn.Module, state: _PromptState, response_ids: torch.Tensor, response_mask: torch.Tensor, with_entropy: bool
+    model: nn.Module, state: _PromptState, response_ids: torch.Tensor, response_mask: torch.Tensor, with_entropy: bool,
+    temperature: float = 1.0,
 ) -> LogProbs:
     """Log-probs ``[g, R]`` of responses ``[g, R]`` against a prompt state (its K/V expanded to g, no copy)."""
     g, length = response_ids.shape
@@ -181,7 +186,7 @@ def _continuation(
                 **cache_kwargs(model.model, ReadOnlyPrefixCache(state.keys, state.values, g)),
             )
         hidden = torch.cat([hidden, out.last_hidden_state], dim=1)
-    return _token_log_probs(model, hidden, response_ids, with_entropy)
+    return _token_log_probs(model, hidden, response_ids, with_entropy, temperature)
 
 
 def _per_sequence(
@@ -190,6 +195,7 @@ def _per_sequence(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
     with_entropy: bool,
+    temperature: float = 1.0,
 ) -> LogProbs:
     """Baseline: g rows ``[prompt, response]`` through the whole model, vision tower included, g times."""
     g, length = response_ids.shape
@@ -212,7 +218,7 @@ def _per_sequence(
             value = prompt[key]
             inputs[key] = value.repeat(g, *([1] * (value.dim() - 1)))
     hidden = model.model(**inputs, use_cache=False).last_hidden_state
-    return _token_log_probs(model, hidden[:, size - 1 : size - 1 + length], response_ids, with_entropy)
+    return _token_log_probs(model, hidden[:, size - 1 : size - 1 + length], response_ids, with_entropy, temperature)
 
 
 def _row_chunks(count: int, micro_batch: int | None, device: torch.device) -> list[torch.Tensor]:
@@ -228,11 +234,12 @@ def _rows_log_probs(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
     with_entropy: bool,
+    temperature: float = 1.0,
 ) -> LogProbs:
     """Log-probs of a micro-batch of responses: against the prompt ``state``, or per sequence when it is None."""
     if state is None:
-        return _per_sequence(model, prompt, response_ids, response_mask, with_entropy)
-    return _continuation(model, state, response_ids, response_mask, with_entropy)
+        return _per_sequence(model, prompt, response_ids, response_mask, with_entropy, temperature)
+    return _continuation(model, state, response_ids, response_mask, with_entropy, temperature)
 
 
 def group_log_probs(
@@ -244,8 +251,12 @@ def group_log_probs(
     shared_prefix: bool = True,
     micro_batch: int | None = None,
     with_entropy: bool = False,
+    temperature: float = 1.0,
 ) -> LogProbs:
     """Log-probs ``[G, R]`` (and entropy) of G responses to one prompt, differentiable when grad is enabled.
+
+    ``temperature`` scales the logits first: the policy that sampled the responses at that temperature
+    (as TRL and verl train GRPO).
 
     ``micro_batch`` bounds the responses per forward. To train with micro-batches use ``backward_group``
     (it frees each micro-batch's graph); for old/reference log-probs use ``response_log_probs``.
@@ -254,7 +265,7 @@ def group_log_probs(
     prompt = _single_prompt(prompt_inputs)
     state = _prompt_pass(model, prompt) if shared_prefix else None
     parts = [
-        _rows_log_probs(model, prompt, state, response_ids[rows], response_mask[rows], with_entropy)
+        _rows_log_probs(model, prompt, state, response_ids[rows], response_mask[rows], with_entropy, temperature)
         for rows in _row_chunks(response_ids.shape[0], micro_batch, response_ids.device)
     ]
     entropy = torch.cat([p.entropy for p in parts]) if with_entropy else None
@@ -266,7 +277,7 @@ def response_log_probs(
     prompt_inputs: Mapping[str, torch.Tensor],
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
-    **options: bool | int | None,
+    **options: bool | int | float | None,
 ) -> LogProbs:
     """No-grad ``group_log_probs`` (same options): old-policy or reference log-probs ``[G, R]``."""
     with torch.no_grad():
@@ -283,6 +294,7 @@ def backward_group(
     micro_batch: int | None = None,
     shared_prefix: bool = True,
     with_entropy: bool = False,
+    temperature: float = 1.0,
 ) -> GroupStats:
     """Forward and backward of one group's loss, accumulating into the parameters' ``.grad``.
 
@@ -291,6 +303,7 @@ def backward_group(
             responses ``rows``; the shares of all micro-batches must add up to the group loss.
         micro_batch: responses per forward/backward (None: all G at once).
         shared_prefix: False runs the per-sequence baseline, one full forward per micro-batch.
+        temperature: log-probs under ``softmax(logits / temperature)`` (the sampling policy's).
     Returns:
         ``GroupStats`` (the parameters' gradients are the effect that matters).
     """
@@ -302,7 +315,7 @@ def backward_group(
     log_probs, entropies = [], []
     chunks = _row_chunks(response_ids.shape[0], micro_batch, response_ids.device)
     for rows in chunks:
-        out = _rows_log_probs(model, prompt, cut, response_ids[rows], response_mask[rows], with_entropy)
+        out = _rows_log_probs(model, prompt, cut, response_ids[rows], response_mask[rows], with_entropy, temperature)
         loss = loss_fn(out.log_probs, out.entropy, rows)
         loss.backward()
         total += loss.detach()

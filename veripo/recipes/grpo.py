@@ -198,7 +198,9 @@ def train_step(
 ) -> dict[str, float]:
     """Forward/backward of this rank's share of one optimizer step's responses (grads accumulate)."""
     grpo, model = ctx.section("grpo"), ctx.policy.model
-    norm_constant = float(ctx.section("rollout").max_new_tokens)
+    rollout = ctx.section("rollout")
+    norm_constant = float(rollout.max_new_tokens)
+    temperature = rollout.temperature  # the policy that sampled the rollouts (as its logprobs, TRL and verl)
     denominator = loss_normaliser(groups, chunk, grpo.loss_agg, norm_constant)
     mine = {g.question for g in groups if g.question % ctx.dist.world == ctx.dist.rank}
     by_group: dict[int, list[int]] = {}
@@ -214,7 +216,8 @@ def train_step(
         adv = torch.tensor([g.advantages[r] for r in rows], dtype=torch.float32)
         ref = None
         if ref_model is not None:
-            ref = response_log_probs(ref_model, prompt, ids, mask, shared_prefix=grpo.shared_prefix).log_probs
+            ref = response_log_probs(ref_model, prompt, ids, mask, shared_prefix=grpo.shared_prefix,
+                                     temperature=temperature).log_probs
 
         def loss_fn(logp: torch.Tensor, entropy: torch.Tensor | None, sel: torch.Tensor) -> torch.Tensor:
             m = mask[sel]
@@ -242,6 +245,7 @@ def train_step(
         backward_group(
             model, prompt, ids, mask, loss_fn,
             micro_batch=grpo.response_micro_batch, shared_prefix=grpo.shared_prefix, with_entropy=True,
+            temperature=temperature,
         )
     return sums
 

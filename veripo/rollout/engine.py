@@ -68,7 +68,8 @@ class GeneratedResponse:
     Attributes:
         token_ids: the sampled tokens, R of them, including the final EOS or stop-completing token; no padding.
         text: `token_ids` decoded with special tokens skipped.
-        logprobs: R log-probs of `token_ids` under the policy (raw logits, temperature 1, no masking).
+        logprobs: R log-probs of `token_ids` under the sampling policy: softmax(logits / temperature), temperature
+            1 when greedy; no top-p, repetition penalty or banned-token masking.
         finish_reason: "stop" (a stop string), "eos" (an end-of-text token) or "length" (max_new_tokens).
     """
 

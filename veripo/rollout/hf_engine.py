@@ -112,10 +112,11 @@ class HFRolloutEngine:
         finish: list[str | None] = [None] * (Q * G)
         alive_questions = list(range(Q))  # questions whose rows are still in the batch, in batch order
         for step in range(params.max_new_tokens):
-            policy_logprobs = torch.log_softmax(logits, dim=-1)
+            temperature = 1.0 if params.greedy else params.temperature
+            policy_logprobs = torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
             processed = next_token_distribution(
                 logits, banned=banned, seen=seen, repetition_penalty=params.repetition_penalty,
-                temperature=1.0 if params.greedy else params.temperature, top_p=1.0 if params.greedy else params.top_p,
+                temperature=temperature, top_p=1.0 if params.greedy else params.top_p,
             )
             if params.greedy:
                 sampled = processed.argmax(dim=-1)
