@@ -105,6 +105,32 @@ def test_decoded_videos_show_what_the_answers_say(dataset: Path) -> None:
     assert set(checked) == {"count", "colour_change", "direction", "distance"}
 
 
+def test_brief_chains_state_the_finding_with_the_same_conclusion(dataset: Path, tmp_path: Path) -> None:
+    brief = make_synthetic(tmp_path / "brief", n=42, seed=3, difficulties=(1, 2, 3), chain="brief")
+    full_rows = json.loads((dataset / "dataset.json").read_text())
+    brief_rows = json.loads((brief / "dataset.json").read_text())
+    # Only the reference chain differs; the media are the same files.
+    assert [{**r, "process": ""} for r in brief_rows] == [{**r, "process": ""} for r in full_rows]
+    words = {w for line in synthetic_corpus(n_per_kind=60) for w in re.findall("[A-Za-z]+", line)}
+    seen = set()
+    for s, f in zip(load_samples(brief).samples, load_samples(dataset).samples, strict=True):
+        last = lambda text: text.rsplit(". ", 1)[-1]  # noqa: E731 - "Green is option B, so the answer is B."
+        assert last(s.reasoning) == last(f.reasoning), s.id
+        assert not re.search(r"\b(row|column|Frames?)\b", s.reasoning), s.reasoning
+        assert set(re.findall("[A-Za-z]+", s.reasoning)) <= words, s.reasoning  # the tokenizer knows them
+        if s.data_type == "video" and s.problem_type == "multiple choice":
+            value = dict(o.split(". ") for o in s.options)[s.answer]
+            finding, lookup = s.reasoning.split(". ", 1)
+            assert value in finding.split() and lookup.startswith(f"{value.capitalize()} is option {s.answer},"), s
+        seen.add(s.extra["task"])
+    assert seen >= set(TASKS["video"]) | set(TASKS["image"])
+    cc = generate_task(3, 0, "video", canvas=Canvas(size=56), frames=(4, 4), difficulties=(1,), tasks=["colour_change"])
+    before, after = cc.problem.split()[1], dict(o.split(". ") for o in cc.options)[cc.answer]
+    assert cc.brief == f"The {before} square turns {after}. {after.capitalize()} is option {cc.answer}, so the answer is {cc.answer}."
+    with pytest.raises(ValueError, match="unknown chain style"):
+        make_synthetic(tmp_path / "x", n=1, chain="long")
+
+
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown kinds"):
         make_synthetic(tmp_path, n=1, kinds=("audio",))

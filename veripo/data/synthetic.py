@@ -4,7 +4,7 @@ Small videos (4-16 frames, 56-112 px, 2 fps so the default 2 fps sampler sees ev
 squares, one grid cell each, on black: they move, appear, disappear or change colour. Every problem type
 the rewards score is covered (multiple choice, numerical, regression, OCR, free-form, math), with gold
 answers, a difficulty level (1-3) and a reference chain of thought that states what each frame shows and
-concludes with the answer; the reference completion is ``<think>{reasoning}</think><answer>{answer}</answer>``.
+concludes with the answer (``chain="brief"``: only the finding and the answer); the reference completion is ``<think>{reasoning}</think><answer>{answer}</answer>``.
 Image (one frame, PNG) and text-only variants serve the reasoning-activation stage.
 
 Designed for a ~1.5M-parameter model to learn on a CPU in minutes: squares are whole 28 px cells (2x2
@@ -23,6 +23,8 @@ import numpy as np
 
 from veripo.data.loaders import DATASET_FILE
 from veripo.data.synthetic_tasks import COLOURS, DIGIT_BITMAPS, FPS, TASKS, Canvas, Task
+
+CHAINS = ("frames", "brief")  # reference chain styles, see make_synthetic
 
 __all__ = ["COLOURS", "TASKS", "Canvas", "Task", "generate_task", "make_synthetic", "render", "synthetic_corpus",
            "write_mp4"]
@@ -126,7 +128,7 @@ def synthetic_corpus(n_per_kind: int = 200, seed: int = 0, *, size: int = 112, f
 def make_synthetic(out_dir: str | os.PathLike[str], n: int = 300, seed: int = 0,
                    kinds: Sequence[str] = ("video", "image", "text"), *, size: int = 112,
                    frames: tuple[int, int] = (4, 8), difficulties: Sequence[int] = (1, 2),
-                   tasks: Sequence[str] | None = None, progress: bool = False) -> Path:
+                   tasks: Sequence[str] | None = None, chain: str = "frames", progress: bool = False) -> Path:
     """Write a synthetic dataset folder: ``dataset.json`` (Video-R1 format) and ``media/`` (mp4, png).
 
     Args:
@@ -134,6 +136,8 @@ def make_synthetic(out_dir: str | os.PathLike[str], n: int = 300, seed: int = 0,
         size: frame side in pixels (a multiple of 28, 56..112 advised); frames: (min, max) frames per video,
             even numbers in 2..16; difficulties: levels to draw from (1 easy .. 3 hard).
         tasks: restrict to these task names (see TASKS); None = all of each kind.
+        chain: the reference chain of thought written as ``process``: "frames" describes every frame before
+            the finding, "brief" states the finding only (``veripo.data.synthetic_tasks`` says why).
     Returns: the folder, loadable with ``load_samples(folder)``.
     """
     from PIL import Image
@@ -142,6 +146,8 @@ def make_synthetic(out_dir: str | os.PathLike[str], n: int = 300, seed: int = 0,
     if unknown:
         raise ValueError(f"unknown kinds {unknown}; expected some of {list(TASKS)}")
     check_settings(size, frames, difficulties)
+    if chain not in CHAINS:
+        raise ValueError(f"unknown chain style {chain!r}; expected one of {list(CHAINS)}")
     out = Path(out_dir)
     (out / "media").mkdir(parents=True, exist_ok=True)
     canvas, codec = Canvas(size=size), _video_codec()
@@ -153,7 +159,7 @@ def make_synthetic(out_dir: str | os.PathLike[str], n: int = 300, seed: int = 0,
                                  cycle=i // len(kinds))
             row = {"problem_id": i, "problem": task.problem, "problem_type": task.problem_type,
                    "options": task.options, "solution": f"<answer>{task.answer}</answer>",
-                   "process": f"<think>{task.reasoning}</think>", "data_type": kind, "difficulty": task.difficulty,
+                   "process": f"<think>{task.brief if chain == 'brief' and task.brief else task.reasoning}</think>", "data_type": kind, "difficulty": task.difficulty,
                    "task": task.name, "data_source": f"synthetic/seed{seed}"}
             if kind == "video":
                 row["path"] = f"media/{i:06d}.mp4"
@@ -167,7 +173,7 @@ def make_synthetic(out_dir: str | os.PathLike[str], n: int = 300, seed: int = 0,
     tmp.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, out / DATASET_FILE)
     (out / "README.md").write_text(f"Synthetic veripo dataset: n={n} seed={seed} kinds={list(kinds)} size={size} "
-                                   f"frames={list(frames)} difficulties={list(difficulties)}\n", encoding="utf-8")
+                                   f"frames={list(frames)} difficulties={list(difficulties)} chain={chain}\n", encoding="utf-8")
     return out
 
 

@@ -4,6 +4,12 @@ writing live in ``veripo.data.synthetic``.
 
 Each task is a pure function ``(rng, canvas, frames, difficulty) -> Task``. Difficulty 1 uses 2 options in a
 fixed order and one object; 2 adds options or hides the event in time; 3 shuffles options and adds distractors.
+
+Every task carries two reference chains of thought ending in the same conclusion: ``reasoning`` describes each
+frame (colours with their row and column, runs of identical frames) before the finding; ``brief`` states the
+finding alone ("The red square turns green."). A tiny model learns what it sees much faster from the brief
+chain: measured on colour_change with the tiny model (200 SFT steps of 16, lr 1e-3), greedy held-out accuracy
+0.85 with brief chains against 0.45 with frame-by-frame ones (which also make it name cells it cannot locate).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class Task:
     scene: Scene | None = None
     digit: tuple[int, list[int]] | None = None  # (digit, frames it is drawn on)
     difficulty: int = 1
+    brief: str = ""  # the chain that states only the finding (same conclusion); empty: same as ``reasoning``
 
 
 @dataclass(frozen=True)
@@ -136,9 +143,10 @@ def task_direction(rng: np.random.Generator, canvas: Canvas, frames: int, diffic
         scene = [objs + [(other, *free[0])] for objs in scene]
     options, letter = _multiple_choice(rng, direction, list(DIRECTIONS)[: len(directions)], len(directions),
                                        shuffle=difficulty >= 3)
-    reasoning = _conclude(f"{_describe_frames(scene)} The {colour} square moves {direction}.", letter, options)
+    finding = f"The {colour} square moves {direction}."
+    reasoning = _conclude(f"{_describe_frames(scene)} {finding}", letter, options)
     return Task("direction", f"In which direction does the {colour} square move?", "multiple choice", letter,
-                reasoning, options, scene, difficulty=difficulty)
+                reasoning, options, scene, difficulty=difficulty, brief=_conclude(finding, letter, options))
 
 
 def task_appeared_first(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
@@ -151,8 +159,9 @@ def task_appeared_first(rng: np.random.Generator, canvas: Canvas, frames: int, d
     options, letter = _multiple_choice(rng, colours[0], present, k, shuffle=difficulty >= 3)
     reasoning = _conclude(f"{_describe_frames(scene)} The {colours[0]} square is the first to appear, in frame "
                           f"{onsets[0] + 1}.", letter, options)
+    brief = _conclude(f"The {colours[0]} square appears first.", letter, options)
     return Task("appeared_first", "Which square appears first?", "multiple choice", letter, reasoning, options,
-                scene, difficulty=difficulty)
+                scene, difficulty=difficulty, brief=brief)
 
 
 def task_colour_change(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
@@ -163,8 +172,9 @@ def task_colour_change(rng: np.random.Generator, canvas: Canvas, frames: int, di
     options, letter = _multiple_choice(rng, after, list(COLOURS), 2 if difficulty == 1 else 4, shuffle=difficulty >= 3)
     reasoning = _conclude(f"{_describe_frames(scene)} The square turns from {before} to {after} in frame "
                           f"{switch + 1}.", letter, options)
+    brief = _conclude(f"The {before} square turns {after}.", letter, options)
     return Task("colour_change", f"The {before} square changes colour. What colour does it become?",
-                "multiple choice", letter, reasoning, options, scene, difficulty=difficulty)
+                "multiple choice", letter, reasoning, options, scene, difficulty=difficulty, brief=brief)
 
 
 def task_count(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
@@ -179,7 +189,8 @@ def task_count(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty
         scene = [[(colours[i], *cells[i]) for i in range(n) if t >= onsets[i]] for t in range(frames)]
         question, observation = "How many squares are in the last frame?", f"The last frame shows {_squares(n)}."
     reasoning = _conclude(f"{_describe_frames(scene)} {observation}", str(n), [])
-    return Task("count", question, "numerical", str(n), reasoning, [], scene, difficulty=difficulty)
+    return Task("count", question, "numerical", str(n), reasoning, [], scene, difficulty=difficulty,
+                brief=_conclude(observation, str(n), []))
 
 
 def task_distance(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
@@ -189,10 +200,10 @@ def task_distance(rng: np.random.Generator, canvas: Canvas, frames: int, difficu
     unit = "cells" if difficulty < 3 else "pixels"
     answer = str(cells if unit == "cells" else cells * canvas.cell)
     extra = "" if unit == "cells" else f" One cell is {canvas.cell} pixels, so it moves {cells} x {canvas.cell} pixels."
-    reasoning = _conclude(f"{_describe_frames(scene)} The {colour} square moves {cells} cells {direction}.{extra}",
-                          answer, [])
+    finding = f"The {colour} square moves {cells} cells {direction}.{extra}"
+    reasoning = _conclude(f"{_describe_frames(scene)} {finding}", answer, [])
     return Task("distance", f"How many {unit} does the {colour} square move?", "regression", answer, reasoning,
-                [], scene, difficulty=difficulty)
+                [], scene, difficulty=difficulty, brief=_conclude(finding, answer, []))
 
 
 def task_describe(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
@@ -214,7 +225,7 @@ def task_describe(rng: np.random.Generator, canvas: Canvas, frames: int, difficu
             answer = f"the {colour} square {event}"
     reasoning = _conclude(_describe_frames(scene), answer, [])
     return Task("describe", "Describe in a few words what happens in the video.", "free-form", answer, reasoning,
-                [], scene, difficulty=difficulty)
+                [], scene, difficulty=difficulty, brief=_conclude(f"{answer[0].upper()}{answer[1:]}.", answer, []))
 
 
 def task_digit(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
@@ -223,7 +234,8 @@ def task_digit(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty
     seen = "every frame" if difficulty == 1 else f"frame {shown[0] + 1}"
     reasoning = _conclude(f"A white digit is drawn in {seen}. Its strokes form a {digit}.", str(digit), [])
     return Task("digit", "What digit is written in the video?", "OCR", str(digit), reasoning, [],
-                [[] for _ in range(frames)], digit=(digit, shown), difficulty=difficulty)
+                [[] for _ in range(frames)], digit=(digit, shown), difficulty=difficulty,
+                brief=_conclude(f"The strokes form a {digit}.", str(digit), []))
 
 
 # ------------------------------------------------------------------------------------------ image tasks
@@ -235,7 +247,7 @@ def task_image_colour(rng: np.random.Generator, canvas: Canvas, frames: int, dif
     scene: Scene = [[(colour, *cell)]]
     reasoning = _conclude(f"The image shows a {colour} square at row {cell[0] + 1}, column {cell[1] + 1}.", letter, options)
     return Task("colour", "What colour is the square?", "multiple choice", letter, reasoning, options, scene,
-                difficulty=difficulty)
+                difficulty=difficulty, brief=_conclude(f"The square is {colour}.", letter, options))
 
 
 def task_image_side(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
@@ -248,12 +260,14 @@ def task_image_side(rng: np.random.Generator, canvas: Canvas, frames: int, diffi
     reasoning = _conclude(f"The image shows a {colour} square in column {col + 1} of {canvas.grid}, the {side} half.",
                           letter, options)
     return Task("side", f"Is the {colour} square on the left or the right?", "multiple choice", letter, reasoning,
-                options, [[(colour, row, col)]], difficulty=difficulty)
+                options, [[(colour, row, col)]], difficulty=difficulty,
+                brief=_conclude(f"The {colour} square is on the {side}.", letter, options))
 
 
 def task_image_count(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
     task = task_count(rng, canvas, 1, 1)
     task.reasoning = task.reasoning.replace("Frame 1", "The image shows").replace(" Every frame shows", " That is")
+    task.brief = task.brief.replace("Every frame shows", "The image shows")
     return task
 
 
