@@ -140,6 +140,8 @@ def test_bad_settings_are_refused(tmp_path: Path) -> None:
         make_synthetic(tmp_path, n=1, frames=(2, 8))
     with pytest.raises(ValueError, match="difficulties"):
         make_synthetic(tmp_path, n=1, difficulties=(4,))
+    with pytest.raises(ValueError, match=r"unknown tasks \['colour_chnage'\]"):
+        make_synthetic(tmp_path, n=1, tasks=("count", "colour_chnage"))
 
 
 @pytest.mark.parametrize("size", [56, 84, 112])

@@ -22,13 +22,16 @@ def register(app: typer.Typer) -> None:
         min_frames: int = typer.Option(4, "--min-frames"),
         max_frames: int = typer.Option(8, "--max-frames"),
         difficulty: str = typer.Option("1,2", "--difficulty", help="Comma-separated levels from 1 (easy) to 3."),
+        tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task names (default: all)."),
+        chain: str = typer.Option("frames", "--chain", help="Reference chains: frames (every frame) or brief."),
     ) -> None:
         """Render synthetic video/image/text reasoning tasks as a Video-R1-format dataset folder."""
         from veripo.data.synthetic import make_synthetic
 
         try:
             path = make_synthetic(out, n=n, seed=seed, kinds=_csv(kinds), size=size, frames=(min_frames, max_frames),
-                                  difficulties=[int(d) for d in _csv(difficulty)], progress=True)
+                                  difficulties=[int(d) for d in _csv(difficulty)],
+                                  tasks=_csv(tasks) if tasks else None, chain=chain, progress=True)
         except ValueError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2) from None

@@ -135,7 +135,8 @@ def make_synthetic(out_dir: str | os.PathLike[str], n: int = 300, seed: int = 0,
         n: number of samples; kinds alternate (sample i has kind ``kinds[i % len(kinds)]``).
         size: frame side in pixels (a multiple of 28, 56..112 advised); frames: (min, max) frames per video,
             even numbers in 2..16; difficulties: levels to draw from (1 easy .. 3 hard).
-        tasks: restrict to these task names (see TASKS); None = all of each kind.
+        tasks: restrict to these task names (see TASKS; an unknown name is an error); a kind with none of
+            them keeps all of its own; None = all of each kind.
         chain: the reference chain of thought written as ``process``: "frames" describes every frame before
             the finding, "brief" states the finding only (``veripo.data.synthetic_tasks`` says why).
     Returns: the folder, loadable with ``load_samples(folder)``.
@@ -146,6 +147,10 @@ def make_synthetic(out_dir: str | os.PathLike[str], n: int = 300, seed: int = 0,
     if unknown:
         raise ValueError(f"unknown kinds {unknown}; expected some of {list(TASKS)}")
     check_settings(size, frames, difficulties)
+    known = {name for by_name in TASKS.values() for name in by_name}
+    misspelt = sorted(set(tasks or ()) - known)
+    if misspelt:
+        raise ValueError(f"unknown tasks {misspelt}; expected some of {sorted(known)}")
     if chain not in CHAINS:
         raise ValueError(f"unknown chain style {chain!r}; expected one of {list(CHAINS)}")
     out = Path(out_dir)
