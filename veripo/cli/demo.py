@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
                                      "write a side-by-side comparison."),
         config: Path = typer.Option(DEMO_CONFIG, "--config", help="The demo config."),
     ) -> None:
-        """The VerIPO loop on synthetic video tasks with the tiny model, on CPU (about 6 minutes on 2 cores)."""
+        """The VerIPO loop on synthetic video tasks with the tiny model, on CPU (about 4 minutes on 2 cores)."""
         from rich.console import Console
 
         from veripo.cli.train import _load, run_config
