@@ -53,7 +53,8 @@ class DataSource:
     weight: float = 1.0
     limit: int | None = None
     # generate a synthetic dataset folder at `path` (relative: under the run directory) when it is missing;
-    # keys are veripo.data.synthetic.make_synthetic arguments: n, seed, kinds, size, frames, difficulties, tasks
+    # keys are veripo.data.synthetic.make_synthetic arguments: n, seed, kinds, size, frames, difficulties, tasks,
+    # chain
     synthetic: dict[str, Any] = field(default_factory=dict)
 
 
