@@ -4,7 +4,8 @@ Small videos (4-16 frames, 56-112 px, 2 fps so the default 2 fps sampler sees ev
 squares, one grid cell each, on black: they move, appear, disappear or change colour. Every problem type
 the rewards score is covered (multiple choice, numerical, regression, OCR, free-form, math), with gold
 answers, a difficulty level (1-3) and a reference chain of thought that states what each frame shows and
-concludes with the answer (``chain="brief"``: only the finding and the answer); the reference completion is ``<think>{reasoning}</think><answer>{answer}</answer>``.
+concludes with the answer (``chain="brief"``: only the finding and the answer); the reference completion
+is ``<think>{reasoning}</think><answer>{answer}</answer>``.
 Image (one frame, PNG) and text-only variants serve the reasoning-activation stage.
 
 Designed for a ~1.5M-parameter model to learn on a CPU in minutes: squares are whole 28 px cells (2x2
@@ -162,9 +163,10 @@ def make_synthetic(out_dir: str | os.PathLike[str], n: int = 300, seed: int = 0,
             kind = kinds[i % len(kinds)]
             task = generate_task(seed, i, kind, canvas=canvas, frames=frames, difficulties=difficulties, tasks=tasks,
                                  cycle=i // len(kinds))
+            thinking = task.brief if chain == "brief" and task.brief else task.reasoning
             row = {"problem_id": i, "problem": task.problem, "problem_type": task.problem_type,
                    "options": task.options, "solution": f"<answer>{task.answer}</answer>",
-                   "process": f"<think>{task.brief if chain == 'brief' and task.brief else task.reasoning}</think>", "data_type": kind, "difficulty": task.difficulty,
+                   "process": f"<think>{thinking}</think>", "data_type": kind, "difficulty": task.difficulty,
                    "task": task.name, "data_source": f"synthetic/seed{seed}"}
             if kind == "video":
                 row["path"] = f"media/{i:06d}.mp4"
@@ -178,7 +180,8 @@ def make_synthetic(out_dir: str | os.PathLike[str], n: int = 300, seed: int = 0,
     tmp.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, out / DATASET_FILE)
     (out / "README.md").write_text(f"Synthetic veripo dataset: n={n} seed={seed} kinds={list(kinds)} size={size} "
-                                   f"frames={list(frames)} difficulties={list(difficulties)} chain={chain}\n", encoding="utf-8")
+                                   f"frames={list(frames)} difficulties={list(difficulties)} chain={chain}\n",
+                                   encoding="utf-8")
     return out
 
 

@@ -200,7 +200,7 @@ def train_step(
     grpo, model = ctx.section("grpo"), ctx.policy.model
     rollout = ctx.section("rollout")
     norm_constant = float(rollout.max_new_tokens)
-    temperature = rollout.temperature  # the policy that sampled the rollouts (as its logprobs, TRL and verl)
+    temperature = rollout.temperature  # train the policy that sampled the rollouts (as TRL and verl do)
     denominator = loss_normaliser(groups, chunk, grpo.loss_agg, norm_constant)
     mine = {g.question for g in groups if g.question % ctx.dist.world == ctx.dist.rank}
     by_group: dict[int, list[int]] = {}

@@ -111,8 +111,8 @@ class HFRolloutEngine:
         logprobs: list[list[float]] = [[] for _ in range(Q * G)]
         finish: list[str | None] = [None] * (Q * G)
         alive_questions = list(range(Q))  # questions whose rows are still in the batch, in batch order
+        temperature = 1.0 if params.greedy else params.temperature  # the sampling policy's, see GeneratedResponse
         for step in range(params.max_new_tokens):
-            temperature = 1.0 if params.greedy else params.temperature
             policy_logprobs = torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
             processed = next_token_distribution(
                 logits, banned=banned, seen=seen, repetition_penalty=params.repetition_penalty,
