@@ -154,8 +154,12 @@ def test_temperature_scales_the_trained_log_probs(tiny_model, prompt, responses)
     for shared_prefix in (True, False):
         tiny_model.zero_grad(set_to_none=True)
         seen = []
-        lp.backward_group(tiny_model, prompt, ids, mask, lambda logp, e, rows: seen.append(logp.detach()) or (logp * mask).sum(),
-                          shared_prefix=shared_prefix, temperature=0.6)
+
+        def loss_fn(logp, entropy, rows):
+            seen.append(logp.detach())
+            return (logp * mask[rows]).sum()
+
+        lp.backward_group(tiny_model, prompt, ids, mask, loss_fn, shared_prefix=shared_prefix, temperature=0.6)
         at[shared_prefix] = {n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None}
         expected = lp.response_log_probs(tiny_model, prompt, ids, mask, temperature=0.6).log_probs
         torch.testing.assert_close(torch.cat(seen) * mask, expected * mask, rtol=1e-5, atol=1e-5)

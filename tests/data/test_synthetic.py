@@ -126,7 +126,8 @@ def test_brief_chains_state_the_finding_with_the_same_conclusion(dataset: Path, 
     assert seen >= set(TASKS["video"]) | set(TASKS["image"])
     cc = generate_task(3, 0, "video", canvas=Canvas(size=56), frames=(4, 4), difficulties=(1,), tasks=["colour_change"])
     before, after = cc.problem.split()[1], dict(o.split(". ") for o in cc.options)[cc.answer]
-    assert cc.brief == f"The {before} square turns {after}. {after.capitalize()} is option {cc.answer}, so the answer is {cc.answer}."
+    assert cc.brief == (f"The {before} square turns {after}. {after.capitalize()} is option {cc.answer}, "
+                        f"so the answer is {cc.answer}.")
     with pytest.raises(ValueError, match="unknown chain style"):
         make_synthetic(tmp_path / "x", n=1, chain="long")
 

@@ -1,6 +1,7 @@
 """Held-out evaluation after a training stage: greedy decoding on ``eval.heldout`` (resumable: a killed
-evaluation continues where it stopped; with several processes each decodes a share), accuracy, lengths and the inconsistency rate from the
-configured judge, written to ``<stage>/eval/<benchmark>/`` and returned for ``summary.json``."""
+evaluation continues where it stopped; with several processes each decodes a share), accuracy, lengths and
+the inconsistency rate from the configured judge, written to ``<stage>/eval/<benchmark>/`` and returned for
+``summary.json``."""
 
 from __future__ import annotations
 
