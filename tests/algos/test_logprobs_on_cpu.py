@@ -77,10 +77,10 @@ def test_per_sequence_micro_batches_equal_per_sequence(tiny_model, prompt, respo
 
 def test_shared_prefix_with_gradient_checkpointing(tiny_model, prompt, responses, reference):
     tiny_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    assert all(layer.gradient_checkpointing for layer in lp._decoder_layers(tiny_model))
+    assert all(layer.gradient_checkpointing for layer in lp.decoder_layers(tiny_model))
     assert_matches(reference, run_group(tiny_model, prompt, responses, micro_batch=2))
     # The flag that lets our read-only caches through checkpointing is put back afterwards.
-    assert all("_can_checkpoint_with_cache" not in layer.__dict__ for layer in lp._decoder_layers(tiny_model))
+    assert all("_can_checkpoint_with_cache" not in layer.__dict__ for layer in lp.decoder_layers(tiny_model))
 
 
 def test_checkpointing_dropping_the_cache_is_caught(tiny_model, prompt, responses, monkeypatch):

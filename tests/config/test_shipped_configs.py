@@ -33,13 +33,29 @@ def test_7b_config_reproduces_table1():
 @pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.name)
 def test_accelerate_config_is_consistent(path: Path):
     doc = yaml.safe_load(path.read_text())
-    assert doc["distributed_type"] == "MULTI_GPU"  # the only kind documented (data parallel, docs/scaling.md)
+    assert doc["distributed_type"] in ("MULTI_GPU", "FSDP")  # data parallel or FSDP2 (docs/scaling.md)
     assert doc["mixed_precision"] == "no"  # veripo's precision is model.dtype
     assert doc["num_processes"] % doc["num_machines"] == 0
     if doc["num_machines"] > 1:
         assert {"main_process_ip", "main_process_port"} <= set(doc)
-    for key in ("fsdp_config", "deepspeed_config"):  # weight sharding is not implemented: never implied
-        assert key not in doc
+    assert "deepspeed_config" not in doc  # veripo does not run DeepSpeed (it refuses such a launch)
+    assert ("fsdp_config" in doc) == (doc["distributed_type"] == "FSDP")
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.name)
+def test_accelerate_launch_environment_means_what_the_config_says(path: Path):
+    """The environment ``accelerate launch --config_file PATH`` gives the processes (built by accelerate's own
+    code) turns veripo's weight sharding on exactly for the FSDP configs, and nothing in it is refused."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    from veripo.recipes.sharding import weight_sharding_requested
+
+    args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "veripo", "run", "CONFIG"])
+    args, _, _ = _validate_launch_command(args)
+    env = prepare_multi_gpu_env(args)
+    doc = yaml.safe_load(path.read_text())
+    assert weight_sharding_requested(False, env) is (doc["distributed_type"] == "FSDP")
 
 
 def test_accelerate_configs_are_documented():

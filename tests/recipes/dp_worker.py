@@ -3,10 +3,12 @@
     python dp_worker.py run CONFIG PAIRS RESULT       # one process, or under torch.distributed.run
     python -m torch.distributed.run --nproc_per_node 2 dp_worker.py sum-gradients
     python -m torch.distributed.run --nproc_per_node 2 dp_worker.py sharded-resume
+    python -m torch.distributed.run --nproc_per_node 2 dp_worker.py fsdp-lockstep DIR
 
 ``run`` runs the config's stages with ``veripo.recipes.veripo.run`` and rank 0 writes the run directory to
 RESULT; ``sum-gradients`` checks ``sum_gradients`` on a toy module and ``sharded-resume`` that a sharded
-AdamW (ZeRO-1) resumes from a checkpointed state as a plain AdamW does; each exits non-zero on a mismatch.
+AdamW (ZeRO-1) resumes from a checkpointed state as a plain AdamW does; ``fsdp-lockstep`` checks weight
+sharding (FSDP2) against one unsharded model and its exact resume; each exits non-zero on a mismatch.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def check_sum_gradients() -> None:
     assert model["frozen"].grad is None
     assert distributed.gather_objects(info, [f"r{info.rank}a", f"r{info.rank}b"]) == ["r0a", "r1a", "r0b", "r1b"]
     assert distributed.broadcast_object(info, f"dir-of-{info.rank}") == "dir-of-0"
-    distributed.barrier(info)
+    _leave()
 
 
 def check_sharded_resume() -> None:
@@ -112,6 +114,118 @@ def check_sharded_resume() -> None:
         for index, moments in expected["state"].items():
             for key, value in moments.items():
                 torch.testing.assert_close(gathered["state"][index][key], value, rtol=0, atol=1e-7)
+    _leave()
+
+
+def check_fsdp_lockstep(root: str) -> None:
+    """Weight sharding (FSDP2) on the tiny model, gradient checkpointing on: rank 0 trains two groups and
+    rank 1 one (shared prefix, micro-batches of 2, a one-token response), so rank 1 pads its call and runs
+    an idle call (``lockstep``). The summed gradients must equal one unsharded model's on all three groups;
+    then a step, a checkpoint in the plain formats, one more step, and a fresh sharded model resumed from the
+    checkpoint must take exactly the same last step."""
+    from veripo.algos.logprobs import backward_group, micro_batch_count
+    from veripo.models import build_tiny, load_policy
+    from veripo.recipes import sharding
+    from veripo.recipes.checkpoint import (
+        Progress,
+        latest_checkpoint,
+        load_model_weights,
+        load_training_state,
+        save_checkpoint,
+    )
+    from veripo.recipes.common import build_optimizer, build_scheduler
+    from veripo.recipes.distributed import init_distributed, sum_gradients
+
+    info = init_distributed()
+    assert info.world == 2, f"run me with 2 processes, got {info.world}"
+    base = Path(root) / "tiny"
+    if info.is_main:
+        build_tiny(base, size="tiny", seed=3)
+    torch.distributed.barrier()
+
+    def new_model() -> torch.nn.Module:
+        model = load_policy(base, dtype="float32", device="cpu").model
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model.train()
+
+    gen = torch.Generator().manual_seed(5)
+    groups = []  # (prompt, response ids, mask): G = 3, 1 (one token), 4
+    for g, width in ((3, 5), (1, 1), (4, 3)):
+        prompt = {"input_ids": torch.randint(10, 200, (1, 6), generator=gen)}
+        ids = torch.randint(10, 200, (g, width), generator=gen)
+        mask = torch.ones(g, width)
+        mask[0, width - 1 :] = 0.0 if width > 1 else 1.0
+        groups.append((prompt, ids, mask))
+
+    def loss_fn(mask):
+        return lambda logp, _entropy, rows: -(logp * mask[rows]).sum() / 10.0
+
+    def train(model, mine) -> None:
+        counts = [micro_batch_count(ids.shape[0], 2) for _, ids, _ in mine]
+        for call, micro_batches in enumerate(sharding.lockstep(info, model, counts)):
+            if call >= len(mine):
+                sharding.idle_backward(model, micro_batches, shared_prefix=True)
+                continue
+            prompt, ids, mask = mine[call]
+            backward_group(model, prompt, ids, mask, loss_fn(mask), micro_batch=2, min_micro_batches=micro_batches)
+
+    reference = new_model()
+    train(reference, groups)  # one unsharded model, all groups
+    model = new_model()
+    sharding.shard_decoder_layers(model, info)
+    assert sharding.lockstep(info, model, [2, 2] if info.rank == 0 else [1]) == [2, 2]
+    train(model, info.shard(groups))
+    sum_gradients(info, model)
+    for (name, p), ref in zip(model.named_parameters(), reference.parameters()):
+        grad = p.grad.full_tensor() if isinstance(p.grad, sharding.DTensor) else p.grad
+        assert (grad is None) == (ref.grad is None), f"{name}: gradient presence differs"
+        if grad is not None:
+            torch.testing.assert_close(grad, ref.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+    def step(model, optimizer, scheduler) -> None:
+        sharding.sharded_grad_norm_and_clip(model, 0.05)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    optimizer = build_optimizer(model, 1e-3, 0.1)
+    scheduler = build_scheduler(optimizer, "cosine", 1, 4)
+    step(model, optimizer, scheduler)
+    model_state = sharding.full_model_state(model)
+    optimizer_state = sharding.full_optimizer_state(model, optimizer)
+    stage = Path(root) / "stage"
+    if info.is_main:
+        save_checkpoint(stage, model, None, optimizer, scheduler, Progress(step=1, unit=1),
+                        model_state=model_state, optimizer_state=optimizer_state)
+        numbered = optimizer_state["param_groups"][0]["params"]  # the plain format: loads into a plain AdamW
+        plain = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1)) for _ in numbered])
+        plain.load_state_dict(torch.load(latest_checkpoint(stage) / "optimizer.pt", weights_only=True))
+    torch.distributed.barrier()
+    train(model, info.shard(groups))
+    sum_gradients(info, model)
+    step(model, optimizer, scheduler)
+    finished = sharding.full_model_state(model)
+
+    resumed = new_model()
+    sharding.shard_decoder_layers(resumed, info)
+    resumed_optimizer = build_optimizer(resumed, 1e-3, 0.1)
+    resumed_scheduler = build_scheduler(resumed_optimizer, "cosine", 1, 4)
+    ckpt = latest_checkpoint(stage)
+    load_model_weights(resumed, ckpt)
+    load_training_state(ckpt, resumed_optimizer, resumed_scheduler, resumed)
+    train(resumed, info.shard(groups))
+    sum_gradients(info, resumed)
+    step(resumed, resumed_optimizer, resumed_scheduler)
+    again = sharding.full_model_state(resumed)
+    if info.is_main:
+        moved = max(float((finished[k] - model_state[k]).abs().max()) for k in finished)
+        assert moved > 1e-4, f"the last step moved no weight by more than {moved:.2g}"
+        for name, value in finished.items():
+            torch.testing.assert_close(again[name], value, rtol=0, atol=0, msg=lambda m: f"resumed {name}: {m}")
+    _leave()
+
+
+def _leave() -> None:
     # both ranks leave together: a rank exiting while gloo still serves the other aborts (SIGABRT)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
@@ -127,5 +241,7 @@ if __name__ == "__main__":
         check_sum_gradients()
     elif sys.argv[1:] == ["sharded-resume"]:
         check_sharded_resume()
+    elif sys.argv[1:2] == ["fsdp-lockstep"] and len(sys.argv) == 3:
+        check_fsdp_lockstep(sys.argv[2])
     else:
         sys.exit(__doc__)

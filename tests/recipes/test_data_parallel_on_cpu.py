@@ -22,7 +22,10 @@ equal the single process's.
 
 A third run, two processes with ``distributed.shard_optimizer`` (ZeRO stage 1: each rank keeps the AdamW
 state of its share of the parameters), must match the one-process run the same way, and the optimizer state
-it checkpoints (gathered on rank 0) must equal the one-process AdamW state, so a sharded run resumes.
+it checkpoints (gathered on rank 0) must equal the one-process AdamW state, so a sharded run resumes. A
+fourth, two processes with ``distributed.shard_weights`` (FSDP2: each rank keeps half of every decoder
+layer's weights, gradients and AdamW state), must match it the same way too: the ranks' uneven shares
+(GRPO 2 + 1 questions, SFT 3 + 2 samples, DPO 2 + 1 questions) only work if they run in lockstep.
 """
 
 from __future__ import annotations
@@ -65,9 +68,10 @@ stages:
   - {{name: sft, kind: sft, data: [{{path: {text_data}}}]}}
   - {{name: grpo, kind: grpo}}
   - {{name: dpo, kind: dpo}}
-distributed: {{shard_optimizer: {shard}}}
+distributed: {{shard_optimizer: {zero}, shard_weights: {fsdp}}}
 """
-RUNS = {"one": (1, False), "two": (2, False), "two-zero": (2, True)}  # name: (processes, shard_optimizer)
+# name: (processes, sharding): none, "zero" (distributed.shard_optimizer) or "fsdp" (distributed.shard_weights)
+RUNS = {"one": (1, None), "two": (2, None), "two-zero": (2, "zero"), "two-fsdp": (2, "fsdp")}
 
 
 def _env() -> dict[str, str]:
@@ -79,7 +83,8 @@ def _launch(root: Path, name: str, pairs: Path, data: Path) -> tuple[subprocess.
     processes, shard = RUNS[name]
     config = root / f"{name}.yaml"
     config.write_text(CONFIG.format(out=root / name, data=data, text_data=root / "text", cache=root / "media-cache",
-                                    heldout=root / "heldout", shard=str(shard).lower()))
+                                    heldout=root / "heldout", zero=str(shard == "zero").lower(),
+                                    fsdp=str(shard == "fsdp").lower()))
     result = root / f"{name}.result"
     worker = [str(WORKER), "run", str(config), str(pairs), str(result)]
     if processes == 1:
@@ -118,7 +123,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
             if proc.poll() is None:  # a failed or hung run: torchrun passes SIGTERM on to its workers
                 proc.terminate()
                 proc.wait(timeout=30)
-    print(f"one- and two-process runs (plain and ZeRO-1) finished in {time.monotonic() - start:.1f}s")
+    print(f"one- and two-process runs (plain, ZeRO-1, FSDP2) finished in {time.monotonic() - start:.1f}s")
     return out
 
 
@@ -135,7 +140,7 @@ def _final_weights(stage_dir: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-@pytest.mark.parametrize("two_run", ["two", "two-zero"])
+@pytest.mark.parametrize("two_run", ["two", "two-zero", "two-fsdp"])
 @pytest.mark.parametrize("stage", STAGES)
 def test_two_processes_reach_the_same_weights_as_one(runs, stage, two_run):
     one = _final_weights(runs["one"] / "stages" / stage)
@@ -172,7 +177,7 @@ def test_every_rank_decodes_its_share_of_the_heldout_set(runs):
     """Rank r decoded items r, r + 2, ... after every training stage (the worker logs what each rank
     decoded), and rank 0 wrote every item once: the rows the single process writes, the broken video
     included."""
-    for run in ("two", "two-zero"):
+    for run in ("two", "two-zero", "two-fsdp"):
         decoded = {rank: (runs[run].parent.parent / f"{run}.eval-rank{rank}.log").read_text().split()
                    for rank in (0, 1)}
         assert decoded[0] == ["heldout:0", "heldout:2", "heldout:4", "heldout:6"] * len(STAGES), run
@@ -186,12 +191,13 @@ def test_every_rank_decodes_its_share_of_the_heldout_set(runs):
         one = rows("one")
         assert len(one) == 7 and one["heldout:5"][0] == "missing_media"
         if stage == STAGES[0]:  # later stages start from weights 1e-6 apart: compare statuses only there
-            assert rows("two") == one and rows("two-zero") == one
+            assert rows("two") == one and rows("two-zero") == one and rows("two-fsdp") == one
         else:
-            assert {k: v[0] for k, v in rows("two").items()} == {k: v[0] for k, v in one.items()}
+            for run in ("two", "two-zero", "two-fsdp"):
+                assert {k: v[0] for k, v in rows(run).items()} == {k: v[0] for k, v in one.items()}, run
 
 
-@pytest.mark.parametrize("two_run", ["two", "two-zero"])
+@pytest.mark.parametrize("two_run", ["two", "two-zero", "two-fsdp"])
 @pytest.mark.parametrize("stage", STAGES)
 def test_logged_losses_match(runs, stage, two_run):
     one = read_jsonl(runs["one"] / "stages" / stage / "metrics.jsonl")
@@ -202,20 +208,23 @@ def test_logged_losses_match(runs, stage, two_run):
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.parametrize("sharded_run", ["two-zero", "two-fsdp"])
 @pytest.mark.parametrize("stage", STAGES)
-def test_sharded_optimizer_checkpoints_the_whole_adamw_state(runs, stage):
-    """Rank 0 gathers every rank's share before saving: the saved state equals one process's AdamW state
-    (same parameter order, step counts and moments) and loads into a plain AdamW."""
+def test_sharded_optimizer_checkpoints_the_whole_adamw_state(runs, stage, sharded_run):
+    """Rank 0 gathers every rank's share before saving (ZeRO-1: the AdamW state; FSDP2: weights too): the
+    saved state equals one process's AdamW state (same parameter order, step counts and moments) and loads
+    into a plain AdamW."""
     from veripo.recipes.checkpoint import latest_checkpoint
 
     def state(run: str) -> dict:
         ckpt = latest_checkpoint(runs[run] / "stages" / stage)
         return torch.load(ckpt / "optimizer.pt", weights_only=True)
 
-    logs = {run: (runs[run].parent.parent / f"{run}.log").read_text() for run in ("two", "two-zero")}
+    logs = {run: (runs[run].parent.parent / f"{run}.log").read_text() for run in ("two", "two-zero", "two-fsdp")}
     assert "AdamW state sharded over 2 ranks (ZeRO-1)" in logs["two-zero"]
-    assert "ZeRO-1" not in logs["two"]
-    one, zero = state("one"), state("two-zero")
+    assert "decoder layers sharded over 2 ranks (FSDP2)" in logs["two-fsdp"]
+    assert "ZeRO-1" not in logs["two"] and "FSDP2" not in logs["two"] and "ZeRO-1" not in logs["two-fsdp"]
+    one, zero = state("one"), state(sharded_run)
     assert sorted(zero["state"]) == sorted(one["state"]) and len(one["state"]) > 0
     assert [g["params"] for g in zero["param_groups"]] == [g["params"] for g in one["param_groups"]]
     for index, moments in one["state"].items():
@@ -251,3 +260,39 @@ def test_collective_timeout_outlasts_rank_zero_only_work(monkeypatch):
         monkeypatch.setenv("VERIPO_DIST_TIMEOUT_S", bad)
         with pytest.raises(ValueError, match="VERIPO_DIST_TIMEOUT_S"):
             collective_timeout()
+
+
+def test_weight_sharding_keeps_ranks_in_lockstep_and_resumes_exactly(tmp_path):
+    """FSDP2 on the tiny model with uneven work per rank (rank 1 pads its call and runs an idle call), a
+    one-token response and gradient checkpointing: the same gradients as one unsharded model, and a model
+    resumed from the plain-format checkpoint takes exactly the step the uninterrupted one took."""
+    cmd = [*TORCHRUN, "--nproc_per_node", "2", str(WORKER), "fsdp-lockstep", str(tmp_path)]
+    done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-8000:]}"
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, False),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true"}, True),
+    ({"ACCELERATE_USE_FSDP": "false"}, False),
+])
+def test_an_accelerate_fsdp2_launch_turns_weight_sharding_on(env, expected):
+    from veripo.recipes.sharding import weight_sharding_requested
+
+    assert weight_sharding_requested(False, env) is expected
+    assert weight_sharding_requested(True, env) is True
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "does not run DeepSpeed"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "fsdp_version must be 2"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "offload"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "false"}, "reshard"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_ACTIVATION_CHECKPOINTING": "true"},
+     "model.gradient_checkpointing"),
+])
+def test_accelerate_settings_veripo_cannot_honour_are_refused(env, message):
+    from veripo.recipes.sharding import weight_sharding_requested
+
+    with pytest.raises(ValueError, match=message):
+        weight_sharding_requested(False, env)

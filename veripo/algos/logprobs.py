@@ -74,8 +74,16 @@ class _PromptState(NamedTuple):
         return _PromptState(leaves[:n], leaves[n : 2 * n], leaves[-1], self.length, self.delta)
 
 
-def _decoder_layers(model: nn.Module) -> nn.ModuleList:
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return model.model.language_model.layers
+
+
+def _layers_sharded(model: nn.Module) -> bool:
+    """Whether the decoder layers are FSDP2 units (veripo.recipes.sharding): every rank must then run them."""
+    from torch.distributed.fsdp import FSDPModule
+
+    layers = decoder_layers(model)
+    return len(layers) > 0 and isinstance(layers[0], FSDPModule)
 
 
 def _single_prompt(prompt_inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -157,7 +165,7 @@ def _token_log_probs(model: nn.Module, hidden: torch.Tensor, targets: torch.Tens
 
 def _prompt_pass(model: nn.Module, prompt: dict[str, torch.Tensor]) -> _PromptState:
     positions, delta = prompt_positions(model, prompt)
-    layers = _decoder_layers(model)
+    layers = decoder_layers(model)
     cache = WriteOnceCache(len(layers))
     with cache_kept_under_checkpointing(layers):
         hidden = model.model(**prompt, position_ids=positions, use_cache=True, **cache_kwargs(model.model, cache)).last_hidden_state
@@ -172,11 +180,15 @@ def _continuation(
     """Log-probs ``[g, R]`` of responses ``[g, R]`` against a prompt state (its K/V expanded to g, no copy)."""
     g, length = response_ids.shape
     hidden = state.last_hidden.expand(g, -1, -1)
-    if length > 1:
-        inputs = response_ids[:, :-1]  # the last token predicts nothing we need
-        positions = torch.arange(state.length, state.length + length - 1, device=inputs.device) + state.delta[0, 0]
-        attention = torch.cat([response_mask.new_ones(g, state.length), response_mask[:, :-1]], dim=1)
-        layers = _decoder_layers(model)
+    # One-token responses need no layer pass, but with sharded layers every rank must run one (a collective):
+    # then the token runs through the layers and adds exact zeros.
+    idle_pass = length == 1 and _layers_sharded(model)
+    if length > 1 or idle_pass:
+        inputs = response_ids[:, :-1] if length > 1 else response_ids  # the last token predicts nothing we need
+        width = inputs.shape[1]
+        positions = torch.arange(state.length, state.length + width, device=inputs.device) + state.delta[0, 0]
+        attention = torch.cat([response_mask.new_ones(g, state.length), response_mask[:, :width]], dim=1)
+        layers = decoder_layers(model)
         with cache_kept_under_checkpointing(layers):
             out = model.model(
                 input_ids=inputs,
@@ -185,7 +197,10 @@ def _continuation(
                 use_cache=True,
                 **cache_kwargs(model.model, ReadOnlyPrefixCache(state.keys, state.values, g)),
             )
-        hidden = torch.cat([hidden, out.last_hidden_state], dim=1)
+        if idle_pass:
+            hidden = hidden + 0.0 * out.last_hidden_state.sum()
+        else:
+            hidden = torch.cat([hidden, out.last_hidden_state], dim=1)
     return _token_log_probs(model, hidden, response_ids, with_entropy, temperature)
 
 
@@ -225,6 +240,11 @@ def _row_chunks(count: int, micro_batch: int | None, device: torch.device) -> li
     if micro_batch is not None and micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1 or None; got {micro_batch}")
     return list(torch.arange(count, device=device).split(micro_batch or count))
+
+
+def micro_batch_count(responses: int, micro_batch: int | None) -> int:
+    """How many micro-batches ``backward_group`` runs for ``responses`` responses."""
+    return len(_row_chunks(responses, micro_batch, torch.device("cpu")))
 
 
 def _rows_log_probs(
@@ -295,6 +315,7 @@ def backward_group(
     shared_prefix: bool = True,
     with_entropy: bool = False,
     temperature: float = 1.0,
+    min_micro_batches: int = 0,
 ) -> GroupStats:
     """Forward and backward of one group's loss, accumulating into the parameters' ``.grad``.
 
@@ -304,6 +325,8 @@ def backward_group(
         micro_batch: responses per forward/backward (None: all G at once).
         shared_prefix: False runs the per-sequence baseline, one full forward per micro-batch.
         temperature: log-probs under ``softmax(logits / temperature)`` (the sampling policy's).
+        min_micro_batches: run zero-loss micro-batches (the first rows again) after the real ones up to this
+            count, so that every rank of a weight-sharded run runs the same passes (veripo.recipes.sharding).
     Returns:
         ``GroupStats`` (the parameters' gradients are the effect that matters).
     """
@@ -322,6 +345,10 @@ def backward_group(
         log_probs.append(out.log_probs.detach())
         if out.entropy is not None:
             entropies.append(out.entropy.detach())
+    for _ in range(min_micro_batches - len(chunks)):
+        rows = chunks[0]
+        out = _rows_log_probs(model, prompt, cut, response_ids[rows], response_mask[rows], False, temperature)
+        (out.log_probs.sum() * 0.0).backward()
     if state is not None:
         pairs = [(t, leaf.grad) for t, leaf in zip(state.tensors(), cut.tensors()) if leaf.grad is not None]
         if pairs:

@@ -187,6 +187,18 @@ class DistributedConfig:
     # Optimizer memory falls by the number of ranks (AdamW's two fp32 moments: 8 bytes per parameter,
     # 56 GB for a 7B policy). One process: no effect.
     shard_optimizer: bool = False
+    # FSDP2 (ZeRO stage 3 for the decoder layers): each rank keeps 1/world of every decoder layer's weights,
+    # gradients and AdamW state, all-gathering a layer for its forward and backward (veripo.recipes.sharding).
+    # The vision tower, embeddings and lm_head stay whole (data parallel, their AdamW state too). Sampling and
+    # evaluation gather the layers for their duration. Exclusive with shard_optimizer (whose optimizer cannot
+    # step sharded parameters). One process: no effect. Also switched on by an accelerate FSDP2 launch
+    # (configs/accelerate/fsdp2-8gpu.yaml).
+    shard_weights: bool = False
+
+    def validate(self, prefix: str) -> None:
+        if self.shard_weights and self.shard_optimizer:
+            raise ConfigError(f"config keys '{prefix}.shard_weights' and '{prefix}.shard_optimizer' are both true: "
+                              "weight sharding (FSDP2) shards the decoder layers' AdamW state itself; set one of them.")
 
 
 @dataclass(frozen=True)
@@ -244,6 +256,10 @@ class RunConfig:
                 self.section_for(stage, section, prefix=f"{where}.{section}")
             if stage.kind == "grpo":
                 check_grpo_batches(self.section_for(stage, "grpo"), self.section_for(stage, "rollout"), f"{where}.grpo")
+                if self.distributed.shard_weights and self.section_for(stage, "grpo").kl_coef > 0:
+                    raise ConfigError(f"config key '{where}.grpo.kl_coef' > 0 with 'distributed.shard_weights': the "
+                                      "frozen reference would be a whole copy of the policy on every rank; use "
+                                      "kl_coef 0 (VerIPO's setting) or run without weight sharding.")
         check_grpo_batches(self.grpo, self.rollout, "grpo")
 
     def section_for(self, stage: Stage, section: str, prefix: str | None = None) -> Any:

@@ -56,18 +56,24 @@ def save_checkpoint(
     scheduler: Any,
     progress: Progress,
     keep: int = 1,
+    *,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``ckpt-<unit>/`` completely, then point ``latest.json`` at it; keep the newest ``keep``."""
+    """Write ``ckpt-<unit>/`` completely, then point ``latest.json`` at it; keep the newest ``keep``.
+
+    ``model_state``/``optimizer_state``: whole tensors gathered from a weight-sharded model (saved instead of
+    the model's and optimizer's own state dicts, which hold only this rank's shards)."""
     ckpt_root = stage_dir / "checkpoints"
     final = ckpt_root / f"ckpt-{progress.unit:06d}"
     tmp = ckpt_root / f".tmp-ckpt-{progress.unit:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
     if processor is not None and hasattr(processor, "save_pretrained"):
         processor.save_pretrained(tmp)
     if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
     if scheduler is not None:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     atomic_write_json(tmp / "progress.json", progress.__dict__)
@@ -99,16 +105,34 @@ def load_model_weights(model: torch.nn.Module, ckpt: Path) -> None:
     """
     if not any(ckpt.glob("*.safetensors")):
         raise FileNotFoundError(f"{ckpt}: no *.safetensors weights in this checkpoint")
+    from veripo.recipes.sharding import is_weight_sharded, load_full_model_state
+
     param = next(model.parameters())
     fresh = type(model).from_pretrained(ckpt, dtype=param.dtype)
+    if is_weight_sharded(model):  # every rank reads the whole weights and keeps its shard
+        try:
+            load_full_model_state(model, fresh.state_dict())
+        except (RuntimeError, KeyError) as error:
+            raise RuntimeError(f"{ckpt}: checkpoint does not match the model ({error})") from error
+        del fresh
+        return
     missing, unexpected = model.load_state_dict(fresh.state_dict(), strict=False)
     if missing or unexpected:
         raise RuntimeError(f"{ckpt}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     del fresh
 
 
-def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer | None, scheduler: Any) -> None:
+def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer | None, scheduler: Any,
+                        model: torch.nn.Module | None = None) -> None:
+    """Optimizer and scheduler state; ``model`` is needed when its weights are sharded (each rank then keeps
+    the AdamW moments of its shards)."""
+    from veripo.recipes.sharding import is_weight_sharded, load_full_optimizer_state
+
     if optimizer is not None and (ckpt / "optimizer.pt").exists():
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+        if model is not None and is_weight_sharded(model):
+            load_full_optimizer_state(model, optimizer, state)
+        else:
+            optimizer.load_state_dict(state)
     if scheduler is not None and (ckpt / "scheduler.pt").exists():
         scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))

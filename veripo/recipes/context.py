@@ -29,6 +29,12 @@ from veripo.recipes.common import (
     is_sharded,
 )
 from veripo.recipes.distributed import DistInfo, sum_gradients
+from veripo.recipes.sharding import (
+    full_model_state,
+    full_optimizer_state,
+    is_weight_sharded,
+    sharded_grad_norm_and_clip,
+)
 
 
 @dataclass
@@ -80,7 +86,7 @@ def resume_stage(ctx: StageContext, optimizer: Any, scheduler: Any, outputs: lis
             truncate_outputs(ctx.stage_dir, {name: 0 for name in outputs})
         return Progress(global_step=ctx.global_step)
     load_model_weights(ctx.policy.model, ckpt)
-    load_training_state(ckpt, optimizer, scheduler)
+    load_training_state(ckpt, optimizer, scheduler, ctx.policy.model)
     progress = load_progress(ckpt)
     if ctx.dist.is_main:
         truncate_outputs(ctx.stage_dir, progress.outputs)
@@ -98,8 +104,12 @@ def epoch_batch(items: list[Any], unit: int, batch_size: int, seed: int, stage: 
 
 def optimizer_step(ctx: StageContext, optimizer: Any, scheduler: Any, max_grad_norm: float, progress: Progress) -> tuple[float, float]:
     """Sum gradients over ranks, clip, step optimizer and schedule, count the step; (grad norm, lr used)."""
-    sum_gradients(ctx.dist, ctx.policy.model)
-    grad_norm = grad_norm_and_clip(ctx.policy.model, max_grad_norm)
+    model = ctx.policy.model
+    sum_gradients(ctx.dist, model)
+    if is_weight_sharded(model):
+        grad_norm = sharded_grad_norm_and_clip(model, max_grad_norm)
+    else:
+        grad_norm = grad_norm_and_clip(model, max_grad_norm)
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
     scheduler.step()
@@ -119,6 +129,11 @@ def save_if_due(ctx: StageContext, progress: Progress, *, last: bool, every: int
     progress.extra["time_s"] = clock.elapsed()
     if is_sharded(optimizer):  # ZeRO-1: every rank sends its share of the state to rank 0
         optimizer.consolidate_state_dict(to=0)
+    model_state = optimizer_state = None
+    if is_weight_sharded(ctx.policy.model):  # FSDP2: whole tensors gathered on rank 0, saved in the plain formats
+        model_state = full_model_state(ctx.policy.model)
+        optimizer_state = full_optimizer_state(ctx.policy.model, optimizer)
     if ctx.dist.is_main:
         progress.outputs = output_sizes(ctx.stage_dir, outputs)
-        save_checkpoint(ctx.stage_dir, ctx.policy.model, ctx.policy.processor, optimizer, scheduler, progress)
+        save_checkpoint(ctx.stage_dir, ctx.policy.model, ctx.policy.processor, optimizer, scheduler, progress,
+                        model_state=model_state, optimizer_state=optimizer_state)

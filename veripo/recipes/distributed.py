@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 T = TypeVar("T")
 
@@ -104,7 +105,8 @@ def sum_gradients(info: DistInfo, model: torch.nn.Module) -> None:
     """
     if info.world == 1:
         return
-    params = [p for p in model.parameters() if p.requires_grad]
+    # sharded parameters (DTensors, veripo.recipes.sharding) were already summed by FSDP's reduce-scatter
+    params = [p for p in model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
     if not params:
         return
     device = params[0].device

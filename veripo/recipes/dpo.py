@@ -31,6 +31,7 @@ from veripo.recipes.context import (
 )
 from veripo.recipes.distributed import gather_objects
 from veripo.recipes.run_dir import atomic_write_json, read_json
+from veripo.recipes.sharding import gathered_weights, idle_backward, lockstep
 
 OUTPUTS = ["metrics.jsonl"]
 
@@ -76,7 +77,8 @@ def reference_logps(ctx: StageContext, pairs: list[Pair], tokens: dict[str, tupl
     by_id = {s.id: s for s in ctx.samples}
     mine = ctx.dist.shard(by_question(pairs))
     local = []
-    with progress_bar("DPO reference log-probs", len(mine), ctx.show_progress and ctx.dist.is_main) as bar:
+    with gathered_weights(ctx.policy.model), \
+            progress_bar("DPO reference log-probs", len(mine), ctx.show_progress and ctx.dist.is_main) as bar:
         for group in mine:
             ids, mask = pair_rows(group, tokens)
             logp = response_log_probs(ctx.policy.model, ctx.encode(by_id[group[0].sample_id]), ids, mask).log_probs
@@ -130,7 +132,12 @@ def run_dpo(ctx: StageContext) -> StageResult:
                 optimizer.zero_grad(set_to_none=True)
                 local: list[dict[str, float]] = []
                 losses: list[float] = []
-                for group in ctx.dist.shard(by_question(batch)):
+                mine = ctx.dist.shard(by_question(batch))
+                for call, micro_batches in enumerate(lockstep(ctx.dist, model, [1] * len(mine))):
+                    if call >= len(mine):  # weight sharding: keep the other ranks' layer collectives company
+                        idle_backward(model, micro_batches, shared_prefix=True)
+                        continue
+                    group = mine[call]
                     ids, mask = pair_rows(group, tokens)
                     ref_logps = torch.tensor([ref[p.id] for p in group])  # [k, 2]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from veripo.eval import evaluate
 from veripo.recipes.context import StageContext
+from veripo.recipes.sharding import gathered_weights
 from veripo.recipes.sources import SampleStore
 
 SUMMARY_KEYS = ("accuracy", "response_len", "thinking_len", "inconsistency_rate", "format_rate", "truncated_rate",
@@ -25,14 +26,15 @@ def evaluate_stage(ctx: StageContext, store: SampleStore) -> dict[str, dict[str,
     for source in cfg.heldout:
         samples = store.load(source).samples
         name = source.name or Path(source.path).name
-        metrics = evaluate(
-            ctx.policy.model, ctx.policy.tokenizer, ctx.encode, samples,
-            out_dir=ctx.stage_dir / "eval" / name, benchmark=name, profile=cfg.profile,
-            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-            repetition_penalty=cfg.repetition_penalty, judge=judge, judge_name=judge_name,
-            settings={"prompt": ctx.cfg.model.prompt, "media": vars(ctx.cfg.media).copy()},
-            show_progress=ctx.show_progress, dist=ctx.dist,
-        )
+        with gathered_weights(ctx.policy.model):  # each rank decodes its share for as long as it needs
+            metrics = evaluate(
+                ctx.policy.model, ctx.policy.tokenizer, ctx.encode, samples,
+                out_dir=ctx.stage_dir / "eval" / name, benchmark=name, profile=cfg.profile,
+                max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                repetition_penalty=cfg.repetition_penalty, judge=judge, judge_name=judge_name,
+                settings={"prompt": ctx.cfg.model.prompt, "media": vars(ctx.cfg.media).copy()},
+                show_progress=ctx.show_progress, dist=ctx.dist,
+            )
         if not ctx.dist.is_main:
             continue
         results[name] = {k: metrics.get(k) for k in SUMMARY_KEYS}

@@ -30,7 +30,7 @@ import torch
 
 from veripo.algos.advantages import group_advantages
 from veripo.algos.kl import kl_divergence
-from veripo.algos.logprobs import backward_group, response_log_probs
+from veripo.algos.logprobs import backward_group, micro_batch_count, response_log_probs
 from veripo.algos.policy_loss import clipped_policy_loss
 from veripo.data.jsonl import JsonlWriter
 from veripo.data.records import Rollout, Sample
@@ -49,6 +49,7 @@ from veripo.recipes.context import (
     save_if_due,
 )
 from veripo.recipes.distributed import gather_objects
+from veripo.recipes.sharding import gathered_weights, idle_backward, is_weight_sharded, lockstep
 from veripo.rewards import parse_completion
 from veripo.rewards.profiles import build_profile
 from veripo.rollout import HFRolloutEngine, SamplingParams
@@ -208,7 +209,13 @@ def train_step(
         if groups[gi].question in mine:
             by_group.setdefault(gi, []).append(r)
     sums = {"clip": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0.0, "loss": 0.0}
-    for gi, rows in by_group.items():
+    calls = list(by_group.items())
+    counts = [micro_batch_count(len(rows), grpo.response_micro_batch) for _, rows in calls]
+    for call, micro_batches in enumerate(lockstep(ctx.dist, model, counts)):
+        if call >= len(calls):  # weight sharding: keep the other ranks' layer collectives company
+            idle_backward(model, micro_batches, shared_prefix=grpo.shared_prefix)
+            continue
+        gi, rows = calls[call]
         g = groups[gi]
         prompt = ctx.encode(samples[g.sample_id])
         ids, mask = _padded([g.token_ids[r] for r in rows], torch.long)
@@ -245,7 +252,7 @@ def train_step(
         backward_group(
             model, prompt, ids, mask, loss_fn,
             micro_batch=grpo.response_micro_batch, shared_prefix=grpo.shared_prefix, with_entropy=True,
-            temperature=temperature,
+            temperature=temperature, min_micro_batches=micro_batches,
         )
     return sums
 
@@ -276,6 +283,9 @@ def run_grpo(ctx: StageContext) -> StageResult:
         return StageResult(steps=progress.step, outputs={n: ctx.stage_dir / n for n in OUTPUTS},
                            numbers={"wall_time_s": progress.extra.get("time_s", 0.0)})
     ref_model = None
+    if grpo.kl_coef > 0 and is_weight_sharded(model):  # e.g. sharding switched on by an accelerate FSDP launch
+        raise ValueError(f"stage '{ctx.stage.name}': grpo.kl_coef > 0 needs a frozen whole copy of the policy on "
+                         "every rank, which weight sharding (FSDP2) is meant to avoid; set grpo.kl_coef=0")
     if grpo.kl_coef > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the stage-start policy
         if progress.unit > 0:
@@ -297,7 +307,9 @@ def run_grpo(ctx: StageContext) -> StageResult:
             for unit in range(progress.unit, grpo.rollout_batches):
                 questions = batch_questions(ctx.samples, unit, grpo.rollout_batch_size, ctx.cfg.seed, ctx.stage.name)
                 mine = ctx.dist.shard(list(enumerate(questions)))
-                groups = gather_objects(ctx.dist, sample_and_score(ctx, engine, mine, unit))
+                with gathered_weights(model):
+                    scored = sample_and_score(ctx, engine, mine, unit)
+                groups = gather_objects(ctx.dist, scored)
                 groups.sort(key=lambda g: g.question)
                 assign_advantages(groups, grpo)
                 rollouts = to_rollouts(ctx, groups, unit, policy_version=progress.global_step)

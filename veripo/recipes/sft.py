@@ -28,6 +28,7 @@ from veripo.recipes.context import (
     save_if_due,
 )
 from veripo.recipes.distributed import gather_objects
+from veripo.recipes.sharding import idle_backward, lockstep
 
 OUTPUTS = ["metrics.jsonl"]
 
@@ -70,7 +71,12 @@ def run_sft(ctx: StageContext) -> StageResult:
                 n_tokens = float(sum(len(targets[s.id]) for s in batch))
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum = 0.0
-                for sample in ctx.dist.shard(batch):
+                mine = ctx.dist.shard(batch)
+                for call, micro_batches in enumerate(lockstep(ctx.dist, model, [1] * len(mine))):
+                    if call >= len(mine):  # weight sharding: keep the other ranks' layer collectives company
+                        idle_backward(model, micro_batches, shared_prefix=False)
+                        continue
+                    sample = mine[call]
                     ids = torch.tensor([targets[sample.id]])
                     mask = torch.ones_like(ids, dtype=torch.float32)
                     # one response per prompt: a single full forward is cheaper than the shared-prefix

@@ -20,6 +20,7 @@ skipped, the current one resumes from its newest checkpoint, nothing is written 
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ from veripo.recipes.evaluation import evaluate_stage
 from veripo.recipes.grpo import run_grpo
 from veripo.recipes.run_dir import RunDir, atomic_write_text
 from veripo.recipes.sft import run_sft
+from veripo.recipes.sharding import shard_decoder_layers, weight_sharding_requested
 from veripo.recipes.sources import SampleStore
 from veripo.recipes.verify import run_verify
 
@@ -92,6 +94,11 @@ def load_base_policy(cfg: RunConfig, run: RunDir, dist: DistInfo) -> Any:
     policy = load_policy(path, dtype=cfg.model.dtype, device=str(pick_device(cfg.model.device)))
     if cfg.model.gradient_checkpointing:
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if weight_sharding_requested(cfg.distributed.shard_weights, os.environ) and dist.world > 1:
+        layers = shard_decoder_layers(policy.model, dist)
+        if dist.is_main:
+            Console(stderr=True).print(f"weights: {layers} decoder layers sharded over {dist.world} ranks (FSDP2); "
+                                       "vision tower, embeddings and lm_head data-parallel")
     return policy
 
 

@@ -1,0 +1,207 @@
+"""Weight sharding with FSDP2 (``distributed.shard_weights``): ZeRO stage 3 for the decoder layers.
+
+What is sharded: every decoder layer of the language model is its own ``fully_shard`` unit, so each rank keeps
+1/world of its weights, gradients and AdamW moments and all-gathers one layer at a time for its forward and
+backward (about 80% of Qwen2.5-VL-7B's parameters). The vision tower, token embeddings, final norm and lm_head
+stay whole on every rank and are data-parallel exactly as without sharding (``sum_gradients``): the vision tower
+runs only for questions with images or videos, which differ per rank, and an all-gather needs every rank.
+
+What that asks of the recipes, because every layer forward is an all-gather and every layer backward a
+reduce-scatter that all ranks must enter in the same order:
+- Sampling and evaluation run inside ``gathered_weights``: the layers are all-gathered once, each rank then
+  decodes its own questions for as many tokens as they need, and the layers are resharded after. (Peak memory
+  during sampling is the whole policy, as in data parallel; the saving is in training, where gradients,
+  AdamW state and activations live.)
+- Training runs in ``lockstep``: every rank makes the same number of ``backward_group`` calls with the same
+  number of response micro-batches each; a rank with less work pads with zero-loss passes on a one-token
+  prompt (``idle_backward``), which add exact zeros to the summed gradients.
+- Gradients are summed over ranks, not averaged (the losses carry the global normalisers), as in data parallel,
+  so one process, plain data parallel and sharded runs take the same optimizer step
+  (tests/recipes/test_data_parallel_on_cpu.py).
+- Checkpoints hold whole tensors gathered on rank 0 in the plain formats (``save_pretrained`` weights, a plain
+  AdamW state dict): a sharded run resumes with or without sharding and with any number of ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+
+from veripo.algos.logprobs import backward_group, decoder_layers
+from veripo.recipes.distributed import DistInfo
+
+
+def weight_sharding_requested(configured: bool, env: Mapping[str, str]) -> bool:
+    """``distributed.shard_weights``, or an ``accelerate launch`` with an FSDP2 config (which veripo honours by
+    sharding the decoder layers; ``configs/accelerate/fsdp2-8gpu.yaml``). Accelerate settings veripo cannot
+    honour are refused rather than silently run as plain data parallel."""
+    def flag(name: str) -> bool:
+        return env.get(name, "false").strip().lower() == "true"
+
+    if flag("ACCELERATE_USE_DEEPSPEED"):
+        raise ValueError("accelerate config with DeepSpeed: veripo does not run DeepSpeed. For ZeRO-3-style weight "
+                         "sharding use an FSDP2 config (configs/accelerate/fsdp2-8gpu.yaml) or "
+                         "distributed.shard_weights=true; for ZeRO-1, distributed.shard_optimizer=true.")
+    if not flag("ACCELERATE_USE_FSDP"):
+        return configured
+    refused = {
+        "FSDP_VERSION": (env.get("FSDP_VERSION", "1") != "2", "fsdp_version must be 2 (veripo shards with FSDP2)"),
+        "FSDP_OFFLOAD_PARAMS": (flag("FSDP_OFFLOAD_PARAMS"), "fsdp_offload_params is not supported"),
+        "FSDP_RESHARD_AFTER_FORWARD": (env.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() not in ("true", "full_shard"),
+                                       "fsdp_reshard_after_forward must be true (veripo reshards every layer)"),
+        "FSDP_ACTIVATION_CHECKPOINTING": (flag("FSDP_ACTIVATION_CHECKPOINTING"),
+                                          "use model.gradient_checkpointing: true instead of "
+                                          "fsdp_activation_checkpointing (the shared-prefix cache needs it)"),
+    }
+    problems = [f"{why} ({name}={env.get(name)})" for name, (bad, why) in refused.items() if bad]
+    if problems:
+        raise ValueError("accelerate FSDP config: " + "; ".join(problems))
+    return True
+
+
+def shard_decoder_layers(model: nn.Module, info: DistInfo) -> int:
+    """Make every decoder layer an FSDP2 unit over all ranks (gradients summed); returns the number of layers."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (info.world,))
+    layers = decoder_layers(model)
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+        layer.set_gradient_divide_factor(1.0)  # sum, as data parallel does: losses carry global normalisers
+        layer.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
+    return len(layers)
+
+
+def sharded_units(model: nn.Module) -> list[FSDPModule]:
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def is_weight_sharded(model: nn.Module) -> bool:
+    return bool(sharded_units(model))
+
+
+@contextmanager
+def gathered_weights(model: nn.Module) -> Iterator[None]:
+    """The sharded layers all-gathered for the duration (sampling, evaluation, reference log-probs): inside,
+    any rank may run any number of forwards without a collective. Every rank must enter together."""
+    units = sharded_units(model)
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True, recurse=False)
+
+
+def lockstep(info: DistInfo, model: nn.Module, micro_batches: list[int]) -> list[int]:
+    """Micro-batches per ``backward_group`` call that this rank must run so every rank runs the same passes:
+    per call position the most any rank runs, for as many calls as the busiest rank makes. Positions past
+    this rank's own calls are ``idle_backward`` calls. Without sharding: ``micro_batches`` unchanged."""
+    if info.world == 1 or not is_weight_sharded(model):
+        return list(micro_batches)
+    every: list[list[int] | None] = [None] * info.world
+    dist.all_gather_object(every, list(micro_batches))
+    calls = max(len(counts) for counts in every)
+    return [max(counts[i] for counts in every if i < len(counts)) for i in range(calls)]
+
+
+def idle_backward(model: nn.Module, micro_batches: int, shared_prefix: bool) -> None:
+    """A zero-loss ``backward_group`` on a one-token prompt with ``micro_batches`` micro-batches: the same
+    collectives as a real call, exact zeros for every gradient. Whole (unsharded) parameters that had no
+    gradient keep none, so AdamW treats them as one process would."""
+    device = next(model.parameters()).device
+    untouched = [p for p in model.parameters() if p.requires_grad and p.grad is None and not isinstance(p, DTensor)]
+    prompt = {"input_ids": torch.zeros(1, 1, dtype=torch.long, device=device)}
+    response = torch.zeros(1, 2, dtype=torch.long, device=device)
+    backward_group(model, prompt, response, torch.ones(1, 2, device=device),
+                   lambda log_probs, _entropy, _rows: log_probs.sum() * 0.0,
+                   shared_prefix=shared_prefix, min_micro_batches=micro_batches)
+    for p in untouched:
+        p.grad = None
+
+
+def sharded_grad_norm_and_clip(model: nn.Module, max_norm: float) -> float:
+    """``clip_grad_norm_`` over sharded and whole gradients: the global L2 norm (shards' squares summed over
+    ranks, whole gradients counted once), every gradient scaled by ``min(1, max_norm / (norm + 1e-6))``."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    shards = torch.zeros((), dtype=torch.float64)
+    whole = torch.zeros((), dtype=torch.float64)
+    for g in grads:
+        if isinstance(g, DTensor):
+            shards += g.to_local().double().pow(2).sum().cpu()
+        else:
+            whole += g.double().pow(2).sum().cpu()
+    if dist.is_initialized():
+        device = grads[0].device
+        shards = shards.to(device)
+        dist.all_reduce(shards, op=dist.ReduceOp.SUM)
+        shards = shards.cpu()
+    total = float((shards + whole).sqrt())
+    if max_norm > 0:
+        coef = min(1.0, max_norm / (total + 1e-6))
+        if coef < 1.0:
+            for g in grads:
+                (g.to_local() if isinstance(g, DTensor) else g).mul_(coef)
+    return total
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every weight whole, on rank 0 (other ranks get an empty dict). A collective: every rank calls it."""
+    return get_model_state_dict(model, options=_FULL)
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The AdamW state whole, on rank 0, in the plain ``optimizer.state_dict()`` format (parameters numbered
+    in the optimizer's order), so it loads into an unsharded run too. A collective: every rank calls it."""
+    by_name = get_optimizer_state_dict(model, optimizer, options=_FULL)
+    if not by_name:
+        return {}
+    index = {name: i for i, name in enumerate(_optimizer_names(model, optimizer))}
+    groups = [{**group, "params": [index[name] for name in group["params"]]} for group in by_name["param_groups"]]
+    return {"state": {index[name]: value for name, value in by_name["state"].items()}, "param_groups": groups}
+
+
+def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load whole weights (every rank has them) into the sharded model: each rank keeps its shard."""
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a plain AdamW state dict (every rank has it) into the optimizer of the sharded model."""
+    names = _optimizer_names(model, optimizer)
+    if any(not isinstance(k, int) or not 0 <= k < len(names) for k in state.get("state", {})):
+        raise ValueError(f"optimizer state does not match this model's {len(names)} trainable parameters")
+    groups = [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]]
+    by_name = {"state": {names[i]: value for i, value in state["state"].items()}, "param_groups": groups}
+    # strict=False: a parameter no gradient ever reached (the vision tower in a text-only stage) has no AdamW
+    # state, in a plain AdamW as here
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def _optimizer_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Parameter names in the optimizer's numbering (its groups' order)."""
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    return [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
