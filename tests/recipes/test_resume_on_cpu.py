@@ -3,6 +3,7 @@ run ends: the same final weights, the same metrics, rollouts and pairs, nothing 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -48,27 +50,38 @@ stages:
 """
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    env = dict(os.environ, VERIPO_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "veripo", "run", *args], cwd=cwd, env=env,
+def _start(args: list[str], cwd: Path, processes: int = 1) -> subprocess.Popen:
+    """``veripo run ARGS``; with ``processes`` > 1 under torch.distributed.run."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(VERIPO_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    return subprocess.Popen([*launcher, "-m", "veripo", "run", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(proc: subprocess.Popen) -> Path:
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    return Path(out.strip().splitlines()[-1])
+    return next(Path(line) for line in reversed(out.strip().splitlines()) if Path(line).is_absolute() and Path(line).is_dir())
 
 
 def _kill_when(proc: subprocess.Popen, root: Path, pattern: str, timeout: float = 300) -> bool:
-    """SIGKILL the run as soon as a file matching ``pattern`` exists under ``root``; False if it finished first."""
+    """SIGKILL the run (every process of it) as soon as a file matching ``pattern`` exists under ``root``;
+    False if it finished first."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             return False
         if any(root.glob(pattern)):
-            proc.send_signal(signal.SIGKILL)
+            # torch.distributed.run starts each worker in a session of its own: kill the whole process tree
+            tree = [proc.pid, *(child.pid for child in psutil.Process(proc.pid).children(recursive=True))]
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             proc.wait()
+            psutil.wait_procs([p for p in map(_process, tree) if p is not None], timeout=30)
             return True
         time.sleep(0.05)
     proc.kill()
@@ -79,6 +92,13 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     stage = sorted((run / "stages").glob("*-dpo"))[0]
     pointer = json.loads((stage / "latest.json").read_text())["checkpoint"]
     return load_file(str(stage / "checkpoints" / pointer / "model.safetensors"))
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
 
 
 def _records(path: Path, drop: tuple[str, ...] = ("time_s", "sample")) -> list[dict]:
@@ -161,3 +181,43 @@ def test_resumed_between_stages_finds_the_questions_of_finished_stages(tmp_path:
     a, b = _final_weights(clean_run), _final_weights(resumed)
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+SHARDED = "distributed.shard_weights=true"
+
+
+@pytest.fixture(scope="module")
+def sharded_clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same config, uninterrupted, with two processes and the decoder layers sharded (FSDP2)."""
+    root = tmp_path_factory.mktemp("sharded-clean")
+    (root / "cfg.yaml").write_text(CONFIG)
+    return _finish(_start(["cfg.yaml", "output_dir=runs", SHARDED], root, processes=2))
+
+
+def test_killed_and_resumed_sharded_run_equals_uninterrupted(tmp_path: Path, sharded_clean_run: Path):
+    """Weight sharding: every process of a two-process run SIGKILLed mid-GRPO, during an evaluation and
+    mid-DPO, and resumed each time, ends bit-identical to the uninterrupted sharded run (checkpoints hold whole
+    tensors; each resumed rank takes its shards of the weights and of the AdamW state back)."""
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    out = tmp_path / "killed"
+    proc = _start(["cfg.yaml", f"output_dir={out}", SHARDED], tmp_path, processes=2)
+    kills = 0
+    for pattern in ("*/stages/01-grpo/checkpoints/ckpt-000001",  # mid GRPO (SFT is too quick to hit)
+                    "*/stages/01-grpo/eval/heldout/predictions.jsonl",  # during the held-out evaluation
+                    # mid DPO, where AdamW's moments are not zero (GRPO's are: no reward varies in a group
+                    # of this short run), so a resumed rank must take its shards of them back
+                    "*/stages/03-dpo/checkpoints/ckpt-00000[3-9]"):
+        if not _kill_when(proc, out, pattern):
+            break
+        kills += 1
+        proc = _start(["--resume", str(next(out.iterdir()))], tmp_path, processes=2)
+    resumed = _finish(proc)
+    assert kills == 3, f"the run finished before a kill point ({kills} kills)"
+    assert "shard_weights: true" in (resumed / "config.yaml").read_text()
+    a, b = _final_weights(sharded_clean_run), _final_weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    for rel in ("stages/00-sft/metrics.jsonl", "stages/01-grpo/rollouts.jsonl", "stages/02-verify/pairs.jsonl",
+                "stages/03-dpo/metrics.jsonl"):
+        assert _records(sharded_clean_run / rel) == _records(resumed / rel), rel
