@@ -118,12 +118,12 @@ def check_sharded_resume() -> None:
 
 
 def check_fsdp_lockstep(root: str) -> None:
-    """Weight sharding (FSDP2) on the tiny model, gradient checkpointing on: rank 0 trains two groups and
-    rank 1 one (shared prefix, micro-batches of 2, a one-token response), so rank 1 pads its call and runs
+    """Weight sharding (FSDP2) on the tiny model, gradient checkpointing on: each rank stores half of the
+    decoder layers' weights, gradients and AdamW moments; rank 0 trains two groups and rank 1 one (shared prefix, micro-batches of 2, a one-token response), so rank 1 pads its call and runs
     an idle call (``lockstep``). The summed gradients must equal one unsharded model's on all three groups;
     then a step, a checkpoint in the plain formats, one more step, and a fresh sharded model resumed from the
     checkpoint must take exactly the same last step."""
-    from veripo.algos.logprobs import backward_group, micro_batch_count
+    from veripo.algos.logprobs import backward_group, decoder_layers, micro_batch_count
     from veripo.models import build_tiny, load_policy
     from veripo.recipes import sharding
     from veripo.recipes.checkpoint import (
@@ -176,6 +176,11 @@ def check_fsdp_lockstep(root: str) -> None:
     assert sharding.lockstep(info, model, [2, 2] if info.rank == 0 else [1]) == [2, 2]
     train(model, info.shard(groups))
     sum_gradients(info, model)
+    layer_params = [p for layer in decoder_layers(model) for p in layer.parameters()]
+    held = sum(p.to_local().numel() for p in layer_params)  # what this rank stores (numel() is the whole)
+    held_grads = sum(p.grad.to_local().numel() for p in layer_params)
+    whole = sum(p.numel() for p in layer_params)
+    assert 0.45 * whole < held < 0.55 * whole and held_grads == held, (held, held_grads, whole)
     for (name, p), ref in zip(model.named_parameters(), reference.parameters()):
         grad = p.grad.full_tensor() if isinstance(p.grad, sharding.DTensor) else p.grad
         assert (grad is None) == (ref.grad is None), f"{name}: gradient presence differs"
@@ -191,6 +196,8 @@ def check_fsdp_lockstep(root: str) -> None:
     optimizer = build_optimizer(model, 1e-3, 0.1)
     scheduler = build_scheduler(optimizer, "cosine", 1, 4)
     step(model, optimizer, scheduler)
+    moments = sum(optimizer.state[p]["exp_avg"].to_local().numel() for p in layer_params)
+    assert moments == held, (moments, held)  # each rank keeps the AdamW moments of its shards only
     model_state = sharding.full_model_state(model)
     optimizer_state = sharding.full_optimizer_state(model, optimizer)
     stage = Path(root) / "stage"
