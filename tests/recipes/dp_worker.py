@@ -162,11 +162,8 @@ def check_fsdp_lockstep(root: str) -> None:
 
     def train(model, mine) -> None:
         counts = [micro_batch_count(ids.shape[0], 2) for _, ids, _ in mine]
-        for call, micro_batches in enumerate(sharding.lockstep(info, model, counts)):
-            if call >= len(mine):
-                sharding.idle_backward(model, micro_batches, shared_prefix=True)
-                continue
-            prompt, ids, mask = mine[call]
+        for (prompt, ids, mask), micro_batches in sharding.lockstep_calls(info, model, mine, counts,
+                                                                          shared_prefix=True):
             backward_group(model, prompt, ids, mask, loss_fn(mask), micro_batch=2, min_micro_batches=micro_batches)
 
     reference = new_model()

@@ -31,7 +31,7 @@ from veripo.recipes.context import (
 )
 from veripo.recipes.distributed import gather_objects
 from veripo.recipes.run_dir import atomic_write_json, read_json
-from veripo.recipes.sharding import gathered_weights, idle_backward, lockstep
+from veripo.recipes.sharding import gathered_weights, lockstep_calls
 
 OUTPUTS = ["metrics.jsonl"]
 
@@ -133,11 +133,7 @@ def run_dpo(ctx: StageContext) -> StageResult:
                 local: list[dict[str, float]] = []
                 losses: list[float] = []
                 mine = ctx.dist.shard(by_question(batch))
-                for call, micro_batches in enumerate(lockstep(ctx.dist, model, [1] * len(mine))):
-                    if call >= len(mine):  # weight sharding: keep the other ranks' layer collectives company
-                        idle_backward(model, micro_batches, shared_prefix=True)
-                        continue
-                    group = mine[call]
+                for group, micro_batches in lockstep_calls(ctx.dist, model, mine, [1] * len(mine), shared_prefix=True):
                     ids, mask = pair_rows(group, tokens)
                     ref_logps = torch.tensor([ref[p.id] for p in group])  # [k, 2]
 
@@ -150,7 +146,8 @@ def run_dpo(ctx: StageContext) -> StageResult:
                         local.extend({"chosen": float(r[0]), "rejected": float(r[1])} for r in dpo.beta * ratios.detach())
                         return loss
 
-                    stats = backward_group(model, ctx.encode(by_id[group[0].sample_id]), ids, mask, loss_fn)
+                    stats = backward_group(model, ctx.encode(by_id[group[0].sample_id]), ids, mask, loss_fn,
+                                           min_micro_batches=micro_batches)
                     losses.append(float(stats.loss))
                 rows = gather_objects(ctx.dist, local)
                 loss = sum(gather_objects(ctx.dist, [sum(losses)]))

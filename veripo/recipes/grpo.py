@@ -49,7 +49,7 @@ from veripo.recipes.context import (
     save_if_due,
 )
 from veripo.recipes.distributed import gather_objects
-from veripo.recipes.sharding import gathered_weights, idle_backward, is_weight_sharded, lockstep
+from veripo.recipes.sharding import gathered_weights, is_weight_sharded, lockstep_calls
 from veripo.rewards import parse_completion
 from veripo.rewards.profiles import build_profile
 from veripo.rollout import HFRolloutEngine, SamplingParams
@@ -211,11 +211,7 @@ def train_step(
     sums = {"clip": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0.0, "loss": 0.0}
     calls = list(by_group.items())
     counts = [micro_batch_count(len(rows), grpo.response_micro_batch) for _, rows in calls]
-    for call, micro_batches in enumerate(lockstep(ctx.dist, model, counts)):
-        if call >= len(calls):  # weight sharding: keep the other ranks' layer collectives company
-            idle_backward(model, micro_batches, shared_prefix=grpo.shared_prefix)
-            continue
-        gi, rows = calls[call]
+    for (gi, rows), micro_batches in lockstep_calls(ctx.dist, model, calls, counts, shared_prefix=grpo.shared_prefix):
         g = groups[gi]
         prompt = ctx.encode(samples[g.sample_id])
         ids, mask = _padded([g.token_ids[r] for r in rows], torch.long)

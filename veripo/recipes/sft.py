@@ -28,7 +28,7 @@ from veripo.recipes.context import (
     save_if_due,
 )
 from veripo.recipes.distributed import gather_objects
-from veripo.recipes.sharding import idle_backward, lockstep
+from veripo.recipes.sharding import lockstep_calls
 
 OUTPUTS = ["metrics.jsonl"]
 
@@ -71,18 +71,16 @@ def run_sft(ctx: StageContext) -> StageResult:
                 n_tokens = float(sum(len(targets[s.id]) for s in batch))
                 optimizer.zero_grad(set_to_none=True)
                 loss_sum = 0.0
-                mine = ctx.dist.shard(batch)
-                for call, micro_batches in enumerate(lockstep(ctx.dist, model, [1] * len(mine))):
-                    if call >= len(mine):  # weight sharding: keep the other ranks' layer collectives company
-                        idle_backward(model, micro_batches, shared_prefix=False)
-                        continue
-                    sample = mine[call]
+                mine = ctx.dist.shard(batch)  # one micro-batch per sample
+                for sample, micro_batches in lockstep_calls(ctx.dist, model, mine, [1] * len(mine),
+                                                            shared_prefix=False):
                     ids = torch.tensor([targets[sample.id]])
                     mask = torch.ones_like(ids, dtype=torch.float32)
                     # one response per prompt: a single full forward is cheaper than the shared-prefix
                     # split (prompt pass + continuation), about 15% per step on the demo's tiny model
                     stats = backward_group(model, ctx.encode(sample), ids, mask,
-                                           lambda logp, _e, _rows: -(logp.sum()) / n_tokens, shared_prefix=False)
+                                           lambda logp, _e, _rows: -(logp.sum()) / n_tokens, shared_prefix=False,
+                                           min_micro_batches=micro_batches)
                     loss_sum += float(stats.loss)
                 loss = sum(gather_objects(ctx.dist, [loss_sum]))
                 grad_norm, lr = optimizer_step(ctx, optimizer, scheduler, sft.max_grad_norm, progress)

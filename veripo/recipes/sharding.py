@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -43,6 +43,8 @@ from torch.distributed.tensor import DTensor
 
 from veripo.algos.logprobs import backward_group, decoder_layers
 from veripo.recipes.distributed import DistInfo
+
+T = TypeVar("T")
 
 
 def weight_sharding_requested(configured: bool, env: Mapping[str, str]) -> bool:
@@ -121,6 +123,17 @@ def lockstep(info: DistInfo, model: nn.Module, micro_batches: list[int]) -> list
     dist.all_gather_object(every, list(micro_batches))
     calls = max(len(counts) for counts in every)
     return [max(counts[i] for counts in every if i < len(counts)) for i in range(calls)]
+
+
+def lockstep_calls(info: DistInfo, model: nn.Module, work: list[T], micro_batches: list[int],
+                   shared_prefix: bool) -> Iterator[tuple[T, int]]:
+    """This rank's ``work`` items, each with the micro-batch count to pass to ``backward_group`` as
+    ``min_micro_batches`` (``lockstep``); the idle calls the other ranks need are run here, after the items."""
+    for call, count in enumerate(lockstep(info, model, micro_batches)):
+        if call < len(work):
+            yield work[call], count
+        else:  # weight sharding: keep the other ranks' layer collectives company
+            idle_backward(model, count, shared_prefix)
 
 
 def idle_backward(model: nn.Module, micro_batches: int, shared_prefix: bool) -> None:
