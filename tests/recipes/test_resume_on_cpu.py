@@ -50,10 +50,11 @@ stages:
 """
 
 
-def _start(args: list[str], cwd: Path, processes: int = 1) -> subprocess.Popen:
+def _start(args: list[str], cwd: Path, processes: int = 1, **extra_env: str) -> subprocess.Popen:
     """``veripo run ARGS``; with ``processes`` > 1 under torch.distributed.run."""
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(VERIPO_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    env.update(VERIPO_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
+               **extra_env)
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
@@ -221,3 +222,26 @@ def test_killed_and_resumed_sharded_run_equals_uninterrupted(tmp_path: Path, sha
     for rel in ("stages/00-sft/metrics.jsonl", "stages/01-grpo/rollouts.jsonl", "stages/02-verify/pairs.jsonl",
                 "stages/03-dpo/metrics.jsonl"):
         assert _records(sharded_clean_run / rel) == _records(resumed / rel), rel
+
+
+def test_a_one_process_run_resumes_sharded_under_an_accelerate_fsdp2_launch(tmp_path: Path, clean_run: Path):
+    """The checkpoint formats do not depend on sharding: a one-process run killed mid-DPO resumes with two
+    processes whose layers are sharded, switched on the way ``accelerate launch`` with an FSDP2 config does
+    (its environment), and ends where the uninterrupted one-process run ends, up to the rounding of summing
+    gradients over two processes."""
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    out = tmp_path / "killed"
+    proc = _start(["cfg.yaml", f"output_dir={out}"], tmp_path)
+    assert _kill_when(proc, out, "*/stages/03-dpo/checkpoints/ckpt-00000[3-9]"), "the run finished first"
+    proc = _start(["--resume", str(next(out.iterdir()))], tmp_path, processes=2,
+                  ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
+    out_text, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out_text[-3000:]
+    assert "decoder layers sharded over 2 ranks (FSDP2)" in out_text and "[dpo] resumed from ckpt-" in out_text
+    resumed = next(out.iterdir())
+    steps = [len(_records(run / "stages/03-dpo/metrics.jsonl")) for run in (clean_run, resumed)]
+    assert steps[0] == steps[1], f"DPO steps: uninterrupted {steps[0]}, resumed {steps[1]}"
+    a, b = _final_weights(clean_run), _final_weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")

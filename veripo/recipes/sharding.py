@@ -19,7 +19,7 @@ reduce-scatter that all ranks must enter in the same order:
   so one process, plain data parallel and sharded runs take the same optimizer step
   (tests/recipes/test_data_parallel_on_cpu.py).
 - Checkpoints hold whole tensors gathered on rank 0 in the plain formats (``save_pretrained`` weights, a plain
-  AdamW state dict): a sharded run resumes with or without sharding and with any number of ranks.
+  AdamW state dict): a run resumes with or without sharding, whatever it was written with.
 """
 
 from __future__ import annotations
