@@ -78,7 +78,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return model.model.language_model.layers
 
 
-def _layers_sharded(model: nn.Module) -> bool:
+def layers_sharded(model: nn.Module) -> bool:
     """Whether the decoder layers are FSDP2 units (veripo.recipes.sharding): every rank must then run them."""
     from torch.distributed.fsdp import FSDPModule
 
@@ -182,7 +182,7 @@ def _continuation(
     hidden = state.last_hidden.expand(g, -1, -1)
     # One-token responses need no layer pass, but with sharded layers every rank must run one (a collective):
     # then the token runs through the layers and adds exact zeros.
-    idle_pass = length == 1 and _layers_sharded(model)
+    idle_pass = length == 1 and layers_sharded(model)
     if length > 1 or idle_pass:
         inputs = response_ids[:, :-1] if length > 1 else response_ids  # the last token predicts nothing we need
         width = inputs.shape[1]

@@ -41,7 +41,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor
 
-from veripo.algos.logprobs import backward_group, decoder_layers
+from veripo.algos.logprobs import backward_group, decoder_layers, layers_sharded
 from veripo.recipes.distributed import DistInfo
 
 T = TypeVar("T")
@@ -90,11 +90,12 @@ def shard_decoder_layers(model: nn.Module, info: DistInfo) -> int:
 
 
 def sharded_units(model: nn.Module) -> list[FSDPModule]:
-    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+    """The FSDP2 units ``shard_decoder_layers`` made (none when the weights are whole)."""
+    return list(decoder_layers(model)) if layers_sharded(model) else []
 
 
 def is_weight_sharded(model: nn.Module) -> bool:
-    return bool(sharded_units(model))
+    return layers_sharded(model)
 
 
 @contextmanager
@@ -157,18 +158,16 @@ def sharded_grad_norm_and_clip(model: nn.Module, max_norm: float) -> float:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
         return 0.0
-    shards = torch.zeros((), dtype=torch.float64)
-    whole = torch.zeros((), dtype=torch.float64)
+    device = grads[0].device  # sums stay on the device: one host sync per step, not one per parameter
+    shards = torch.zeros((), dtype=torch.float64, device=device)
+    whole = torch.zeros((), dtype=torch.float64, device=device)
     for g in grads:
         if isinstance(g, DTensor):
-            shards += g.to_local().double().pow(2).sum().cpu()
+            shards += g.to_local().double().pow(2).sum()
         else:
-            whole += g.double().pow(2).sum().cpu()
+            whole += g.double().pow(2).sum()
     if dist.is_initialized():
-        device = grads[0].device
-        shards = shards.to(device)
         dist.all_reduce(shards, op=dist.ReduceOp.SUM)
-        shards = shards.cpu()
     total = float((shards + whole).sqrt())
     if max_norm > 0:
         coef = min(1.0, max_norm / (total + 1e-6))
