@@ -82,8 +82,9 @@ def layers_sharded(model: nn.Module) -> bool:
     """Whether the decoder layers are FSDP2 units (veripo.recipes.sharding): every rank must then run them."""
     from torch.distributed.fsdp import FSDPModule
 
-    layers = decoder_layers(model)
-    return len(layers) > 0 and isinstance(layers[0], FSDPModule)
+    language_model = getattr(getattr(model, "model", None), "language_model", None)  # None: not a Qwen-VL model
+    layers = getattr(language_model, "layers", None)
+    return layers is not None and len(layers) > 0 and isinstance(layers[0], FSDPModule)
 
 
 def _single_prompt(prompt_inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
