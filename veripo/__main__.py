@@ -1,4 +1,4 @@
-from veripo.cli.main import app
+from veripo.cli.main import main
 
 if __name__ == "__main__":
-    app()
+    main()

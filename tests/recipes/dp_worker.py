@@ -14,7 +14,6 @@ sharding (FSDP2) against one unsharded model and its exact resume; each exits no
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from pathlib import Path
 
@@ -230,12 +229,9 @@ def check_fsdp_lockstep(root: str) -> None:
 
 
 def _leave() -> None:
-    # both ranks leave together: a rank exiting while gloo still serves the other aborts (SIGABRT)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip interpreter teardown, where gloo's threads aborted a rank in fresh-clone CI
+    from veripo.recipes.distributed import finish_process
+
+    finish_process(0)  # both ranks leave together, skipping interpreter teardown (gloo aborted ranks there)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ commands import their heavy dependencies (torch, transformers) inside the functi
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 app = typer.Typer(
@@ -46,5 +48,14 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main() -> None:
+    """The console entry point: the app, then (under torchrun) every rank leaves the process group together."""
+    try:
+        app()
+    except SystemExit as stop:
+        if "torch.distributed" in sys.modules:  # never imports torch for --help
+            from veripo.recipes.distributed import finish_process
+
+            code = stop.code
+            finish_process(code if isinstance(code, int) else (0 if code is None else 1))
+        raise

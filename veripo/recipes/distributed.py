@@ -14,6 +14,7 @@ gloo match one process to 1e-5). Sampling seeds depend on the question, never on
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -145,3 +146,18 @@ def _buckets(params: list[torch.nn.Parameter]) -> list[list[torch.nn.Parameter]]
 def barrier(info: DistInfo) -> None:
     if info.world > 1:
         dist.barrier()
+
+
+def finish_process(exit_code: int) -> None:
+    """End a process of a multi-process command: wait for the other ranks (after success), leave the group and
+    exit at once. Interpreter teardown with gloo's threads still alive aborted a finished rank now and then
+    (SIGABRT, "terminate called without an active exception"), failing a run that had succeeded. No-op in
+    a single process."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if exit_code == 0:
+        dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
