@@ -45,17 +45,21 @@ def test_accelerate_config_is_consistent(path: Path):
 @pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.name)
 def test_accelerate_launch_environment_means_what_the_config_says(path: Path):
     """The environment ``accelerate launch --config_file PATH`` gives the processes (built by accelerate's own
-    code) turns veripo's weight sharding on exactly for the FSDP configs, and nothing in it is refused."""
+    code) turns veripo's weight sharding on exactly for the FSDP configs, with one shard group per node for the
+    hybrid (parallelism_config) one and one flat group otherwise, and nothing in it is refused."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    from veripo.recipes.sharding import weight_sharding_requested
+    from veripo.recipes.sharding import shard_group_size, weight_sharding_requested
 
     args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "veripo", "run", "CONFIG"])
     args, _, _ = _validate_launch_command(args)
     env = prepare_multi_gpu_env(args)
     doc = yaml.safe_load(path.read_text())
     assert weight_sharding_requested(False, env) is (doc["distributed_type"] == "FSDP")
+    per_node = doc["num_processes"] // doc["num_machines"]
+    hybrid = "parallelism_config" in doc
+    assert shard_group_size(None, env, doc["num_processes"]) == (per_node if hybrid else doc["num_processes"])
 
 
 def test_accelerate_configs_are_documented():

@@ -4,11 +4,13 @@
     python -m torch.distributed.run --nproc_per_node 2 dp_worker.py sum-gradients
     python -m torch.distributed.run --nproc_per_node 2 dp_worker.py sharded-resume
     python -m torch.distributed.run --nproc_per_node 2 dp_worker.py fsdp-lockstep DIR
+    python -m torch.distributed.run --nproc_per_node 4 dp_worker.py fsdp-lockstep DIR 2    # HSDP: 2 x 2
 
 ``run`` runs the config's stages with ``veripo.recipes.veripo.run`` and rank 0 writes the run directory to
 RESULT; ``sum-gradients`` checks ``sum_gradients`` on a toy module and ``sharded-resume`` that a sharded
 AdamW (ZeRO-1) resumes from a checkpointed state as a plain AdamW does; ``fsdp-lockstep`` checks weight
-sharding (FSDP2) against one unsharded model and its exact resume; each exits non-zero on a mismatch.
+sharding (FSDP2; with a group size, hybrid sharding) against one unsharded model and its exact resume; each
+exits non-zero on a mismatch.
 """
 
 from __future__ import annotations
@@ -116,12 +118,14 @@ def check_sharded_resume() -> None:
     _leave()
 
 
-def check_fsdp_lockstep(root: str) -> None:
-    """Weight sharding (FSDP2) on the tiny model, gradient checkpointing on: each rank stores half of the
-    decoder layers' weights, gradients and AdamW moments; rank 0 trains two groups and rank 1 one (shared prefix, micro-batches of 2, a one-token response), so rank 1 pads its call and runs
-    an idle call (``lockstep``). The summed gradients must equal one unsharded model's on all three groups;
-    then a step, a checkpoint in the plain formats, one more step, and a fresh sharded model resumed from the
-    checkpoint must take exactly the same last step."""
+def check_fsdp_lockstep(root: str, group_size: int | None = None) -> None:
+    """Weight sharding (FSDP2) on the tiny model, gradient checkpointing on: each rank stores 1/group of the
+    decoder layers' weights, gradients and AdamW moments (group: all ranks, or ``group_size`` for hybrid
+    sharding, where the replicas must hold equal shards). Rank 0 trains two groups and rank 1 one (shared
+    prefix, micro-batches of 2, a one-token response; with 4 ranks ranks 2 and 3 none), so rank 1 pads its
+    call and runs an idle call, ranks 2 and 3 only idle calls (``lockstep``). The summed gradients must equal
+    one unsharded model's on all three groups; then a step, a checkpoint in the plain formats, one more step,
+    and a fresh sharded model resumed from the checkpoint must take exactly the same last step."""
     from veripo.algos.logprobs import backward_group, decoder_layers, micro_batch_count
     from veripo.models import build_tiny, load_policy
     from veripo.recipes import sharding
@@ -136,7 +140,8 @@ def check_fsdp_lockstep(root: str) -> None:
     from veripo.recipes.distributed import init_distributed, sum_gradients
 
     info = init_distributed()
-    assert info.world == 2, f"run me with 2 processes, got {info.world}"
+    group = info.world if group_size is None else group_size
+    assert info.world in (2, 4) and info.world % group == 0, f"run me with 2 or 4 processes, got {info.world}"
     base = Path(root) / "tiny"
     if info.is_main:
         build_tiny(base, size="tiny", seed=3)
@@ -168,7 +173,7 @@ def check_fsdp_lockstep(root: str) -> None:
     reference = new_model()
     train(reference, groups)  # one unsharded model, all groups
     model = new_model()
-    sharding.shard_decoder_layers(model, info)
+    sharding.shard_decoder_layers(model, info, group_size)
     assert sharding.lockstep(info, model, [2, 2] if info.rank == 0 else [1]) == [2, 2]
     train(model, info.shard(groups))
     sum_gradients(info, model)
@@ -176,22 +181,25 @@ def check_fsdp_lockstep(root: str) -> None:
     held = sum(p.to_local().numel() for p in layer_params)  # what this rank stores (numel() is the whole)
     held_grads = sum(p.grad.to_local().numel() for p in layer_params)
     whole = sum(p.numel() for p in layer_params)
-    assert 0.45 * whole < held < 0.55 * whole and held_grads == held, (held, held_grads, whole)
+    assert 0.9 * whole / group < held < 1.1 * whole / group and held_grads == held, (held, held_grads, whole)
     for (name, p), ref in zip(model.named_parameters(), reference.parameters()):
         grad = p.grad.full_tensor() if isinstance(p.grad, sharding.DTensor) else p.grad
         assert (grad is None) == (ref.grad is None), f"{name}: gradient presence differs"
         if grad is not None:
             torch.testing.assert_close(grad, ref.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
-    def step(model, optimizer, scheduler) -> None:
-        sharding.sharded_grad_norm_and_clip(model, 0.05)
+    def step(model, optimizer, scheduler) -> float:
+        norm = sharding.sharded_grad_norm_and_clip(model, 0.05)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        return norm
 
     optimizer = build_optimizer(model, 1e-3, 0.1)
     scheduler = build_scheduler(optimizer, "cosine", 1, 4)
-    step(model, optimizer, scheduler)
+    norm = step(model, optimizer, scheduler)
+    expected = float(torch.nn.utils.get_total_norm([p.grad for p in reference.parameters() if p.grad is not None]))
+    assert abs(norm - expected) <= 1e-5 * expected, (norm, expected)  # each shard counted once, replicas or not
     moments = sum(optimizer.state[p]["exp_avg"].to_local().numel() for p in layer_params)
     assert moments == held, (moments, held)  # each rank keeps the AdamW moments of its shards only
     model_state = sharding.full_model_state(model)
@@ -210,7 +218,7 @@ def check_fsdp_lockstep(root: str) -> None:
     finished = sharding.full_model_state(model)
 
     resumed = new_model()
-    sharding.shard_decoder_layers(resumed, info)
+    sharding.shard_decoder_layers(resumed, info, group_size)
     resumed_optimizer = build_optimizer(resumed, 1e-3, 0.1)
     resumed_scheduler = build_scheduler(resumed_optimizer, "cosine", 1, 4)
     ckpt = latest_checkpoint(stage)
@@ -220,6 +228,13 @@ def check_fsdp_lockstep(root: str) -> None:
     sum_gradients(info, resumed)
     step(resumed, resumed_optimizer, resumed_scheduler)
     again = sharding.full_model_state(resumed)
+    if group < info.world:  # hybrid sharding: rank r and rank r + group hold the same shard of every layer
+        local = torch.cat([p.to_local().reshape(-1) for p in layer_params]).detach()
+        every = [torch.empty_like(local) for _ in range(info.world)]
+        torch.distributed.all_gather(every, local)
+        for rank in range(group, info.world):
+            torch.testing.assert_close(every[rank], every[rank % group], rtol=0, atol=0,
+                                       msg=lambda m: f"replica shards differ (ranks {rank % group}, {rank}): {m}")
     if info.is_main:
         moved = max(float((finished[k] - model_state[k]).abs().max()) for k in finished)
         assert moved > 1e-4, f"the last step moved no weight by more than {moved:.2g}"
@@ -241,7 +256,7 @@ if __name__ == "__main__":
         check_sum_gradients()
     elif sys.argv[1:] == ["sharded-resume"]:
         check_sharded_resume()
-    elif sys.argv[1:2] == ["fsdp-lockstep"] and len(sys.argv) == 3:
-        check_fsdp_lockstep(sys.argv[2])
+    elif sys.argv[1:2] == ["fsdp-lockstep"] and len(sys.argv) in (3, 4):
+        check_fsdp_lockstep(sys.argv[2], int(sys.argv[3]) if len(sys.argv) == 4 else None)
     else:
         sys.exit(__doc__)

@@ -25,7 +25,9 @@ state of its share of the parameters), must match the one-process run the same w
 it checkpoints (gathered on rank 0) must equal the one-process AdamW state, so a sharded run resumes. A
 fourth, two processes with ``distributed.shard_weights`` (FSDP2: each rank keeps half of every decoder
 layer's weights, gradients and AdamW state), must match it the same way too: the ranks' uneven shares
-(GRPO 2 + 1 questions, SFT 3 + 2 samples, DPO 2 + 1 questions) only work if they run in lockstep.
+(GRPO 2 + 1 questions, SFT 3 + 2 samples, DPO 2 + 1 questions) only work if they run in lockstep. A fifth,
+four processes with hybrid sharding (``distributed.shard_group_size: 2``: two replicas, each sharding the
+layers over two ranks), must match it as well; there GRPO's third question leaves rank 3 with no work at all.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from veripo.data.synthetic import make_synthetic
 pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).with_name("dp_worker.py")
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 STAGES = ("00-sft", "01-grpo", "02-dpo")
 # --standalone: the rendezvous picks a free local port itself (no race with a port chosen beforehand)
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -68,10 +71,12 @@ stages:
   - {{name: sft, kind: sft, data: [{{path: {text_data}}}]}}
   - {{name: grpo, kind: grpo}}
   - {{name: dpo, kind: dpo}}
-distributed: {{shard_optimizer: {zero}, shard_weights: {fsdp}}}
+distributed: {{shard_optimizer: {zero}, shard_weights: {fsdp}, shard_group_size: {group}}}
 """
-# name: (processes, sharding): none, "zero" (distributed.shard_optimizer) or "fsdp" (distributed.shard_weights)
-RUNS = {"one": (1, None), "two": (2, None), "two-zero": (2, "zero"), "two-fsdp": (2, "fsdp")}
+# name: (processes, sharding): none, "zero" (distributed.shard_optimizer), "fsdp" (distributed.shard_weights)
+# or "hsdp" (shard_weights with shard_group_size 2)
+RUNS = {"one": (1, None), "two": (2, None), "two-zero": (2, "zero"), "two-fsdp": (2, "fsdp"), "four-hsdp": (4, "hsdp")}
+MULTI = [name for name, (processes, _) in RUNS.items() if processes > 1]
 
 
 def _env() -> dict[str, str]:
@@ -84,7 +89,8 @@ def _launch(root: Path, name: str, pairs: Path, data: Path) -> tuple[subprocess.
     config = root / f"{name}.yaml"
     config.write_text(CONFIG.format(out=root / name, data=data, text_data=root / "text", cache=root / "media-cache",
                                     heldout=root / "heldout", zero=str(shard == "zero").lower(),
-                                    fsdp=str(shard == "fsdp").lower()))
+                                    fsdp=str(shard in ("fsdp", "hsdp")).lower(),
+                                    group=2 if shard == "hsdp" else "null"))
     result = root / f"{name}.result"
     worker = [str(WORKER), "run", str(config), str(pairs), str(result)]
     if processes == 1:
@@ -123,7 +129,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
             if proc.poll() is None:  # a failed or hung run: torchrun passes SIGTERM on to its workers
                 proc.terminate()
                 proc.wait(timeout=30)
-    print(f"one- and two-process runs (plain, ZeRO-1, FSDP2) finished in {time.monotonic() - start:.1f}s")
+    print(f"one- and multi-process runs (plain, ZeRO-1, FSDP2, HSDP) finished in {time.monotonic() - start:.1f}s")
     return out
 
 
@@ -140,7 +146,7 @@ def _final_weights(stage_dir: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-@pytest.mark.parametrize("two_run", ["two", "two-zero", "two-fsdp"])
+@pytest.mark.parametrize("two_run", MULTI)
 @pytest.mark.parametrize("stage", STAGES)
 def test_two_processes_reach_the_same_weights_as_one(runs, stage, two_run):
     one = _final_weights(runs["one"] / "stages" / stage)
@@ -174,14 +180,14 @@ def test_rank_zero_writes_the_rollouts_one_process_writes(runs):
 
 
 def test_every_rank_decodes_its_share_of_the_heldout_set(runs):
-    """Rank r decoded items r, r + 2, ... after every training stage (the worker logs what each rank
+    """Rank r of N decoded items r, r + N, ... after every training stage (the worker logs what each rank
     decoded), and rank 0 wrote every item once: the rows the single process writes, the broken video
     included."""
-    for run in ("two", "two-zero", "two-fsdp"):
-        decoded = {rank: (runs[run].parent.parent / f"{run}.eval-rank{rank}.log").read_text().split()
-                   for rank in (0, 1)}
-        assert decoded[0] == ["heldout:0", "heldout:2", "heldout:4", "heldout:6"] * len(STAGES), run
-        assert decoded[1] == ["heldout:1", "heldout:3", "heldout:5"] * len(STAGES), run
+    for run in MULTI:
+        world = RUNS[run][0]
+        for rank in range(world):
+            decoded = (runs[run].parent.parent / f"{run}.eval-rank{rank}.log").read_text().split()
+            assert decoded == [f"heldout:{i}" for i in range(rank, 7, world)] * len(STAGES), (run, rank)
     for stage in STAGES:
         def rows(run: str) -> dict[str, tuple]:
             found = read_jsonl(runs[run] / "stages" / stage / "eval" / "heldout" / "predictions.jsonl")
@@ -191,13 +197,14 @@ def test_every_rank_decodes_its_share_of_the_heldout_set(runs):
         one = rows("one")
         assert len(one) == 7 and one["heldout:5"][0] == "missing_media"
         if stage == STAGES[0]:  # later stages start from weights 1e-6 apart: compare statuses only there
-            assert rows("two") == one and rows("two-zero") == one and rows("two-fsdp") == one
+            for run in MULTI:
+                assert rows(run) == one, run
         else:
-            for run in ("two", "two-zero", "two-fsdp"):
+            for run in MULTI:
                 assert {k: v[0] for k, v in rows(run).items()} == {k: v[0] for k, v in one.items()}, run
 
 
-@pytest.mark.parametrize("two_run", ["two", "two-zero", "two-fsdp"])
+@pytest.mark.parametrize("two_run", MULTI)
 @pytest.mark.parametrize("stage", STAGES)
 def test_logged_losses_match(runs, stage, two_run):
     one = read_jsonl(runs["one"] / "stages" / stage / "metrics.jsonl")
@@ -208,7 +215,7 @@ def test_logged_losses_match(runs, stage, two_run):
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("sharded_run", ["two-zero", "two-fsdp"])
+@pytest.mark.parametrize("sharded_run", ["two-zero", "two-fsdp", "four-hsdp"])
 @pytest.mark.parametrize("stage", STAGES)
 def test_sharded_optimizer_checkpoints_the_whole_adamw_state(runs, stage, sharded_run):
     """Rank 0 gathers every rank's share before saving (ZeRO-1: the AdamW state; FSDP2: weights too): the
@@ -220,9 +227,10 @@ def test_sharded_optimizer_checkpoints_the_whole_adamw_state(runs, stage, sharde
         ckpt = latest_checkpoint(runs[run] / "stages" / stage)
         return torch.load(ckpt / "optimizer.pt", weights_only=True)
 
-    logs = {run: (runs[run].parent.parent / f"{run}.log").read_text() for run in ("two", "two-zero", "two-fsdp")}
+    logs = {run: (runs[run].parent.parent / f"{run}.log").read_text() for run in MULTI}
     assert "AdamW state sharded over 2 ranks (ZeRO-1)" in logs["two-zero"]
     assert "decoder layers sharded over 2 ranks (FSDP2)" in logs["two-fsdp"]
+    assert "decoder layers sharded over groups of 2 ranks, 2 replicas (HSDP" in logs["four-hsdp"]
     assert "ZeRO-1" not in logs["two"] and "FSDP2" not in logs["two"] and "ZeRO-1" not in logs["two-fsdp"]
     one, zero = state("one"), state(sharded_run)
     assert sorted(zero["state"]) == sorted(one["state"]) and len(one["state"]) > 0
@@ -262,11 +270,15 @@ def test_collective_timeout_outlasts_rank_zero_only_work(monkeypatch):
             collective_timeout()
 
 
-def test_weight_sharding_keeps_ranks_in_lockstep_and_resumes_exactly(tmp_path):
-    """FSDP2 on the tiny model with uneven work per rank (rank 1 pads its call and runs an idle call), a
-    one-token response and gradient checkpointing: the same gradients as one unsharded model, and a model
-    resumed from the plain-format checkpoint takes exactly the step the uninterrupted one took."""
-    cmd = [*TORCHRUN, "--nproc_per_node", "2", str(WORKER), "fsdp-lockstep", str(tmp_path)]
+@pytest.mark.parametrize(("processes", "group"), [(2, None), (4, 2)], ids=["fsdp-2", "hsdp-2x2"])
+def test_weight_sharding_keeps_ranks_in_lockstep_and_resumes_exactly(tmp_path, processes, group):
+    """FSDP2 on the tiny model with uneven work per rank (rank 1 pads its call and runs an idle call; with
+    four ranks, ranks 2 and 3 only idle calls), a one-token response and gradient checkpointing: the same
+    gradients and gradient norm as one unsharded model, and a model resumed from the plain-format checkpoint
+    takes exactly the step the uninterrupted one took. Hybrid sharding (2 replicas x 2 ranks): each rank holds
+    half of the layers and the replicas hold equal shards."""
+    cmd = [*TORCHRUN, "--nproc_per_node", str(processes), str(WORKER), "fsdp-lockstep", str(tmp_path),
+           *([str(group)] if group else [])]
     done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-8000:]}"
 
@@ -296,3 +308,61 @@ def test_accelerate_settings_veripo_cannot_honour_are_refused(env, message):
 
     with pytest.raises(ValueError, match=message):
         weight_sharding_requested(False, env)
+
+
+HSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "ACCELERATE_USE_PARALLELISM_CONFIG": "true",
+            "PARALLELISM_CONFIG_DP_REPLICATE_SIZE": "2", "PARALLELISM_CONFIG_DP_SHARD_SIZE": "8",
+            "PARALLELISM_CONFIG_TP_SIZE": "1", "PARALLELISM_CONFIG_CP_SIZE": "1", "PARALLELISM_CONFIG_SP_SIZE": "1"}
+
+
+@pytest.mark.parametrize(("configured", "env", "world", "expected"), [
+    (None, {}, 8, 8),  # one flat group
+    (4, {}, 8, 4),
+    (None, HSDP_ENV, 16, 8),  # accelerate: dp_shard_size 8 x dp_replicate_size 2
+    (8, HSDP_ENV, 16, 8),
+])
+def test_shard_group_size_comes_from_the_config_or_accelerate(configured, env, world, expected):
+    from veripo.recipes.sharding import shard_group_size
+
+    assert shard_group_size(configured, env, world) == expected
+
+
+@pytest.mark.parametrize(("configured", "env", "world", "message"), [
+    (3, {}, 8, "does not divide the 8 processes"),
+    (4, HSDP_ENV, 16, "says dp_shard_size 8"),
+    (None, HSDP_ENV, 8, "= 16, but 8 processes"),
+    (None, {**HSDP_ENV, "PARALLELISM_CONFIG_TP_SIZE": "2"}, 16, "tp_size=2"),
+    (None, {**HSDP_ENV, "PARALLELISM_CONFIG_DP_SHARD_SIZE": "eight"}, 16, "not a whole number"),
+])
+def test_shard_groups_veripo_cannot_build_are_refused(configured, env, world, message):
+    from veripo.recipes.sharding import shard_group_size
+
+    with pytest.raises(ValueError, match=message):
+        shard_group_size(configured, env, world)
+
+
+def test_a_parallelism_config_without_fsdp_is_refused():
+    from veripo.recipes.sharding import weight_sharding_requested
+
+    with pytest.raises(ValueError, match="only with an FSDP2 config"):
+        weight_sharding_requested(False, {"ACCELERATE_USE_PARALLELISM_CONFIG": "true"})
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["distributed.shard_group_size=2"], "shard_group_size is set but the weights are not sharded"),
+    (["distributed.shard_weights=true", "distributed.shard_group_size=3"], "does not divide the 4 processes"),
+])
+def test_a_shard_group_that_cannot_work_fails_before_the_model_loads(tmp_path, monkeypatch, overrides, message):
+    """Checked first: with a 7B model, loading it only to fail would cost minutes on every rank."""
+    import veripo.models
+    from veripo.config import RunConfig, load
+    from veripo.recipes.distributed import DistInfo
+    from veripo.recipes.veripo import load_base_policy
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the shard group was checked")
+
+    monkeypatch.setattr(veripo.models, "load_policy", must_not_load)
+    cfg = load(RunConfig, CONFIGS_DIR / "demo.yaml", overrides)
+    with pytest.raises(ValueError, match=message):
+        load_base_policy(cfg, None, DistInfo(rank=0, world=4))

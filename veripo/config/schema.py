@@ -194,8 +194,16 @@ class DistributedConfig:
     # step sharded parameters). One process: no effect. Also switched on by an accelerate FSDP2 launch
     # (configs/accelerate/fsdp2-8gpu.yaml).
     shard_weights: bool = False
+    # Hybrid sharding (HSDP) for several nodes: with shard_weights, the layers are sharded within each group of
+    # this many consecutive ranks (set it to the GPUs per node) and the groups are replicas, so the per-layer
+    # all-gathers stay inside a node and only gradients cross nodes. Must divide the number of processes.
+    # null: one group of all ranks. Also set by an accelerate parallelism_config (dp_shard_size).
+    shard_group_size: int | None = None
 
     def validate(self, prefix: str) -> None:
+        if self.shard_group_size is not None and self.shard_group_size < 1:
+            raise ConfigError(f"config key '{prefix}.shard_group_size' must be a positive number of ranks, got "
+                              f"{self.shard_group_size}")
         if self.shard_weights and self.shard_optimizer:
             raise ConfigError(f"config keys '{prefix}.shard_weights' and '{prefix}.shard_optimizer' are both true: "
                               "weight sharding (FSDP2) shards the decoder layers' AdamW state itself; set one of them.")

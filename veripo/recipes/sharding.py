@@ -2,7 +2,10 @@
 
 What is sharded: every decoder layer of the language model is its own ``fully_shard`` unit, so each rank keeps
 1/world of its weights, gradients and AdamW moments and all-gathers one layer at a time for its forward and
-backward (about 80% of Qwen2.5-VL-7B's parameters). The vision tower, token embeddings, final norm and lm_head
+backward (about 80% of Qwen2.5-VL-7B's parameters). With ``distributed.shard_group_size`` (hybrid sharding,
+HSDP) the layers are sharded within groups of that many consecutive ranks (one node's GPUs) and the groups
+are replicas: all-gathers stay inside a group, and each layer's gradients are reduce-scattered in the group,
+then summed across the replicas. The vision tower, token embeddings, final norm and lm_head
 stay whole on every rank and are data-parallel exactly as without sharding (``sum_gradients``): the vision tower
 runs only for questions with images or videos, which differ per rank, and an all-gather needs every rank.
 
@@ -59,6 +62,10 @@ def weight_sharding_requested(configured: bool, env: Mapping[str, str]) -> bool:
                          "sharding use an FSDP2 config (configs/accelerate/fsdp2-8gpu.yaml) or "
                          "distributed.shard_weights=true; for ZeRO-1, distributed.shard_optimizer=true.")
     if not flag("ACCELERATE_USE_FSDP"):
+        if flag("ACCELERATE_USE_PARALLELISM_CONFIG"):
+            raise ValueError("accelerate parallelism_config without FSDP: veripo reads dp_replicate_size and "
+                             "dp_shard_size only with an FSDP2 config "
+                             "(configs/accelerate/fsdp2-hsdp-2nodes-16gpu.yaml)")
         return configured
     refused = {
         "FSDP_VERSION": (env.get("FSDP_VERSION", "1") != "2", "fsdp_version must be 2 (veripo shards with FSDP2)"),
@@ -75,12 +82,57 @@ def weight_sharding_requested(configured: bool, env: Mapping[str, str]) -> bool:
     return True
 
 
-def shard_decoder_layers(model: nn.Module, info: DistInfo) -> int:
-    """Make every decoder layer an FSDP2 unit over all ranks (gradients summed); returns the number of layers."""
+def shard_group_size(configured: int | None, env: Mapping[str, str], world: int) -> int:
+    """How many ranks shard the layers among themselves: ``distributed.shard_group_size``, or the
+    ``dp_shard_size`` of an accelerate ``parallelism_config`` (HSDP, with ``dp_replicate_size`` replicas);
+    ``world`` (one flat group) when neither is set. It must divide ``world``; tensor, context and sequence
+    parallelism are refused (veripo does not implement them)."""
+    size = configured
+    if env.get("ACCELERATE_USE_PARALLELISM_CONFIG", "false").strip().lower() == "true":
+        def number(name: str) -> int:
+            raw = env.get(f"PARALLELISM_CONFIG_{name}", "1")
+            try:
+                return int(raw)
+            except ValueError:
+                raise ValueError(f"accelerate parallelism_config: PARALLELISM_CONFIG_{name}={raw!r} is not a "
+                                 "whole number") from None
+
+        unsupported = [f"{name.lower()}={number(name)}" for name in ("TP_SIZE", "CP_SIZE", "SP_SIZE")
+                       if number(name) > 1]
+        if unsupported:
+            raise ValueError("accelerate parallelism_config: veripo shards data-parallel only (dp_replicate_size, "
+                             f"dp_shard_size); tensor, context and sequence parallelism are not implemented: "
+                             + ", ".join(unsupported))
+        shard, replicate = number("DP_SHARD_SIZE"), number("DP_REPLICATE_SIZE")
+        if shard * replicate != world:
+            raise ValueError(f"accelerate parallelism_config: dp_shard_size {shard} x dp_replicate_size {replicate} "
+                             f"= {shard * replicate}, but {world} processes were launched")
+        if configured is not None and configured != shard:
+            raise ValueError(f"distributed.shard_group_size is {configured} but the accelerate parallelism_config "
+                             f"says dp_shard_size {shard}: set one of them")
+        size = shard
+    if size is None:
+        return world
+    if size < 1 or world % size:
+        raise ValueError(f"distributed.shard_group_size {size} does not divide the {world} processes launched "
+                         "(groups of consecutive ranks: use the GPUs per node)")
+    return size
+
+
+def shard_decoder_layers(model: nn.Module, info: DistInfo, group_size: int | None = None) -> int:
+    """Make every decoder layer an FSDP2 unit (gradients summed); returns the number of layers. The layers are
+    sharded over all ranks, or with ``group_size`` over each group of that many consecutive ranks, the groups
+    holding replicas (HSDP: a 2-D mesh, replicas x group)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     device = next(model.parameters()).device
-    mesh = init_device_mesh(device.type, (info.world,))
+    group = info.world if group_size is None else group_size
+    if group < 1 or info.world % group:
+        raise ValueError(f"shard group size {group} does not divide the world size {info.world}")
+    if group == info.world:
+        mesh = init_device_mesh(device.type, (info.world,))
+    else:
+        mesh = init_device_mesh(device.type, (info.world // group, group), mesh_dim_names=("replicate", "shard"))
     layers = decoder_layers(model)
     for layer in layers:
         fully_shard(layer, mesh=mesh, reshard_after_forward=True)
@@ -154,20 +206,23 @@ def idle_backward(model: nn.Module, micro_batches: int, shared_prefix: bool) -> 
 
 def sharded_grad_norm_and_clip(model: nn.Module, max_norm: float) -> float:
     """``clip_grad_norm_`` over sharded and whole gradients: the global L2 norm (shards' squares summed over
-    ranks, whole gradients counted once), every gradient scaled by ``min(1, max_norm / (norm + 1e-6))``."""
+    the ranks of a shard group, which together hold each layer once; whole gradients counted once), every
+    gradient scaled by ``min(1, max_norm / (norm + 1e-6))``."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
         return 0.0
     device = grads[0].device  # sums stay on the device: one host sync per step, not one per parameter
     shards = torch.zeros((), dtype=torch.float64, device=device)
     whole = torch.zeros((), dtype=torch.float64, device=device)
+    mesh = None
     for g in grads:
         if isinstance(g, DTensor):
             shards += g.to_local().double().pow(2).sum()
+            mesh = g.device_mesh
         else:
             whole += g.double().pow(2).sum()
-    if dist.is_initialized():
-        dist.all_reduce(shards, op=dist.ReduceOp.SUM)
+    if mesh is not None:  # HSDP: the replicas hold the same shards, so sum over one group only
+        dist.all_reduce(shards, op=dist.ReduceOp.SUM, group=mesh.get_group("shard") if mesh.ndim == 2 else None)
     total = float((shards + whole).sqrt())
     if max_norm > 0:
         coef = min(1.0, max_norm / (total + 1e-6))

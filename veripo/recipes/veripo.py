@@ -39,7 +39,7 @@ from veripo.recipes.evaluation import evaluate_stage
 from veripo.recipes.grpo import run_grpo
 from veripo.recipes.run_dir import RunDir, atomic_write_text
 from veripo.recipes.sft import run_sft
-from veripo.recipes.sharding import shard_decoder_layers, weight_sharding_requested
+from veripo.recipes.sharding import shard_decoder_layers, shard_group_size, weight_sharding_requested
 from veripo.recipes.sources import SampleStore
 from veripo.recipes.verify import run_verify
 
@@ -83,6 +83,12 @@ def open_run(cfg: RunConfig, resume: str | Path | None, dist: DistInfo) -> RunDi
 def load_base_policy(cfg: RunConfig, run: RunDir, dist: DistInfo) -> Any:
     from veripo.models import build_tiny, load_policy
 
+    shard = weight_sharding_requested(cfg.distributed.shard_weights, os.environ) and dist.world > 1
+    if shard:  # checked before loading: a group size that cannot work fails at once, not after minutes
+        group = shard_group_size(cfg.distributed.shard_group_size, os.environ, dist.world)
+    elif cfg.distributed.shard_group_size is not None and dist.world > 1:
+        raise ValueError("distributed.shard_group_size is set but the weights are not sharded: set "
+                         "distributed.shard_weights: true (or launch with an accelerate FSDP2 config)")
     path = cfg.model.path
     if path is None:
         if cfg.model.build_tiny is None:
@@ -94,10 +100,12 @@ def load_base_policy(cfg: RunConfig, run: RunDir, dist: DistInfo) -> Any:
     policy = load_policy(path, dtype=cfg.model.dtype, device=str(pick_device(cfg.model.device)))
     if cfg.model.gradient_checkpointing:
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if weight_sharding_requested(cfg.distributed.shard_weights, os.environ) and dist.world > 1:
-        layers = shard_decoder_layers(policy.model, dist)
+    if shard:
+        layers = shard_decoder_layers(policy.model, dist, group)
         if dist.is_main:
-            Console(stderr=True).print(f"weights: {layers} decoder layers sharded over {dist.world} ranks (FSDP2); "
+            how = (f"sharded over {dist.world} ranks (FSDP2)" if group == dist.world else
+                   f"sharded over groups of {group} ranks, {dist.world // group} replicas (HSDP, FSDP2)")
+            Console(stderr=True).print(f"weights: {layers} decoder layers {how}; "
                                        "vision tower, embeddings and lm_head data-parallel")
     return policy
 
