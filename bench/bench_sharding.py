@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/bench_sharding.py [--size small] [--steps 6] [--processes 2]
 
-Launches itself under ``torch.distributed.run`` twice, on CPU over gloo: once data parallel, once with the
-decoder layers sharded (``distributed.shard_weights``). Every rank runs the same GRPO-shaped work per step
+Launches itself under ``torch.distributed.run`` three times, on CPU over gloo: data parallel, the decoder
+layers sharded (``distributed.shard_weights``), and sharded with ``distributed.shard_optimizer`` as well (the
+whole parameters' AdamW moments split over the ranks). Every rank runs the same GRPO-shaped work per step
 (one question with G = 8 responses, shared prefix, micro-batches of 4), then the recipes' optimizer step
 (gradients summed, clipped, AdamW). Printed per mode: the bytes one rank holds in weights, gradients and
 AdamW moments (local shards for sharded parameters), the peak resident memory of that rank, the median
-time of a step after one warm-up step, and the ratios sharded / data parallel. On a 2-core machine two
+time of a step after one warm-up step, and the ratios of each sharded mode to data parallel. On a 2-core machine two
 processes already fill the cores, so the times mostly show the cost of the per-layer collectives.
 """
 
@@ -53,9 +54,11 @@ def worker(mode: str, size: str, steps: int, out: str) -> None:
         build_tiny(base, size=size, seed=0)
     torch.distributed.barrier()
     model = load_policy(base, dtype="float32", device="cpu").model.train()
-    if mode == "fsdp2":
+    if mode.startswith("fsdp2"):
         sharding.shard_decoder_layers(model, info)
-    optimizer = build_optimizer(model, 1e-4)
+    optimizer = build_optimizer(model, 1e-4, shard=mode == "fsdp2+zero1")
+    parts = [optimizer.layers, optimizer.whole.optim] if isinstance(optimizer, sharding.LayerShardedAdamW) \
+        else [optimizer]
     gen = torch.Generator().manual_seed(info.rank)
     prompt = {"input_ids": torch.randint(10, 200, (1, 96), generator=gen)}
     responses = torch.randint(10, 200, (8, 48), generator=gen)
@@ -76,7 +79,8 @@ def worker(mode: str, size: str, steps: int, out: str) -> None:
     result = {
         "weights": _held_bytes(model.parameters()),
         "grads": held_grads,
-        "adamw": _held_bytes(v for state in optimizer.state.values() for k, v in state.items() if k != "step"),
+        "adamw": _held_bytes(v for part in parts for state in part.state.values() for k, v in state.items()
+                             if k != "step"),
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "step_s": statistics.median(times[1:]),
     }
@@ -105,7 +109,7 @@ def main() -> int:
     env.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in ("data-parallel", "fsdp2"):
+        for mode in ("data-parallel", "fsdp2", "fsdp2+zero1"):
             out = Path(tmp) / f"{mode}.json"
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                    str(args.processes), __file__, "--worker", mode, "--size", args.size, "--steps", str(args.steps),
@@ -122,8 +126,11 @@ def main() -> int:
     for mode, ranks in results.items():
         row = ranks[0]
         print(f"{mode:16}" + "".join(f"{row[k] / 2**20:12.2f}" if k != "step_s" else f"{row[k]:12.3f}" for k in keys))
-    dp, fs = results["data-parallel"][0], results["fsdp2"][0]
-    print(f"{'fsdp2 / dp':16}" + "".join(f"{fs[k] / dp[k]:12.2f}" for k in keys))
+    dp = results["data-parallel"][0]
+    for mode in ("fsdp2", "fsdp2+zero1"):
+        print(f"{mode + ' / dp':16}" + "".join(f"{results[mode][0][k] / dp[k]:12.2f}" for k in keys))
+    for mode, ranks in results.items():  # ZeRO-1 splits by whole parameters, so the shares can be uneven
+        print(f"AdamW MiB per rank, {mode}: " + ", ".join(f"{r['adamw'] / 2**20:.2f}" for r in ranks))
     return 0
 
 

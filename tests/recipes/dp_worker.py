@@ -4,7 +4,7 @@
     python -m torch.distributed.run --nproc_per_node 2 dp_worker.py sum-gradients
     python -m torch.distributed.run --nproc_per_node 2 dp_worker.py sharded-resume
     python -m torch.distributed.run --nproc_per_node 2 dp_worker.py fsdp-lockstep DIR
-    python -m torch.distributed.run --nproc_per_node 4 dp_worker.py fsdp-lockstep DIR 2    # HSDP: 2 x 2
+    python -m torch.distributed.run --nproc_per_node 4 dp_worker.py fsdp-lockstep DIR 2 zero  # HSDP 2 x 2, ZeRO-1
 
 ``run`` runs the config's stages with ``veripo.recipes.veripo.run`` and rank 0 writes the run directory to
 RESULT; ``sum-gradients`` checks ``sum_gradients`` on a toy module and ``sharded-resume`` that a sharded
@@ -118,14 +118,16 @@ def check_sharded_resume() -> None:
     _leave()
 
 
-def check_fsdp_lockstep(root: str, group_size: int | None = None) -> None:
+def check_fsdp_lockstep(root: str, group_size: int | None = None, zero: bool = False) -> None:
     """Weight sharding (FSDP2) on the tiny model, gradient checkpointing on: each rank stores 1/group of the
     decoder layers' weights, gradients and AdamW moments (group: all ranks, or ``group_size`` for hybrid
     sharding, where the replicas must hold equal shards). Rank 0 trains two groups and rank 1 one (shared
     prefix, micro-batches of 2, a one-token response; with 4 ranks ranks 2 and 3 none), so rank 1 pads its
     call and runs an idle call, ranks 2 and 3 only idle calls (``lockstep``). The summed gradients must equal
     one unsharded model's on all three groups; then a step, a checkpoint in the plain formats, one more step,
-    and a fresh sharded model resumed from the checkpoint must take exactly the same last step."""
+    and a fresh sharded model resumed from the checkpoint must take exactly the same last step. With ``zero``
+    the whole parameters' AdamW moments are split over the ranks too (``LayerShardedAdamW``): each is held
+    by exactly one rank, and the steps must equal an unsharded AdamW's."""
     from veripo.algos.logprobs import backward_group, decoder_layers, micro_batch_count
     from veripo.models import build_tiny, load_policy
     from veripo.recipes import sharding
@@ -195,13 +197,33 @@ def check_fsdp_lockstep(root: str, group_size: int | None = None) -> None:
         optimizer.zero_grad(set_to_none=True)
         return norm
 
-    optimizer = build_optimizer(model, 1e-3, 0.1)
-    scheduler = build_scheduler(optimizer, "cosine", 1, 4)
+    optimizer = build_optimizer(model, 1e-3, 0.1, shard=zero)
+    assert isinstance(optimizer, sharding.LayerShardedAdamW) is zero
+    scheduler = build_scheduler(optimizer, "cosine", 0, 4)
+    reference_optimizer = build_optimizer(reference, 1e-3, 0.1)
+    reference_scheduler = build_scheduler(reference_optimizer, "cosine", 0, 4)
     norm = step(model, optimizer, scheduler)
     expected = float(torch.nn.utils.get_total_norm([p.grad for p in reference.parameters() if p.grad is not None]))
     assert abs(norm - expected) <= 1e-5 * expected, (norm, expected)  # each shard counted once, replicas or not
-    moments = sum(optimizer.state[p]["exp_avg"].to_local().numel() for p in layer_params)
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05, foreach=False)
+    reference_optimizer.step()
+    reference_scheduler.step()
+    stepped = sharding.full_model_state(model)
+    if info.is_main:  # the first step equals an unsharded AdamW's (ZeRO-1 parts, FSDP2 shards or both)
+        for name, value in reference.state_dict().items():
+            torch.testing.assert_close(stepped[name], value, rtol=1e-5, atol=1e-6, msg=lambda m: f"step {name}: {m}")
+    layer_state = optimizer.layers.state if zero else optimizer.state
+    moments = sum(layer_state[p]["exp_avg"].to_local().numel() for p in layer_params)
     assert moments == held, (moments, held)  # each rank keeps the AdamW moments of its shards only
+    if zero:  # every whole parameter with a gradient has its moments on exactly one rank
+        whole = [p for p in model.parameters() if not isinstance(p, sharding.DTensor) and p.requires_grad]
+        mine = torch.tensor([float(p in optimizer.whole.optim.state) for p in whole])
+        torch.distributed.all_reduce(mine)
+        expected_whole = [float(ref.grad is not None) for ref, p in zip(reference.parameters(), model.parameters())
+                          if not isinstance(p, sharding.DTensor) and p.requires_grad]
+        assert mine.tolist() == expected_whole, (mine.tolist(), expected_whole)
+        held_whole = sum(p.numel() for p in whole if p in optimizer.whole.optim.state)
+        assert held_whole < sum(p.numel() for p, n in zip(whole, expected_whole) if n), held_whole
     model_state = sharding.full_model_state(model)
     optimizer_state = sharding.full_optimizer_state(model, optimizer)
     stage = Path(root) / "stage"
@@ -216,11 +238,19 @@ def check_fsdp_lockstep(root: str, group_size: int | None = None) -> None:
     sum_gradients(info, model)
     step(model, optimizer, scheduler)
     finished = sharding.full_model_state(model)
+    reference_optimizer.zero_grad(set_to_none=True)
+    train(reference, groups)
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05, foreach=False)
+    reference_optimizer.step()  # the second step runs at the cosine schedule's next learning rate
+    if info.is_main:
+        for name, value in reference.state_dict().items():
+            torch.testing.assert_close(finished[name], value, rtol=1e-5, atol=1e-6,
+                                       msg=lambda m: f"second step {name}: {m}")
 
     resumed = new_model()
     sharding.shard_decoder_layers(resumed, info, group_size)
-    resumed_optimizer = build_optimizer(resumed, 1e-3, 0.1)
-    resumed_scheduler = build_scheduler(resumed_optimizer, "cosine", 1, 4)
+    resumed_optimizer = build_optimizer(resumed, 1e-3, 0.1, shard=zero)
+    resumed_scheduler = build_scheduler(resumed_optimizer, "cosine", 0, 4)
     ckpt = latest_checkpoint(stage)
     load_model_weights(resumed, ckpt)
     load_training_state(ckpt, resumed_optimizer, resumed_scheduler, resumed)
@@ -256,7 +286,8 @@ if __name__ == "__main__":
         check_sum_gradients()
     elif sys.argv[1:] == ["sharded-resume"]:
         check_sharded_resume()
-    elif sys.argv[1:2] == ["fsdp-lockstep"] and len(sys.argv) in (3, 4):
-        check_fsdp_lockstep(sys.argv[2], int(sys.argv[3]) if len(sys.argv) == 4 else None)
+    elif sys.argv[1:2] == ["fsdp-lockstep"] and len(sys.argv) in (3, 4, 5):
+        check_fsdp_lockstep(sys.argv[2], int(sys.argv[3]) if len(sys.argv) >= 4 else None,
+                            zero=sys.argv[4:] == ["zero"])
     else:
         sys.exit(__doc__)

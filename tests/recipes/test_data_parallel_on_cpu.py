@@ -27,7 +27,8 @@ fourth, two processes with ``distributed.shard_weights`` (FSDP2: each rank keeps
 layer's weights, gradients and AdamW state), must match it the same way too: the ranks' uneven shares
 (GRPO 2 + 1 questions, SFT 3 + 2 samples, DPO 2 + 1 questions) only work if they run in lockstep. A fifth,
 four processes with hybrid sharding (``distributed.shard_group_size: 2``: two replicas, each sharding the
-layers over two ranks), must match it as well; there GRPO's third question leaves rank 3 with no work at all.
+layers over two ranks) and ``shard_optimizer`` (the whole parameters' AdamW state split over the four ranks),
+must match it as well; there GRPO's third question leaves rank 3 with no work at all.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ stages:
 distributed: {{shard_optimizer: {zero}, shard_weights: {fsdp}, shard_group_size: {group}}}
 """
 # name: (processes, sharding): none, "zero" (distributed.shard_optimizer), "fsdp" (distributed.shard_weights)
-# or "hsdp" (shard_weights with shard_group_size 2)
+# or "hsdp" (shard_weights with shard_group_size 2, and shard_optimizer: ZeRO-1 for the whole parameters)
 RUNS = {"one": (1, None), "two": (2, None), "two-zero": (2, "zero"), "two-fsdp": (2, "fsdp"), "four-hsdp": (4, "hsdp")}
 MULTI = [name for name, (processes, _) in RUNS.items() if processes > 1]
 
@@ -88,7 +89,7 @@ def _launch(root: Path, name: str, pairs: Path, data: Path) -> tuple[subprocess.
     processes, shard = RUNS[name]
     config = root / f"{name}.yaml"
     config.write_text(CONFIG.format(out=root / name, data=data, text_data=root / "text", cache=root / "media-cache",
-                                    heldout=root / "heldout", zero=str(shard == "zero").lower(),
+                                    heldout=root / "heldout", zero=str(shard in ("zero", "hsdp")).lower(),
                                     fsdp=str(shard in ("fsdp", "hsdp")).lower(),
                                     group=2 if shard == "hsdp" else "null"))
     result = root / f"{name}.result"
@@ -231,6 +232,7 @@ def test_sharded_optimizer_checkpoints_the_whole_adamw_state(runs, stage, sharde
     assert "AdamW state sharded over 2 ranks (ZeRO-1)" in logs["two-zero"]
     assert "decoder layers sharded over 2 ranks (FSDP2)" in logs["two-fsdp"]
     assert "decoder layers sharded over groups of 2 ranks, 2 replicas (HSDP" in logs["four-hsdp"]
+    assert "AdamW state of the whole parameters sharded over 4 ranks" in " ".join(logs["four-hsdp"].split())
     assert "ZeRO-1" not in logs["two"] and "FSDP2" not in logs["two"] and "ZeRO-1" not in logs["two-fsdp"]
     one, zero = state("one"), state(sharded_run)
     assert sorted(zero["state"]) == sorted(one["state"]) and len(one["state"]) > 0
@@ -270,15 +272,15 @@ def test_collective_timeout_outlasts_rank_zero_only_work(monkeypatch):
             collective_timeout()
 
 
-@pytest.mark.parametrize(("processes", "group"), [(2, None), (4, 2)], ids=["fsdp-2", "hsdp-2x2"])
-def test_weight_sharding_keeps_ranks_in_lockstep_and_resumes_exactly(tmp_path, processes, group):
+@pytest.mark.parametrize(("processes", "extra"), [(2, []), (4, ["2", "zero"])], ids=["fsdp-2", "hsdp-2x2-zero1"])
+def test_weight_sharding_keeps_ranks_in_lockstep_and_resumes_exactly(tmp_path, processes, extra):
     """FSDP2 on the tiny model with uneven work per rank (rank 1 pads its call and runs an idle call; with
     four ranks, ranks 2 and 3 only idle calls), a one-token response and gradient checkpointing: the same
-    gradients and gradient norm as one unsharded model, and a model resumed from the plain-format checkpoint
-    takes exactly the step the uninterrupted one took. Hybrid sharding (2 replicas x 2 ranks): each rank holds
-    half of the layers and the replicas hold equal shards."""
-    cmd = [*TORCHRUN, "--nproc_per_node", str(processes), str(WORKER), "fsdp-lockstep", str(tmp_path),
-           *([str(group)] if group else [])]
+    gradients, gradient norm and first AdamW step as one unsharded model, and a model resumed from the
+    plain-format checkpoint takes exactly the step the uninterrupted one took. Hybrid sharding (2 replicas x 2
+    ranks) with ZeRO-1 for the whole parameters: each rank holds half of the layers, the replicas hold equal
+    shards, and each whole parameter's AdamW moments live on exactly one rank."""
+    cmd = [*TORCHRUN, "--nproc_per_node", str(processes), str(WORKER), "fsdp-lockstep", str(tmp_path), *extra]
     done = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-8000:]}"
 

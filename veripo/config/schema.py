@@ -189,10 +189,9 @@ class DistributedConfig:
     shard_optimizer: bool = False
     # FSDP2 (ZeRO stage 3 for the decoder layers): each rank keeps 1/world of every decoder layer's weights,
     # gradients and AdamW state, all-gathering a layer for its forward and backward (veripo.recipes.sharding).
-    # The vision tower, embeddings and lm_head stay whole (data parallel, their AdamW state too). Sampling and
-    # evaluation gather the layers for their duration. Exclusive with shard_optimizer (whose optimizer cannot
-    # step sharded parameters). One process: no effect. Also switched on by an accelerate FSDP2 launch
-    # (configs/accelerate/fsdp2-8gpu.yaml).
+    # The vision tower, embeddings and lm_head stay whole (data parallel); with shard_optimizer too, their AdamW
+    # state is split over the ranks (ZeRO-1). Sampling and evaluation gather the layers for their duration.
+    # One process: no effect. Also switched on by an accelerate FSDP2 launch (configs/accelerate/fsdp2-8gpu.yaml).
     shard_weights: bool = False
     # Hybrid sharding (HSDP) for several nodes: with shard_weights, the layers are sharded within each group of
     # this many consecutive ranks (set it to the GPUs per node) and the groups are replicas, so the per-layer
@@ -204,9 +203,6 @@ class DistributedConfig:
         if self.shard_group_size is not None and self.shard_group_size < 1:
             raise ConfigError(f"config key '{prefix}.shard_group_size' must be a positive number of ranks, got "
                               f"{self.shard_group_size}")
-        if self.shard_weights and self.shard_optimizer:
-            raise ConfigError(f"config keys '{prefix}.shard_weights' and '{prefix}.shard_optimizer' are both true: "
-                              "weight sharding (FSDP2) shards the decoder layers' AdamW state itself; set one of them.")
 
 
 @dataclass(frozen=True)

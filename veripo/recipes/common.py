@@ -41,12 +41,18 @@ def pick_device(device: str) -> torch.device:
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, *,
                     shard: bool = False) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; with ``shard`` and several processes, ZeRO stage 1 (each rank
-    holds the AdamW state of its share of the parameters: ``distributed.shard_optimizer``)."""
+    holds the AdamW state of its share of the parameters: ``distributed.shard_optimizer``). For a model whose
+    decoder layers are FSDP2 shards, ZeRO-1 covers the whole parameters (``LayerShardedAdamW``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     # foreach=False: the same arithmetic order on every machine (exact resume, DP equivalence tests)
     if shard and torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
         from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        from veripo.recipes.sharding import LayerShardedAdamW, is_weight_sharded
+
+        if is_weight_sharded(model):
+            return LayerShardedAdamW(params, lr=lr, weight_decay=weight_decay)
 
         return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, lr=lr, weight_decay=weight_decay,
                                        foreach=False)

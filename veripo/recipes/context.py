@@ -30,6 +30,7 @@ from veripo.recipes.common import (
 )
 from veripo.recipes.distributed import DistInfo, sum_gradients
 from veripo.recipes.sharding import (
+    LayerShardedAdamW,
     full_model_state,
     full_optimizer_state,
     is_weight_sharded,
@@ -65,6 +66,9 @@ class StageContext:
         optimizer = build_optimizer(self.policy.model, lr, weight_decay, shard=self.cfg.distributed.shard_optimizer)
         if is_sharded(optimizer):
             self.log(f"AdamW state sharded over {self.dist.world} ranks (ZeRO-1)")
+        elif isinstance(optimizer, LayerShardedAdamW):
+            self.log(f"AdamW state of the whole parameters sharded over {self.dist.world} ranks (ZeRO-1); "
+                     "the decoder layers' state is sharded with their weights")
         return optimizer
 
 
