@@ -224,20 +224,34 @@ def test_killed_and_resumed_sharded_run_equals_uninterrupted(tmp_path: Path, sha
         assert _records(sharded_clean_run / rel) == _records(resumed / rel), rel
 
 
-def test_a_one_process_run_resumes_sharded_under_an_accelerate_fsdp2_launch(tmp_path: Path, clean_run: Path):
+HSDP_LAUNCH = {"ACCELERATE_USE_PARALLELISM_CONFIG": "true", "PARALLELISM_CONFIG_DP_REPLICATE_SIZE": "2",
+               "PARALLELISM_CONFIG_DP_SHARD_SIZE": "2"}
+
+
+@pytest.mark.parametrize(("processes", "overrides", "launch", "expected"), [
+    (2, [], {}, ["decoder layers sharded over 2 ranks (FSDP2)"]),
+    (4, ["distributed.shard_optimizer=true"], HSDP_LAUNCH,  # no effect in the one-process part of the run
+     ["decoder layers sharded over groups of 2 ranks, 2 replicas (HSDP",
+      "[dpo] AdamW state of the whole parameters sharded over 4 ranks"]),
+], ids=["fsdp2", "hsdp-2x2-zero1"])
+def test_a_one_process_run_resumes_sharded_under_an_accelerate_fsdp2_launch(tmp_path: Path, clean_run: Path,
+                                                                            processes, overrides, launch, expected):
     """The checkpoint formats do not depend on sharding: a one-process run killed mid-DPO resumes with two
-    processes whose layers are sharded, switched on the way ``accelerate launch`` with an FSDP2 config does
-    (its environment), and ends where the uninterrupted one-process run ends, up to the rounding of summing
-    gradients over two processes."""
+    processes whose layers are sharded (or four: two replicas sharding over two ranks each, the whole
+    parameters' AdamW state split over the four), switched on the way ``accelerate launch`` with an FSDP2
+    config (and a parallelism_config) does, its environment, and ends where the uninterrupted one-process run
+    ends, up to the rounding of summing gradients over several processes."""
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     out = tmp_path / "killed"
-    proc = _start(["cfg.yaml", f"output_dir={out}"], tmp_path)
+    proc = _start(["cfg.yaml", f"output_dir={out}", *overrides], tmp_path)
     assert _kill_when(proc, out, "*/stages/03-dpo/checkpoints/ckpt-00000[3-9]"), "the run finished first"
-    proc = _start(["--resume", str(next(out.iterdir()))], tmp_path, processes=2,
-                  ACCELERATE_USE_FSDP="true", FSDP_VERSION="2")
+    proc = _start(["--resume", str(next(out.iterdir()))], tmp_path, processes=processes,
+                  ACCELERATE_USE_FSDP="true", FSDP_VERSION="2", **launch)
     out_text, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out_text[-3000:]
-    assert "decoder layers sharded over 2 ranks (FSDP2)" in out_text and "[dpo] resumed from ckpt-" in out_text
+    printed = " ".join(out_text.split())  # rich wraps long lines
+    assert all(line in printed for line in expected), out_text[-3000:]
+    assert "[dpo] resumed from ckpt-" in out_text
     resumed = next(out.iterdir())
     steps = [len(_records(run / "stages/03-dpo/metrics.jsonl")) for run in (clean_run, resumed)]
     assert steps[0] == steps[1], f"DPO steps: uninterrupted {steps[0]}, resumed {steps[1]}"
