@@ -101,8 +101,8 @@ def shard_group_size(configured: int | None, env: Mapping[str, str], world: int)
                 raise ValueError(f"accelerate parallelism_config: PARALLELISM_CONFIG_{name}={raw!r} is not a "
                                  "whole number") from None
 
-        unsupported = [f"{name.lower()}={number(name)}" for name in ("TP_SIZE", "CP_SIZE", "SP_SIZE")
-                       if number(name) > 1]
+        other = {name: number(name) for name in ("TP_SIZE", "CP_SIZE", "SP_SIZE")}
+        unsupported = [f"{name.lower()}={size}" for name, size in other.items() if size > 1]
         if unsupported:
             raise ValueError("accelerate parallelism_config: veripo shards data-parallel only (dp_replicate_size, "
                              f"dp_shard_size); tensor, context and sequence parallelism are not implemented: "
@@ -130,9 +130,7 @@ def shard_decoder_layers(model: nn.Module, info: DistInfo, group_size: int | Non
     from torch.distributed.device_mesh import init_device_mesh
 
     device = next(model.parameters()).device
-    group = info.world if group_size is None else group_size
-    if group < 1 or info.world % group:
-        raise ValueError(f"shard group size {group} does not divide the world size {info.world}")
+    group = shard_group_size(group_size, {}, info.world)  # the one place a group size is checked
     if group == info.world:
         mesh = init_device_mesh(device.type, (info.world,))
     else:
