@@ -24,7 +24,8 @@ right-padded ``response_ids [G, R]`` with ``response_mask [G, R]``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
@@ -85,6 +86,76 @@ def layers_sharded(model: nn.Module) -> bool:
     language_model = getattr(getattr(model, "model", None), "language_model", None)  # None: not a Qwen-VL model
     layers = getattr(language_model, "layers", None)
     return layers is not None and len(layers) > 0 and isinstance(layers[0], FSDPModule)
+
+
+class TrainingPasses:
+    """How ``backward_group`` runs its passes: plain autograd here. A DeepSpeed ZeRO-3 engine
+    (``veripo.recipes.deepspeed_zero3``) replaces it to route every forward and backward through the engine;
+    its passes are collectives, so every rank must run the same ones, vision tower included."""
+
+    every_pass_collective = False
+
+    def forward(self, compute: Callable[[], object]) -> object:
+        """Run one forward segment (``compute`` calls the model and returns its outputs)."""
+        return compute()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def backward_through(self, tensors: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """Backpropagate ``grads`` from ``tensors`` (the prompt pass, after its continuations)."""
+        torch.autograd.backward(tensors, grads)
+
+
+PLAIN_PASSES = TrainingPasses()
+
+
+def training_passes(model: nn.Module) -> TrainingPasses:
+    """The passes ``backward_group`` uses for ``model``: a DeepSpeed engine's when one was attached."""
+    return getattr(model, "veripo_training_passes", PLAIN_PASSES)
+
+
+def every_rank_runs_every_pass(model: nn.Module) -> bool:
+    """Whether every forward is a collective (FSDP2 layers, DeepSpeed ZeRO-3), so ranks must run the same passes."""
+    return layers_sharded(model) or training_passes(model).every_pass_collective
+
+
+@contextmanager
+def _vision_company(model: nn.Module, prompt: Mapping[str, torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Under DeepSpeed ZeRO-3 the vision tower's weights are partitioned too, so every rank must run it in every
+    prompt pass, at the same point: a prompt without images or videos runs it on one blank image of the smallest
+    size just before the language model (where a real prompt's vision tower runs, after the token embeddings).
+    Yields a list that then holds the output; add ``0 * out.sum()`` to the result (exact zeros)."""
+    company: list[torch.Tensor] = []
+    if not training_passes(model).every_pass_collective or not hasattr(model.model, "visual"):
+        yield company
+        return
+    if prompt.get("pixel_values") is not None and prompt.get("pixel_values_videos") is not None:
+        raise ValueError("DeepSpeed ZeRO-3: a prompt with both images and a video runs the vision tower twice, "
+                         "which the other ranks cannot match; give each question images or a video, not both")
+    if prompt.get("pixel_values") is not None or prompt.get("pixel_values_videos") is not None:
+        yield company
+        return
+    visual = model.model.visual
+
+    def run_vision_tower(_module: nn.Module, _args: object) -> None:
+        config = visual.config
+        merge = config.spatial_merge_size
+        width = config.in_channels * config.temporal_patch_size * config.patch_size**2
+        device = prompt["input_ids"].device
+        pixels = torch.zeros(merge * merge, width, dtype=next(visual.parameters()).dtype, device=device)
+        company.append(visual(pixels, grid_thw=torch.tensor([[1, merge, merge]], device=device)).pooler_output)
+
+    # prepend: before DeepSpeed's own pre-hook on the language model, so the module order matches a real prompt's
+    hook = model.model.language_model.register_forward_pre_hook(run_vision_tower, prepend=True)
+    try:
+        yield company
+    finally:
+        hook.remove()
+
+
+def _plus_zero_times(hidden: torch.Tensor, company: list[torch.Tensor]) -> torch.Tensor:
+    return hidden + 0.0 * sum(out.sum() for out in company) if company else hidden
 
 
 def _single_prompt(prompt_inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -168,8 +239,9 @@ def _prompt_pass(model: nn.Module, prompt: dict[str, torch.Tensor]) -> _PromptSt
     positions, delta = prompt_positions(model, prompt)
     layers = decoder_layers(model)
     cache = WriteOnceCache(len(layers))
-    with cache_kept_under_checkpointing(layers):
+    with cache_kept_under_checkpointing(layers), _vision_company(model, prompt) as company:
         hidden = model.model(**prompt, position_ids=positions, use_cache=True, **cache_kwargs(model.model, cache)).last_hidden_state
+    hidden = _plus_zero_times(hidden, company)
     keys, values = cache.captured()
     return _PromptState(keys, values, hidden[:, -1:], prompt["input_ids"].shape[1], delta)
 
@@ -183,7 +255,7 @@ def _continuation(
     hidden = state.last_hidden.expand(g, -1, -1)
     # One-token responses need no layer pass, but with sharded layers every rank must run one (a collective):
     # then the token runs through the layers and adds exact zeros.
-    idle_pass = length == 1 and layers_sharded(model)
+    idle_pass = length == 1 and every_rank_runs_every_pass(model)
     if length > 1 or idle_pass:
         inputs = response_ids[:, :-1] if length > 1 else response_ids  # the last token predicts nothing we need
         width = inputs.shape[1]
@@ -233,7 +305,8 @@ def _per_sequence(
         if prompt.get(key) is not None:
             value = prompt[key]
             inputs[key] = value.repeat(g, *([1] * (value.dim() - 1)))
-    hidden = model.model(**inputs, use_cache=False).last_hidden_state
+    with _vision_company(model, prompt) as company:
+        hidden = _plus_zero_times(model.model(**inputs, use_cache=False).last_hidden_state, company)
     return _token_log_probs(model, hidden[:, size - 1 : size - 1 + length], response_ids, with_entropy, temperature)
 
 
@@ -333,25 +406,30 @@ def backward_group(
     """
     _check_responses(response_ids, response_mask)
     prompt = _single_prompt(prompt_inputs)
-    state = _prompt_pass(model, prompt) if shared_prefix else None
+    passes = training_passes(model)
+    state = passes.forward(lambda: _prompt_pass(model, prompt)) if shared_prefix else None
     cut = state.cut() if state is not None else None
     total = torch.zeros((), device=response_ids.device)
     log_probs, entropies = [], []
     chunks = _row_chunks(response_ids.shape[0], micro_batch, response_ids.device)
+
+    def rows_log_probs(rows: torch.Tensor, with_entropy: bool) -> LogProbs:
+        return passes.forward(lambda: _rows_log_probs(model, prompt, cut, response_ids[rows], response_mask[rows],
+                                                      with_entropy, temperature))
+
     for rows in chunks:
-        out = _rows_log_probs(model, prompt, cut, response_ids[rows], response_mask[rows], with_entropy, temperature)
+        out = rows_log_probs(rows, with_entropy)
         loss = loss_fn(out.log_probs, out.entropy, rows)
-        loss.backward()
+        passes.backward(loss)
         total += loss.detach()
         log_probs.append(out.log_probs.detach())
         if out.entropy is not None:
             entropies.append(out.entropy.detach())
     for _ in range(min_micro_batches - len(chunks)):
-        rows = chunks[0]
-        out = _rows_log_probs(model, prompt, cut, response_ids[rows], response_mask[rows], False, temperature)
-        (out.log_probs.sum() * 0.0).backward()
+        out = rows_log_probs(chunks[0], False)
+        passes.backward(out.log_probs.sum() * 0.0)
     if state is not None:
         pairs = [(t, leaf.grad) for t, leaf in zip(state.tensors(), cut.tensors()) if leaf.grad is not None]
-        if pairs:
-            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+        if pairs or passes.every_pass_collective:  # collective passes: every rank runs this one too
+            passes.backward_through([t for t, _ in pairs], [g for _, g in pairs])
     return GroupStats(total, torch.cat(log_probs), torch.cat(entropies) if entropies else None, len(chunks))
