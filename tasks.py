@@ -21,6 +21,10 @@ PY = VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 STAMP = VENV / ".veripo-installed"
 # The CPU wheel keeps a fresh machine off the multi-GB CUDA build; a GPU user installs into their own env.
 TORCH = os.environ.get("VERIPO_TORCH_SPEC", "torch==2.13.0")
+# The tests run DeepSpeed ZeRO-3 on CPU processes. PyPI has only its source; building it needs torch, so it
+# is installed without build isolation and without its compiled ops (DS_BUILD_OPS=0), which ZeRO-3 does not use.
+DEEPSPEED = "deepspeed==0.19.8"
+DEEPSPEED_STAMP = VENV / ".veripo-deepspeed"
 
 
 def run(*cmd: str | os.PathLike) -> None:
@@ -42,12 +46,24 @@ def ensure_env(extras: str) -> None:
     STAMP.write_text(want)
 
 
+def ensure_deepspeed() -> None:
+    if DEEPSPEED_STAMP.exists() and DEEPSPEED_STAMP.read_text().strip() == DEEPSPEED:
+        return
+    run(PY, "-m", "pip", "install", "--disable-pip-version-check", "wheel", "setuptools")
+    print("+ DS_BUILD_OPS=0", flush=True)
+    subprocess.run([str(PY), "-m", "pip", "install", "--disable-pip-version-check", "--no-build-isolation", DEEPSPEED],
+                   check=True, cwd=ROOT, env=dict(os.environ, DS_BUILD_OPS="0"))
+    DEEPSPEED_STAMP.write_text(DEEPSPEED)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test"}:
         print(__doc__)
         return 2
     what, rest = argv[0], argv[1:]
     ensure_env("test")
+    if what == "test":
+        ensure_deepspeed()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if what == "demo":
         cmd = [str(PY), "-m", "veripo", "demo", *rest]

@@ -198,11 +198,19 @@ class DistributedConfig:
     # all-gathers stay inside a node and only gradients cross nodes. Must divide the number of processes.
     # null: one group of all ranks. Also set by an accelerate parallelism_config (dp_shard_size).
     shard_group_size: int | None = None
+    # DeepSpeed ZeRO stage 3 instead: DeepSpeed's engine partitions every parameter (vision tower included),
+    # gradient and AdamW moment over the ranks (veripo.recipes.deepspeed_zero3; needs `pip install deepspeed`).
+    # Also switched on by an accelerate DeepSpeed launch (configs/accelerate/deepspeed-zero3-8gpu.yaml).
+    # Excludes shard_weights and shard_optimizer. One process: no effect.
+    deepspeed_zero3: bool = False
 
     def validate(self, prefix: str) -> None:
         if self.shard_group_size is not None and self.shard_group_size < 1:
             raise ConfigError(f"config key '{prefix}.shard_group_size' must be a positive number of ranks, got "
                               f"{self.shard_group_size}")
+        if self.deepspeed_zero3 and (self.shard_weights or self.shard_optimizer):
+            raise ConfigError(f"config key '{prefix}.deepspeed_zero3' with shard_weights or shard_optimizer: ZeRO-3 "
+                              "already partitions weights and optimizer state; set only one of them")
 
 
 @dataclass(frozen=True)
@@ -260,8 +268,9 @@ class RunConfig:
                 self.section_for(stage, section, prefix=f"{where}.{section}")
             if stage.kind == "grpo":
                 check_grpo_batches(self.section_for(stage, "grpo"), self.section_for(stage, "rollout"), f"{where}.grpo")
-                if self.distributed.shard_weights and self.section_for(stage, "grpo").kl_coef > 0:
-                    raise ConfigError(f"config key '{where}.grpo.kl_coef' > 0 with 'distributed.shard_weights': the "
+                sharded = self.distributed.shard_weights or self.distributed.deepspeed_zero3
+                if sharded and self.section_for(stage, "grpo").kl_coef > 0:
+                    raise ConfigError(f"config key '{where}.grpo.kl_coef' > 0 with weight sharding: the "
                                       "frozen reference would be a whole copy of the policy on every rank; use "
                                       "kl_coef 0 (VerIPO's setting) or run without weight sharding.")
         check_grpo_batches(self.grpo, self.rollout, "grpo")

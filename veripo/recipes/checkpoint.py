@@ -105,10 +105,19 @@ def load_model_weights(model: torch.nn.Module, ckpt: Path) -> None:
     """
     if not any(ckpt.glob("*.safetensors")):
         raise FileNotFoundError(f"{ckpt}: no *.safetensors weights in this checkpoint")
+    from veripo.recipes.deepspeed_zero3 import deepspeed_of
     from veripo.recipes.sharding import is_weight_sharded, load_full_model_state
 
     param = next(model.parameters())
     fresh = type(model).from_pretrained(ckpt, dtype=param.dtype)
+    zero3 = deepspeed_of(model)
+    if zero3 is not None:  # every rank reads the whole weights; DeepSpeed keeps each rank's partition
+        try:
+            zero3.load_full_model_state(fresh.state_dict())
+        except KeyError as error:
+            raise RuntimeError(f"{ckpt}: checkpoint does not match the model ({error})") from error
+        del fresh
+        return
     if is_weight_sharded(model):  # every rank reads the whole weights and keeps its shard
         try:
             load_full_model_state(model, fresh.state_dict())
@@ -126,11 +135,14 @@ def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer | None, sch
                         model: torch.nn.Module | None = None) -> None:
     """Optimizer and scheduler state; ``model`` is needed when its weights are sharded (each rank then keeps
     the AdamW moments of its shards)."""
+    from veripo.recipes.deepspeed_zero3 import DeepSpeedAdamW
     from veripo.recipes.sharding import is_weight_sharded, load_full_optimizer_state
 
     if optimizer is not None and (ckpt / "optimizer.pt").exists():
         state = torch.load(ckpt / "optimizer.pt", weights_only=True)
-        if model is not None and is_weight_sharded(model):
+        if isinstance(optimizer, DeepSpeedAdamW):
+            optimizer.load_full_state(state)
+        elif model is not None and is_weight_sharded(model):
             load_full_optimizer_state(model, optimizer, state)
         else:
             optimizer.load_state_dict(state)

@@ -28,6 +28,7 @@ from veripo.recipes.common import (
     grad_norm_and_clip,
     is_sharded,
 )
+from veripo.recipes.deepspeed_zero3 import DeepSpeedAdamW, deepspeed_of
 from veripo.recipes.distributed import DistInfo, sum_gradients
 from veripo.recipes.sharding import (
     LayerShardedAdamW,
@@ -61,8 +62,14 @@ class StageContext:
         if self.dist.is_main:
             self.console.print(f"[dim]\\[{self.stage.name}][/dim] {message}")
 
-    def optimizer(self, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-        """The stage's AdamW, sharded over the ranks with ``distributed.shard_optimizer`` (ZeRO-1)."""
+    def optimizer(self, lr: float, weight_decay: float = 0.0, max_grad_norm: float = 0.0) -> torch.optim.Optimizer:
+        """The stage's AdamW, sharded over the ranks with ``distributed.shard_optimizer`` (ZeRO-1); under
+        DeepSpeed ZeRO-3 a new engine's, which clips to ``max_grad_norm`` itself."""
+        zero3 = deepspeed_of(self.policy.model)
+        if zero3 is not None:
+            self.log(f"DeepSpeed ZeRO-3 engine: weights, gradients and AdamW state partitioned over {self.dist.world} "
+                     "ranks")
+            return zero3.new_optimizer(lr, weight_decay, max_grad_norm)
         optimizer = build_optimizer(self.policy.model, lr, weight_decay, shard=self.cfg.distributed.shard_optimizer)
         if is_sharded(optimizer):
             self.log(f"AdamW state sharded over {self.dist.world} ranks (ZeRO-1)")
@@ -109,6 +116,13 @@ def epoch_batch(items: list[Any], unit: int, batch_size: int, seed: int, stage: 
 def optimizer_step(ctx: StageContext, optimizer: Any, scheduler: Any, max_grad_norm: float, progress: Progress) -> tuple[float, float]:
     """Sum gradients over ranks, clip, step optimizer and schedule, count the step; (grad norm, lr used)."""
     model = ctx.policy.model
+    if isinstance(optimizer, DeepSpeedAdamW):  # the engine reduced, and clips as it steps
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        progress.step += 1
+        progress.global_step += 1
+        return optimizer.grad_norm, lr
     sum_gradients(ctx.dist, model)
     if is_weight_sharded(model):
         grad_norm = sharded_grad_norm_and_clip(model, max_grad_norm)
@@ -134,7 +148,10 @@ def save_if_due(ctx: StageContext, progress: Progress, *, last: bool, every: int
     if is_sharded(optimizer):  # ZeRO-1: every rank sends its share of the state to rank 0
         optimizer.consolidate_state_dict(to=0)
     model_state = optimizer_state = None
-    if is_weight_sharded(ctx.policy.model):  # FSDP2: whole tensors gathered on rank 0, saved in the plain formats
+    if isinstance(optimizer, DeepSpeedAdamW):  # ZeRO-3: whole tensors gathered on rank 0, in the plain formats
+        model_state = optimizer.zero3.full_model_state()
+        optimizer_state = optimizer.full_state()
+    elif is_weight_sharded(ctx.policy.model):  # FSDP2: whole tensors gathered on rank 0, saved in the plain formats
         model_state = full_model_state(ctx.policy.model)
         optimizer_state = full_optimizer_state(ctx.policy.model, optimizer)
     if ctx.dist.is_main:

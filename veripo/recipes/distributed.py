@@ -106,8 +106,10 @@ def sum_gradients(info: DistInfo, model: torch.nn.Module) -> None:
     """
     if info.world == 1:
         return
-    # sharded parameters (DTensors, veripo.recipes.sharding) were already summed by FSDP's reduce-scatter
-    params = [p for p in model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+    # sharded parameters (DTensors, veripo.recipes.sharding) were already summed by FSDP's reduce-scatter, and
+    # DeepSpeed ZeRO-3's (ds_id) by its engine
+    params = [p for p in model.parameters()
+              if p.requires_grad and not isinstance(p, DTensor) and not hasattr(p, "ds_id")]
     if not params:
         return
     device = params[0].device

@@ -111,7 +111,7 @@ def run_dpo(ctx: StageContext) -> StageResult:
     tokens = {p.id: pair_token_ids(tokenizer, p) for p in pairs}
     per_epoch = math.ceil(len(pairs) / dpo.global_batch_size)
     total = per_epoch * dpo.epochs
-    optimizer = ctx.optimizer(dpo.lr)
+    optimizer = ctx.optimizer(dpo.lr, max_grad_norm=dpo.max_grad_norm)
     scheduler = build_scheduler(optimizer, dpo.lr_schedule, dpo.warmup_steps, total)
     progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
     if progress.done:

@@ -30,7 +30,7 @@ import torch
 
 from veripo.algos.advantages import group_advantages
 from veripo.algos.kl import kl_divergence
-from veripo.algos.logprobs import backward_group, micro_batch_count, response_log_probs
+from veripo.algos.logprobs import backward_group, every_rank_runs_every_pass, micro_batch_count, response_log_probs
 from veripo.algos.policy_loss import clipped_policy_loss
 from veripo.data.jsonl import JsonlWriter
 from veripo.data.records import Rollout, Sample
@@ -272,16 +272,18 @@ def run_grpo(ctx: StageContext) -> StageResult:
     responses_per_batch = grpo.rollout_batch_size * rollout_cfg.num_generations
     steps_per_batch = responses_per_batch // grpo.global_batch_size
     total_steps = grpo.rollout_batches * steps_per_batch
-    optimizer = ctx.optimizer(grpo.lr, grpo.weight_decay)
+    optimizer = ctx.optimizer(grpo.lr, grpo.weight_decay, grpo.max_grad_norm)
     scheduler = build_scheduler(optimizer, grpo.lr_schedule, grpo.warmup_steps, total_steps)
     progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
     if progress.done:
         return StageResult(steps=progress.step, outputs={n: ctx.stage_dir / n for n in OUTPUTS},
                            numbers={"wall_time_s": progress.extra.get("time_s", 0.0)})
     ref_model = None
-    if grpo.kl_coef > 0 and is_weight_sharded(model):  # e.g. sharding switched on by an accelerate FSDP launch
+    # weight sharding may come from an accelerate launch, which the config check cannot see
+    if grpo.kl_coef > 0 and (is_weight_sharded(model) or every_rank_runs_every_pass(model)):
         raise ValueError(f"stage '{ctx.stage.name}': grpo.kl_coef > 0 needs a frozen whole copy of the policy on "
-                         "every rank, which weight sharding (FSDP2) is meant to avoid; set grpo.kl_coef=0")
+                         "every rank, which weight sharding (FSDP2, DeepSpeed ZeRO-3) is meant to avoid; set "
+                         "grpo.kl_coef=0")
     if grpo.kl_coef > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the stage-start policy
         if progress.unit > 0:

@@ -52,7 +52,7 @@ def run_sft(ctx: StageContext) -> StageResult:
         raise ValueError(f"stage '{ctx.stage.name}': SFT needs samples with a reference chain of thought (Sample.reasoning); none of {len(ctx.samples)} has one")
     per_epoch = math.ceil(len(samples) / sft.batch_size)
     total = per_epoch * sft.epochs if sft.max_steps is None else min(sft.max_steps, per_epoch * sft.epochs)
-    optimizer = ctx.optimizer(sft.lr, sft.weight_decay)
+    optimizer = ctx.optimizer(sft.lr, sft.weight_decay, sft.max_grad_norm)
     scheduler = build_scheduler(optimizer, sft.lr_schedule, sft.warmup_steps, total)
     progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
     if progress.done:

@@ -48,7 +48,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
 
-from veripo.algos.logprobs import backward_group, decoder_layers, layers_sharded
+from veripo.algos.logprobs import backward_group, decoder_layers, every_rank_runs_every_pass, layers_sharded
 from veripo.recipes.distributed import DistInfo
 
 T = TypeVar("T")
@@ -61,10 +61,12 @@ def weight_sharding_requested(configured: bool, env: Mapping[str, str]) -> bool:
     def flag(name: str) -> bool:
         return env.get(name, "false").strip().lower() == "true"
 
-    if flag("ACCELERATE_USE_DEEPSPEED"):
-        raise ValueError("accelerate config with DeepSpeed: veripo does not run DeepSpeed. For ZeRO-3-style weight "
-                         "sharding use an FSDP2 config (configs/accelerate/fsdp2-8gpu.yaml) or "
-                         "distributed.shard_weights=true; for ZeRO-1, distributed.shard_optimizer=true.")
+    if flag("ACCELERATE_USE_DEEPSPEED"):  # DeepSpeed shards instead (veripo.recipes.deepspeed_zero3)
+        if configured:
+            raise ValueError("distributed.shard_weights with an accelerate DeepSpeed launch: DeepSpeed ZeRO-3 "
+                             "shards the weights itself; set distributed.shard_weights: false or launch with an "
+                             "FSDP2 config")
+        return False
     if not flag("ACCELERATE_USE_FSDP"):
         if flag("ACCELERATE_USE_PARALLELISM_CONFIG"):
             raise ValueError("accelerate parallelism_config without FSDP: veripo reads dp_replicate_size and "
@@ -155,7 +157,15 @@ def is_weight_sharded(model: nn.Module) -> bool:
 @contextmanager
 def gathered_weights(model: nn.Module) -> Iterator[None]:
     """The sharded layers all-gathered for the duration (sampling, evaluation, reference log-probs): inside,
-    any rank may run any number of forwards without a collective. Every rank must enter together."""
+    any rank may run any number of forwards without a collective. Every rank must enter together. Under
+    DeepSpeed ZeRO-3 every weight is gathered and the engine's hooks are off for the duration."""
+    from veripo.recipes.deepspeed_zero3 import deepspeed_of
+
+    zero3 = deepspeed_of(model)
+    if zero3 is not None:
+        with zero3.gathered():
+            yield
+        return
     units = sharded_units(model)
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
@@ -172,7 +182,7 @@ def lockstep(info: DistInfo, model: nn.Module, micro_batches: list[int]) -> list
     """Micro-batches per ``backward_group`` call that this rank must run so every rank runs the same passes:
     per call position the most any rank runs, for as many calls as the busiest rank makes. Positions past
     this rank's own calls are ``idle_backward`` calls. Without sharding: ``micro_batches`` unchanged."""
-    if info.world == 1 or not is_weight_sharded(model):
+    if info.world == 1 or not every_rank_runs_every_pass(model):
         return list(micro_batches)
     every: list[list[int] | None] = [None] * info.world
     dist.all_gather_object(every, list(micro_batches))
@@ -196,7 +206,8 @@ def idle_backward(model: nn.Module, micro_batches: int, shared_prefix: bool) -> 
     collectives as a real call, exact zeros for every gradient. Whole (unsharded) parameters that had no
     gradient keep none, so AdamW treats them as one process would."""
     device = next(model.parameters()).device
-    untouched = [p for p in model.parameters() if p.requires_grad and p.grad is None and not isinstance(p, DTensor)]
+    untouched = [p for p in model.parameters() if p.requires_grad and p.grad is None and not isinstance(p, DTensor)
+                 and not hasattr(p, "ds_id")]  # DeepSpeed's partitioned parameters keep their gradients itself
     prompt = {"input_ids": torch.zeros(1, 1, dtype=torch.long, device=device)}
     response = torch.zeros(1, 2, dtype=torch.long, device=device)
     backward_group(model, prompt, response, torch.ones(1, 2, device=device),

@@ -39,6 +39,7 @@ from veripo.recipes.evaluation import evaluate_stage
 from veripo.recipes.grpo import run_grpo
 from veripo.recipes.run_dir import RunDir, atomic_write_text
 from veripo.recipes.sft import run_sft
+from veripo.recipes.deepspeed_zero3 import DeepSpeedZero3, deepspeed_zero3_settings
 from veripo.recipes.sharding import shard_decoder_layers, shard_group_size, weight_sharding_requested
 from veripo.recipes.sources import SampleStore
 from veripo.recipes.verify import run_verify
@@ -83,6 +84,16 @@ def open_run(cfg: RunConfig, resume: str | Path | None, dist: DistInfo) -> RunDi
 def load_base_policy(cfg: RunConfig, run: RunDir, dist: DistInfo) -> Any:
     from veripo.models import build_tiny, load_policy
 
+    zero3 = deepspeed_zero3_settings(cfg.distributed.deepspeed_zero3, os.environ) if dist.world > 1 else None
+    if zero3 is not None and (cfg.distributed.shard_weights or cfg.distributed.shard_optimizer):
+        raise ValueError("DeepSpeed ZeRO-3 with distributed.shard_weights or shard_optimizer: ZeRO-3 partitions the "
+                         "weights and the optimizer state itself; set those to false")
+    if zero3 is not None:
+        try:
+            import deepspeed  # noqa: F401  (checked before the model loads)
+        except ImportError:
+            raise ValueError("DeepSpeed ZeRO-3 was requested but deepspeed is not installed: pip install deepspeed "
+                             "(CPU-only machines: DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed)") from None
     shard = weight_sharding_requested(cfg.distributed.shard_weights, os.environ) and dist.world > 1
     if shard:  # checked before loading: a group size that cannot work fails at once, not after minutes
         group = shard_group_size(cfg.distributed.shard_group_size, os.environ, dist.world)
@@ -100,6 +111,11 @@ def load_base_policy(cfg: RunConfig, run: RunDir, dist: DistInfo) -> Any:
     policy = load_policy(path, dtype=cfg.model.dtype, device=str(pick_device(cfg.model.device)))
     if cfg.model.gradient_checkpointing:
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if zero3 is not None:
+        DeepSpeedZero3(policy.model, dist, zero3)
+        if dist.is_main:
+            Console(stderr=True).print(f"weights: DeepSpeed ZeRO-3 over {dist.world} ranks (partitioned when the "
+                                       "first training stage builds its engine)")
     if shard:
         layers = shard_decoder_layers(policy.model, dist, group)
         if dist.is_main:
