@@ -33,12 +33,12 @@ def test_7b_config_reproduces_table1():
 @pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.name)
 def test_accelerate_config_is_consistent(path: Path):
     doc = yaml.safe_load(path.read_text())
-    assert doc["distributed_type"] in ("MULTI_GPU", "FSDP")  # data parallel or FSDP2 (docs/scaling.md)
+    assert doc["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED")  # data parallel, FSDP2, ZeRO-3
     assert doc["mixed_precision"] == "no"  # veripo's precision is model.dtype
     assert doc["num_processes"] % doc["num_machines"] == 0
     if doc["num_machines"] > 1:
         assert {"main_process_ip", "main_process_port"} <= set(doc)
-    assert "deepspeed_config" not in doc  # veripo does not run DeepSpeed (it refuses such a launch)
+    assert ("deepspeed_config" in doc) == (doc["distributed_type"] == "DEEPSPEED")
     assert ("fsdp_config" in doc) == (doc["distributed_type"] == "FSDP")
 
 
@@ -46,16 +46,22 @@ def test_accelerate_config_is_consistent(path: Path):
 def test_accelerate_launch_environment_means_what_the_config_says(path: Path):
     """The environment ``accelerate launch --config_file PATH`` gives the processes (built by accelerate's own
     code) turns veripo's weight sharding on exactly for the FSDP configs, with one shard group per node for the
-    hybrid (parallelism_config) one and one flat group otherwise, and nothing in it is refused."""
+    hybrid (parallelism_config) one and one flat group otherwise, DeepSpeed ZeRO-3 exactly for the DeepSpeed
+    one, and nothing in it is refused."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_multi_gpu_env
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
+    from veripo.recipes.deepspeed_zero3 import deepspeed_zero3_settings
     from veripo.recipes.sharding import shard_group_size, weight_sharding_requested
 
     args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "veripo", "run", "CONFIG"])
-    args, _, _ = _validate_launch_command(args)
-    env = prepare_multi_gpu_env(args)
+    args, defaults, _ = _validate_launch_command(args)
     doc = yaml.safe_load(path.read_text())
+    deepspeed = doc["distributed_type"] == "DEEPSPEED"
+    if deepspeed:  # as accelerate's launch_command does before its DeepSpeed launcher
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+    env = prepare_deepspeed_cmd_env(args)[1] if deepspeed else prepare_multi_gpu_env(args)
+    assert deepspeed_zero3_settings(False, env) == ({"stage": 3} if deepspeed else None)
     assert weight_sharding_requested(False, env) is (doc["distributed_type"] == "FSDP")
     per_node = doc["num_processes"] // doc["num_machines"]
     hybrid = "parallelism_config" in doc

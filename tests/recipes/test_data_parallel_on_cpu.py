@@ -29,6 +29,12 @@ layer's weights, gradients and AdamW state), must match it the same way too: the
 four processes with hybrid sharding (``distributed.shard_group_size: 2``: two replicas, each sharding the
 layers over two ranks) and ``shard_optimizer`` (the whole parameters' AdamW state split over the four ranks),
 must match it as well; there GRPO's third question leaves rank 3 with no work at all.
+
+DeepSpeed ZeRO-3 (``distributed.deepspeed_zero3``: every parameter, the vision tower included, partitioned by
+DeepSpeed's engine) steps every parameter in every step, so a parameter no gradient reached still gets weight
+decay, which one process skips (the text-only SFT stage above would shrink the vision tower by 7.5e-4). Its
+run and its one-process reference therefore train on questions that all have an image or a video, SFT
+included: then every step reaches every parameter and the two must match the same way.
 """
 
 from __future__ import annotations
@@ -72,12 +78,15 @@ stages:
   - {{name: sft, kind: sft, data: [{{path: {text_data}}}]}}
   - {{name: grpo, kind: grpo}}
   - {{name: dpo, kind: dpo}}
-distributed: {{shard_optimizer: {zero}, shard_weights: {fsdp}, shard_group_size: {group}}}
+distributed: {{shard_optimizer: {zero}, shard_weights: {fsdp}, shard_group_size: {group}, deepspeed_zero3: {ds}}}
 """
 # name: (processes, sharding): none, "zero" (distributed.shard_optimizer), "fsdp" (distributed.shard_weights)
 # or "hsdp" (shard_weights with shard_group_size 2, and shard_optimizer: ZeRO-1 for the whole parameters)
 RUNS = {"one": (1, None), "two": (2, None), "two-zero": (2, "zero"), "two-fsdp": (2, "fsdp"), "four-hsdp": (4, "hsdp")}
 MULTI = [name for name, (processes, _) in RUNS.items() if processes > 1]
+# DeepSpeed ZeRO-3 steps every parameter, so it matches one process only where every optimizer step reaches
+# every parameter: these two runs train on questions that all have an image or a video, SFT included.
+DEEPSPEED_RUNS = {"one-media": (1, None), "two-deepspeed": (2, "deepspeed")}
 
 
 def _env() -> dict[str, str]:
@@ -85,13 +94,13 @@ def _env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _launch(root: Path, name: str, pairs: Path, data: Path) -> tuple[subprocess.Popen, Path]:
-    processes, shard = RUNS[name]
+def _launch(root: Path, name: str, pairs: Path, data: Path, sft_data: Path) -> tuple[subprocess.Popen, Path]:
+    processes, shard = {**RUNS, **DEEPSPEED_RUNS}[name]
     config = root / f"{name}.yaml"
-    config.write_text(CONFIG.format(out=root / name, data=data, text_data=root / "text", cache=root / "media-cache",
+    config.write_text(CONFIG.format(out=root / name, data=data, text_data=sft_data, cache=root / "media-cache",
                                     heldout=root / "heldout", zero=str(shard in ("zero", "hsdp")).lower(),
                                     fsdp=str(shard in ("fsdp", "hsdp")).lower(),
-                                    group=2 if shard == "hsdp" else "null"))
+                                    group=2 if shard == "hsdp" else "null", ds=str(shard == "deepspeed").lower()))
     result = root / f"{name}.result"
     worker = [str(WORKER), "run", str(config), str(pairs), str(result)]
     if processes == 1:
@@ -116,7 +125,15 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         for s, other in zip(samples[:6], samples[1:7]):
             w.write(Pair(id=f"{s.id}/p", sample_id=s.id, pair_type="consistency", chosen=reference_completion(s),
                          rejected=reference_completion(other), reasons=["test"]))
-    launched = {name: _launch(root, name, pairs, data) for name in RUNS}
+    media = make_synthetic(root / "media", n=10, seed=11, kinds=("image", "video"), size=56, frames=(4, 4))
+    media_pairs = root / "media-pairs.jsonl"
+    media_samples = load_samples(media).samples
+    with JsonlWriter(media_pairs) as w:
+        for s, other in zip(media_samples[:6], media_samples[1:7]):
+            w.write(Pair(id=f"{s.id}/p", sample_id=s.id, pair_type="consistency", chosen=reference_completion(s),
+                         rejected=reference_completion(other), reasons=["test"]))
+    launched = {name: _launch(root, name, pairs, data, root / "text") for name in RUNS}
+    launched.update({name: _launch(root, name, media_pairs, media, media) for name in DEEPSPEED_RUNS})
     start = time.monotonic()
     out = {}
     try:
@@ -130,7 +147,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
             if proc.poll() is None:  # a failed or hung run: torchrun passes SIGTERM on to its workers
                 proc.terminate()
                 proc.wait(timeout=30)
-    print(f"one- and multi-process runs (plain, ZeRO-1, FSDP2, HSDP) finished in {time.monotonic() - start:.1f}s")
+    print(f"one- and multi-process runs (plain, ZeRO-1, FSDP2, HSDP, DeepSpeed) finished in "
+          f"{time.monotonic() - start:.1f}s")
     return out
 
 
@@ -234,15 +252,20 @@ def test_sharded_optimizer_checkpoints_the_whole_adamw_state(runs, stage, sharde
     assert "decoder layers sharded over groups of 2 ranks, 2 replicas (HSDP" in logs["four-hsdp"]
     assert "AdamW state of the whole parameters sharded over 4 ranks" in " ".join(logs["four-hsdp"].split())
     assert "ZeRO-1" not in logs["two"] and "FSDP2" not in logs["two"] and "ZeRO-1" not in logs["two-fsdp"]
-    one, zero = state("one"), state(sharded_run)
-    assert sorted(zero["state"]) == sorted(one["state"]) and len(one["state"]) > 0
-    assert [g["params"] for g in zero["param_groups"]] == [g["params"] for g in one["param_groups"]]
-    for index, moments in one["state"].items():
+    _assert_same_adamw_state(state(sharded_run), state("one"), stage)
+
+
+def _assert_same_adamw_state(gathered: dict, plain: dict, stage: str) -> None:
+    """A checkpointed AdamW state gathered from several ranks equals one process's (same parameter order, step
+    counts and moments) and loads into a plain AdamW."""
+    assert sorted(gathered["state"]) == sorted(plain["state"]) and len(plain["state"]) > 0
+    assert [g["params"] for g in gathered["param_groups"]] == [g["params"] for g in plain["param_groups"]]
+    for index, moments in plain["state"].items():
         for key, value in moments.items():
-            torch.testing.assert_close(zero["state"][index][key], value, rtol=1e-4, atol=1e-6,
+            torch.testing.assert_close(gathered["state"][index][key], value, rtol=1e-4, atol=1e-6,
                                        msg=lambda m: f"{stage} parameter {index} {key}: {m}")
-    params = [torch.nn.Parameter(torch.zeros(1)) for _ in zero["param_groups"][0]["params"]]
-    torch.optim.AdamW(params).load_state_dict(zero)  # the plain AdamW format: resumable without sharding
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in gathered["param_groups"][0]["params"]]
+    torch.optim.AdamW(params).load_state_dict(gathered)  # the plain AdamW format: resumable without sharding
 
 
 def test_sum_gradients_zero_fills_only_parameters_some_rank_reached(tmp_path):
@@ -298,7 +321,6 @@ def test_an_accelerate_fsdp2_launch_turns_weight_sharding_on(env, expected):
 
 
 @pytest.mark.parametrize(("env", "message"), [
-    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "does not run DeepSpeed"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "fsdp_version must be 2"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"}, "offload"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "false"}, "reshard"),
@@ -367,4 +389,116 @@ def test_a_shard_group_that_cannot_work_fails_before_the_model_loads(tmp_path, m
     monkeypatch.setattr(veripo.models, "load_policy", must_not_load)
     cfg = load(RunConfig, CONFIGS_DIR / "demo.yaml", overrides)
     with pytest.raises(ValueError, match=message):
+        load_base_policy(cfg, None, DistInfo(rank=0, world=4))
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_deepspeed_zero3_takes_the_steps_one_process_takes(runs, stage):
+    """DeepSpeed ZeRO-3 on two processes (every weight, gradient and AdamW moment partitioned by DeepSpeed's
+    engine; the vision tower run by every rank in every prompt pass): the same weights (1e-5), losses,
+    gradient norms and checkpointed AdamW state as one process, on questions that all have media."""
+    from veripo.recipes.checkpoint import latest_checkpoint
+
+    log = (runs["two-deepspeed"].parent.parent / "two-deepspeed.log").read_text()
+    printed = " ".join(log.split())  # rich wraps long lines
+    assert "DeepSpeed ZeRO-3 engine: weights, gradients and AdamW state partitioned over 2 ranks" in printed
+    one = _final_weights(runs["one-media"] / "stages" / stage)
+    ds = _final_weights(runs["two-deepspeed"] / "stages" / stage)
+    assert one.keys() == ds.keys()
+    for name, tensor in one.items():  # 2e-5: DPO's rounding noise, amplified by AdamW (measured 1.4e-5; plain
+        # data parallel on the same questions: 1.04e-5)
+        torch.testing.assert_close(ds[name], tensor, rtol=1e-5, atol=2e-5, msg=lambda m: f"{stage} {name}: {m}")
+    before = _weights_before(runs["one-media"], stage)
+    assert max(float((tensor - before[name]).abs().max()) for name, tensor in one.items()) > 1e-4
+    one_rows = read_jsonl(runs["one-media"] / "stages" / stage / "metrics.jsonl")
+    ds_rows = read_jsonl(runs["two-deepspeed"] / "stages" / stage / "metrics.jsonl")
+    assert len(one_rows) == len(ds_rows) == 2
+    for a, b in zip(one_rows, ds_rows):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4, abs=1e-6)
+
+    def state(run: str) -> dict:
+        return torch.load(latest_checkpoint(runs[run] / "stages" / stage) / "optimizer.pt", weights_only=True)
+
+    _assert_same_adamw_state(state("two-deepspeed"), state("one-media"), stage)  # resumable without DeepSpeed
+    for rank in range(2):
+        decoded = (runs["two-deepspeed"].parent.parent / f"two-deepspeed.eval-rank{rank}.log").read_text().split()
+        assert decoded == [f"heldout:{i}" for i in range(rank, 7, 2)] * len(STAGES)
+
+
+def test_an_accelerate_deepspeed_launch_is_zero3_not_fsdp():
+    from veripo.recipes.deepspeed_zero3 import deepspeed_zero3_settings
+    from veripo.recipes.sharding import weight_sharding_requested
+
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
+    assert deepspeed_zero3_settings(False, env) == {"stage": 3}
+    assert deepspeed_zero3_settings(True, {}) == {"stage": 3}
+    assert deepspeed_zero3_settings(False, {}) is None
+    assert weight_sharding_requested(False, env) is False
+    with pytest.raises(ValueError, match="shards the weights itself"):
+        weight_sharding_requested(True, env)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "zero_stage must be 3 .got 2.*shard_optimizer"),
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"},
+     "offload_optimizer_device must be none"),
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "nvme"},
+     "offload_param_device must be none"),
+    ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"},
+     "gradient_accumulation_steps must be 1"),
+])
+def test_accelerate_deepspeed_settings_veripo_cannot_honour_are_refused(env, message):
+    from veripo.recipes.deepspeed_zero3 import deepspeed_zero3_settings
+
+    with pytest.raises(ValueError, match=message):
+        deepspeed_zero3_settings(False, {"ACCELERATE_USE_DEEPSPEED": "true", **env})
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 1000}}, None),
+    ({"zero_optimization": {"stage": 3, "offload_param": {"device": "none"}}, "fp16": {"enabled": False}}, None),
+    ({"zero_optimization": {"stage": 2}}, "stage must be 3"),
+    ({"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}, "offload_optimizer must be off"),
+    ({"zero_optimization": {"stage": 3}, "optimizer": {"type": "Adam"}}, "'optimizer' must not be set"),
+    ({"zero_optimization": {"stage": 3}, "fp16": {"enabled": True}}, "'fp16' must not be set"),
+    ({"zero_optimization": {"stage": 3}, "gradient_accumulation_steps": 8}, "gradient_accumulation_steps"),
+    ({"train_batch_size": 8}, "'zero_optimization' section"),
+    ("{not json", "cannot read it as JSON"),
+])
+def test_a_deepspeed_config_file_gives_its_zero3_section_or_a_reason(tmp_path, config, message):
+    import json
+
+    from veripo.recipes.deepspeed_zero3 import deepspeed_zero3_settings
+
+    path = tmp_path / "ds.json"
+    path.write_text(config if isinstance(config, str) else json.dumps(config))
+    env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(path)}
+    if message is None:
+        assert deepspeed_zero3_settings(False, env) == config["zero_optimization"]
+    else:
+        with pytest.raises(ValueError, match=message) as error:
+            deepspeed_zero3_settings(False, env)
+        assert str(path) in str(error.value)
+
+
+def test_deepspeed_with_veripo_sharding_is_refused(tmp_path, monkeypatch):
+    """In the config (checked on load) and from an accelerate launch (checked before the model loads)."""
+    import veripo.models
+    from veripo.config import ConfigError, RunConfig, load
+    from veripo.recipes.distributed import DistInfo
+    from veripo.recipes.veripo import load_base_policy
+
+    with pytest.raises(ConfigError, match="deepspeed_zero3"):
+        load(RunConfig, CONFIGS_DIR / "demo.yaml",
+             ["distributed.deepspeed_zero3=true", "distributed.shard_weights=true"])
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(veripo.models, "load_policy", must_not_load)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    cfg = load(RunConfig, CONFIGS_DIR / "demo.yaml", ["distributed.shard_optimizer=true"])
+    with pytest.raises(ValueError, match="ZeRO-3 partitions the weights and the optimizer state itself"):
         load_base_policy(cfg, None, DistInfo(rank=0, world=4))

@@ -259,3 +259,42 @@ def test_a_one_process_run_resumes_sharded_under_an_accelerate_fsdp2_launch(tmp_
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+DEEPSPEED_LAUNCH = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
+
+
+@pytest.fixture(scope="module")
+def deepspeed_clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same config, uninterrupted, with two processes under DeepSpeed ZeRO-3 (the config key)."""
+    root = tmp_path_factory.mktemp("deepspeed-clean")
+    (root / "cfg.yaml").write_text(CONFIG)
+    return _finish(_start(["cfg.yaml", "output_dir=runs", "distributed.deepspeed_zero3=true"], root, processes=2))
+
+
+def test_killed_and_resumed_deepspeed_run_equals_uninterrupted(tmp_path: Path, deepspeed_clean_run: Path):
+    """DeepSpeed ZeRO-3, switched on the way ``accelerate launch`` with a DeepSpeed config does (its
+    environment): both processes SIGKILLed mid-GRPO and mid-DPO, resumed each time, end bit-identical to the
+    uninterrupted run. Each stage builds a new engine; a resumed one loads the whole weights and AdamW state
+    from the plain-format checkpoint and keeps its partitions."""
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    out = tmp_path / "killed"
+    proc = _start(["cfg.yaml", f"output_dir={out}"], tmp_path, processes=2, **DEEPSPEED_LAUNCH)
+    kills = 0
+    for pattern in ("*/stages/01-grpo/checkpoints/ckpt-000001", "*/stages/03-dpo/checkpoints/ckpt-00000[3-9]"):
+        if not _kill_when(proc, out, pattern):
+            break
+        kills += 1
+        proc = _start(["--resume", str(next(out.iterdir()))], tmp_path, processes=2, **DEEPSPEED_LAUNCH)
+    out_text, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out_text[-3000:]
+    assert kills == 2, f"the run finished before a kill point ({kills} kills)"
+    assert "DeepSpeed ZeRO-3 engine" in " ".join(out_text.split()) and "[dpo] resumed from ckpt-" in out_text
+    resumed = next(out.iterdir())
+    a, b = _final_weights(deepspeed_clean_run), _final_weights(resumed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    for rel in ("stages/00-sft/metrics.jsonl", "stages/01-grpo/rollouts.jsonl", "stages/02-verify/pairs.jsonl",
+                "stages/03-dpo/metrics.jsonl"):
+        assert _records(deepspeed_clean_run / rel) == _records(resumed / rel), rel
