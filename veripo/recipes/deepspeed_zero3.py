@@ -22,7 +22,7 @@ How veripo's trainers use the engine (``DeepSpeedZero3``, which replaces ``backw
 - Each stage builds its own engine (its AdamW, learning rate, clipping); ``gradient_clipping`` is the stage's
   ``max_grad_norm`` and DeepSpeed reports the norm.
 - Checkpoints hold whole tensors in the plain formats (``save_pretrained`` weights, a plain AdamW state dict),
-  gathered on rank 0, so a DeepSpeed run resumes with or without DeepSpeed and the other way round.
+  gathered on rank 0, so they load without DeepSpeed too (and a DeepSpeed stage can load another engine's).
 
 One difference from one process: a parameter no gradient reached in a step (the vision tower in a text-only
 stage) still takes an AdamW step with a zero gradient, because ZeRO-3 keeps one flat partition per rank;
