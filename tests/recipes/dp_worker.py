@@ -24,14 +24,22 @@ import torch
 torch.set_num_threads(1)  # every process computes with one thread, so one and two processes round alike
 
 
+def digit_share(completion: str, sample: object) -> float:
+    """The share of digits in a response: an untrained model's responses never earn accuracy or format, but
+    their digit shares differ, so GRPO's advantages are not all zero and its steps follow real gradients."""
+    return sum(c.isdigit() for c in completion) / max(1, len(completion))
+
+
 def run_stages(config: str, pairs: str, result: str) -> None:
     from veripo.config import RunConfig, load
+    from veripo.rewards.registry import register_reward
     from veripo.recipes.distributed import init_distributed
     from veripo.recipes.veripo import run
 
     import veripo.eval.runner as runner
 
     info = init_distributed()
+    register_reward("digit_share")(digit_share)  # named in the test's config: GRPO's rewards vary in a group
     decode_batch = runner._decode_batch
 
     def logged(batch, *args, **kwargs):  # which held-out items this rank decoded, for the test to check
