@@ -32,9 +32,9 @@ def digit_share(completion: str, sample: object) -> float:
 
 def run_stages(config: str, pairs: str, result: str) -> None:
     from veripo.config import RunConfig, load
-    from veripo.rewards.registry import register_reward
     from veripo.recipes.distributed import init_distributed
     from veripo.recipes.veripo import run
+    from veripo.rewards.registry import register_reward
 
     import veripo.eval.runner as runner
 

@@ -436,12 +436,12 @@ def test_deepspeed_zero3_takes_the_steps_one_process_takes(runs, stage):
     def state(run: str) -> dict:
         return torch.load(latest_checkpoint(runs[run] / "stages" / stage) / "optimizer.pt", weights_only=True)
 
-    _assert_same_adamw_state(state("two-deepspeed"), state("one-media"), stage)
+    _assert_same_adamw_state(state("two-deepspeed"), state("one-media"), stage)  # resumable without DeepSpeed
     if stage == "01-grpo":  # sampled with all weights gathered: the texts one process samples
         one_rollouts = read_jsonl(runs["one-media"] / "stages" / stage / "rollouts.jsonl")
         ds_rollouts = read_jsonl(runs["two-deepspeed"] / "stages" / stage / "rollouts.jsonl")
         assert [(r["text"], r["advantage"]) for r in ds_rollouts] == [(r["text"], r["advantage"]) for r in one_rollouts]
-        assert any(abs(r["advantage"]) > 0.1 for r in one_rollouts)  # resumable without DeepSpeed
+        assert any(abs(r["advantage"]) > 0.1 for r in one_rollouts)
     for rank in range(2):
         decoded = (runs["two-deepspeed"].parent.parent / f"two-deepspeed.eval-rank{rank}.log").read_text().split()
         assert decoded == [f"heldout:{i}" for i in range(rank, 7, 2)] * len(STAGES)
