@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import httpx
 
 
 def free_port() -> int:
@@ -103,12 +108,54 @@ def build_tiny_causal_lm(out_dir: Path) -> Path:
     return out_dir
 
 
-def wait_until_listening(port: int, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+class TransformersServe:
+    """A real ``transformers serve`` in a child process on 127.0.0.1, serving ``model_dir`` on CPU.
+
+    transformers 5.25's ``Serve`` runs its server blocking from ``__init__`` (no ``non_blocking``, no
+    ``kill_server``), so the server gets a process of its own: started with the CLI's own typer app (not its
+    ``main``, which would ask PyPI for a newer release), ready once ``GET /health`` answers 200, and killed by
+    process id. ``HF_HUB_CACHE`` points at an empty folder and the hub is offline: nothing is downloaded.
+    """
+
+    def __init__(self, model_dir: Path, hub_cache: Path, log_path: Path, ready_timeout_s: float = 120.0) -> None:
+        self.model_dir, self.log_path, self.ready_timeout_s = model_dir, log_path, ready_timeout_s
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.env = dict(os.environ, HF_HUB_CACHE=str(hub_cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> TransformersServe:  # noqa: PYI034
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from transformers.cli.transformers import app; app()", "serve",
+                 str(self.model_dir), "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"judge server on port {port} did not start within {timeout_s} s")
+            self.wait_until_ready()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"transformers serve exited with {self.process.returncode}:\n"
+                                   f"{self.log_path.read_text(errors='replace')[-4000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"transformers serve on port {self.port} not ready within {self.ready_timeout_s} s:\n"
+                           f"{self.log_path.read_text(errors='replace')[-4000:]}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()  # SIGKILL: the judge sees the server vanish mid-run, as after a crash
+            self.process.wait(timeout=30)
+
+    def __exit__(self, *exc) -> None:
+        self.kill()

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import Counter
 
 import pytest
-from judge_servers import (
-    FakeJudgeServer,
-    free_port,
-    wait_until_listening,
-)
+from judge_servers import FakeJudgeServer, TransformersServe, free_port
 
 from veripo.config import VerifierConfig
 from veripo.data.records import Rollout, Sample
@@ -166,31 +161,14 @@ def test_api_key_never_logged_or_written(tmp_path, monkeypatch, caplog, capfd):
 
 @pytest.fixture(scope="module")
 def served_tiny_model(tmp_path_factory, tiny_causal_lm):
-    """``transformers serve`` (in process, CPU) on a random tiny Llama built offline; yields (url, model, kill)."""
+    """``transformers serve`` (a child process, CPU) on a random tiny Llama built offline; yields (url, model, kill)."""
     pytest.importorskip("fastapi")
-    serve = pytest.importorskip("transformers.cli.serve")
-    model_dir = tiny_causal_lm
-    hub_cache = tmp_path_factory.mktemp("hub-cache")  # an empty, existing cache: nothing from a model hub
-    old = os.environ.get("HF_HUB_CACHE")
-    os.environ["HF_HUB_CACHE"] = str(hub_cache)
-    port = free_port()
-    server = serve.Serve(force_model=str(model_dir), host="127.0.0.1", port=port, device="cpu", non_blocking=True)
-    killed = threading.Event()
-
-    def kill() -> None:
-        if not killed.is_set():
-            killed.set()
-            server.kill_server()
-
-    try:
-        wait_until_listening(port)
-        yield f"http://127.0.0.1:{port}/v1", str(model_dir), kill
-    finally:
-        kill()
-        if old is None:
-            os.environ.pop("HF_HUB_CACHE", None)
-        else:
-            os.environ["HF_HUB_CACHE"] = old
+    pytest.importorskip("transformers.cli.serve")
+    folder = tmp_path_factory.mktemp("serve")
+    hub_cache = folder / "hub-cache"  # an empty, existing cache: nothing from a model hub
+    hub_cache.mkdir()
+    with TransformersServe(tiny_causal_lm, hub_cache, log_path=folder / "serve.log") as server:
+        yield server.url, str(tiny_causal_lm), server.kill
 
 
 def test_real_transformers_serve_garbage_then_killed_mid_run(served_tiny_model, tmp_path):
