@@ -51,9 +51,9 @@ def test_wrong_type_names_key_value_and_expected():
 
 def test_bad_literal_lists_allowed_values():
     with pytest.raises(ConfigError) as e:
-        load(RunConfig, None, ["grpo.advantage=grp"])
+        load(RunConfig, None, ["grpo.lr_schedule=cosin"])
     msg = str(e.value)
-    assert "'grpo'" in msg and "'rloo'" in msg and "Did you mean 'grpo'" in msg
+    assert "'constant'" in msg and "'linear'" in msg and "Did you mean 'cosine'" in msg
 
 
 def test_bool_is_not_an_int():
