@@ -60,7 +60,7 @@ class Clock:
 class CheckpointClock:
     """Adds up the wall and CPU seconds of ``save_checkpoint`` calls made by the recipe modules (the phase
     times include them; the table shows how much of each phase was checkpointing). The name is replaced in
-    every module that imported it (the recipes call it themselves or through ``veripo.recipes.context``)."""
+    every module that imported it (the recipes call it through ``veripo.recipes.stage_loop``)."""
 
     def __init__(self, *modules) -> None:
         self.originals = {m: m.save_checkpoint for m in modules if hasattr(m, "save_checkpoint")}
@@ -106,9 +106,7 @@ def main() -> None:
     from veripo.config import RunConfig, load
     from veripo.data.jsonl import read_jsonl
     from veripo.models import build_tiny, load_policy
-    from veripo.recipes import context as context_module
-    from veripo.recipes import dpo as dpo_module
-    from veripo.recipes import grpo as grpo_module
+    from veripo.recipes import stage_loop as loop_module
     from veripo.recipes.context import StageContext
     from veripo.recipes.dpo import run_dpo
     from veripo.recipes.grpo import run_grpo
@@ -141,7 +139,7 @@ def main() -> None:
 
     sft = run_sft(context(0, "sft", store.load_all(cfg.data)))
     console.print(f"warm start: {sft.steps} SFT steps")
-    with CheckpointClock(grpo_module, context_module) as grpo_saves, Clock() as grpo_clock:
+    with CheckpointClock(loop_module) as grpo_saves, Clock() as grpo_clock:
         grpo = run_grpo(context(1, grpo_stage.name, questions, stage=grpo_stage))
     rollouts_path = grpo.outputs["rollouts.jsonl"]
     rollouts = read_jsonl(rollouts_path)
@@ -157,7 +155,7 @@ def main() -> None:
             runs.append((label, pairs, verify_clock, None, None, None))
             continue
         policy.model.load_state_dict(start_weights)
-        with CheckpointClock(dpo_module, context_module) as dpo_saves, Clock() as dpo_clock:
+        with CheckpointClock(loop_module) as dpo_saves, Clock() as dpo_clock:
             dpo = run_dpo(context(3 + 2 * k, "pair-fast-align", questions, run_cfg=run_cfg,
                                   pairs=verified.outputs["pairs"]))
         runs.append((label, pairs, verify_clock, dpo, dpo_clock, dpo_saves))

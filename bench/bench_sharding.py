@@ -41,11 +41,10 @@ def _held_bytes(tensors) -> int:
 
 
 def worker(mode: str, size: str, steps: int, out: str) -> None:
-    from veripo.algos.logprobs import backward_group
     from veripo.models import build_tiny, load_policy
-    from veripo.recipes import sharding
-    from veripo.recipes.common import build_optimizer, grad_norm_and_clip
-    from veripo.recipes.distributed import init_distributed, sum_gradients
+    from veripo.models.grouped_forward import backward_group
+    from veripo.parallel import DataParallel, FullyShardedLayers, init_distributed
+    from veripo.parallel.fsdp2 import LayerShardedAdamW
 
     torch.set_num_threads(1)
     info = init_distributed()
@@ -54,11 +53,11 @@ def worker(mode: str, size: str, steps: int, out: str) -> None:
         build_tiny(base, size=size, seed=0)
     torch.distributed.barrier()
     model = load_policy(base, dtype="float32", device="cpu").model.train()
-    if mode.startswith("fsdp2"):
-        sharding.shard_decoder_layers(model, info)
-    optimizer = build_optimizer(model, 1e-4, shard=mode == "fsdp2+zero1")
-    parts = [optimizer.layers, optimizer.whole.optim] if isinstance(optimizer, sharding.LayerShardedAdamW) \
-        else [optimizer]
+    strategy = (FullyShardedLayers(info, info.world, shard_optimizer=mode == "fsdp2+zero1")
+                if mode.startswith("fsdp2") else DataParallel(info))
+    strategy.prepare(model)
+    optimizer = strategy.optimizer(1e-4, 0.0, 1.0)[0]
+    parts = [optimizer.layers, optimizer.whole.optim] if isinstance(optimizer, LayerShardedAdamW) else [optimizer]
     gen = torch.Generator().manual_seed(info.rank)
     prompt = {"input_ids": torch.randint(10, 200, (1, 96), generator=gen)}
     responses = torch.randint(10, 200, (8, 48), generator=gen)
@@ -66,12 +65,10 @@ def worker(mode: str, size: str, steps: int, out: str) -> None:
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        backward_group(model, prompt, responses, mask, lambda logp, _e, _rows: -logp.sum() / 1000.0, micro_batch=4)
-        sum_gradients(info, model)
-        if sharding.is_weight_sharded(model):
-            sharding.sharded_grad_norm_and_clip(model, 1.0)
-        else:
-            grad_norm_and_clip(model, 1.0)
+        backward_group(model, prompt, responses, mask, lambda logp, _e, _rows: -logp.sum() / 1000.0, micro_batch=4,
+                       passes=strategy.passes)
+        strategy.reduce_gradients()
+        strategy.clip_gradients(1.0)
         optimizer.step()
         held_grads = _held_bytes(p.grad for p in model.parameters())
         optimizer.zero_grad(set_to_none=True)

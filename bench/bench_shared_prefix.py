@@ -1,7 +1,7 @@
 """GRPO policy forward+backward per group: shared prefix vs per sequence, on video prompts.
 
 For each case (prompt:response about 4:1 and 16:1, G responses) it runs one GRPO group (clipped policy loss,
-token-mean) through ``veripo.algos.logprobs.backward_group`` both ways on a ~22M-parameter Qwen2.5-VL (the
+token-mean) through ``veripo.models.grouped_forward.backward_group`` both ways on a ~22M-parameter Qwen2.5-VL (the
 "small" size of the rollout benchmark) and prints a Markdown table: best-of-``--repeats`` time, peak
 memory, and the ratios. Time is reported as process CPU time (one torch thread, so it measures the work
 done and is robust to other load on a shared machine) and as wall time.
@@ -78,7 +78,7 @@ def worker(size: str, frames: int, side: int, ratio: int, group: int, shared: bo
     import torch
     from tiny_vl import byte_tokenizer, tiny_model, video_prompt
 
-    from veripo.algos.logprobs import backward_group
+    from veripo.models.grouped_forward import backward_group
     from veripo.algos.policy_loss import clipped_policy_loss
 
     torch.set_num_threads(threads)

@@ -26,3 +26,12 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "MANIFEST.md").exists():
         pytest.skip(f"real test material not found at {SHARED_DATA} (set VERIPO_SHARED_DATA); skipping")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny random Qwen2.5-VL of ``veripo model build-tiny`` (seed 0), built once per session (about 10 s:
+    it trains its tokenizer). Every test folder shares it."""
+    from veripo.models import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny-model") / "model", "tiny", seed=0)

@@ -51,9 +51,9 @@ def test_wrong_type_names_key_value_and_expected():
 
 def test_bad_literal_lists_allowed_values():
     with pytest.raises(ConfigError) as e:
-        load(RunConfig, None, ["grpo.advantage=grp"])
+        load(RunConfig, None, ["grpo.lr_schedule=cosin"])
     msg = str(e.value)
-    assert "'grpo'" in msg and "'rloo'" in msg and "Did you mean 'grpo'" in msg
+    assert "'constant'" in msg and "'linear'" in msg and "Did you mean 'cosine'" in msg
 
 
 def test_bool_is_not_an_int():
@@ -121,3 +121,33 @@ def test_stage_sections_override_and_validate(tmp_path: Path):
     with pytest.raises(ConfigError) as e:
         load(RunConfig, p)
     assert "stages[0].grpo.lrate" in str(e.value) and "Did you mean 'lr'" in str(e.value)
+
+
+def test_an_eval_stage_kind_is_rejected_at_validation(tmp_path):
+    """Held-out evaluation runs after every training stage (eval.heldout); ``kind: eval`` is not a stage."""
+    path = tmp_path / "c.yaml"
+    path.write_text("stages:\n  - {name: e, kind: eval}\n")
+    with pytest.raises(ConfigError) as e:
+        load(RunConfig, path)
+    assert "kind" in str(e.value) and "'grpo'" in str(e.value)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("grpo.policy_loss=gspo-typo", "grpo.policy_loss"), ("grpo.loss_agg=token_mean", "grpo.loss_agg"),
+    ("grpo.advantage=grp", "grpo.advantage"), ("dpo.loss_type=ipo-typo", "dpo.loss_type"),
+])
+def test_an_unregistered_algorithm_fails_before_the_run_starts(tmp_path, override, key):
+    from veripo.recipes.veripo import run
+
+    cfg = load(RunConfig, None, [f"output_dir={tmp_path}", override])
+    with pytest.raises(ConfigError) as e:
+        run(cfg, show_progress=False)
+    assert key in str(e.value) and "expected one of" in str(e.value)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_micro_batch_sizes_must_be_positive():
+    with pytest.raises(ConfigError, match="grpo.micro_batch_size"):
+        load(RunConfig, None, ["grpo.micro_batch_size=0"])
+    with pytest.raises(ConfigError, match="dpo.micro_batch_size"):
+        load(RunConfig, None, ["dpo.micro_batch_size=-1"])

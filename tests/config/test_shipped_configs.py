@@ -51,8 +51,8 @@ def test_accelerate_launch_environment_means_what_the_config_says(path: Path):
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-    from veripo.recipes.deepspeed_zero3 import deepspeed_zero3_settings
-    from veripo.recipes.sharding import shard_group_size, weight_sharding_requested
+    from veripo.parallel.deepspeed_zero3 import deepspeed_zero3_settings
+    from veripo.parallel.fsdp2 import shard_group_size, weight_sharding_requested
 
     args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "veripo", "run", "CONFIG"])
     args, defaults, _ = _validate_launch_command(args)

@@ -1,4 +1,4 @@
-"""Fixtures for the evaluation tests: a scripted engine (no model), a whitespace tokenizer, and the tiny model."""
+"""Fixtures for the evaluation tests: a scripted engine (no model), and a whitespace tokenizer (the tiny model is the root conftest's)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,3 @@ def word_tokenizer() -> WordTokenizer:
 @pytest.fixture
 def scripted_engine() -> type[ScriptedEngine]:
     return ScriptedEngine
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random Qwen2.5-VL built once per session (about 10 s: it trains its tokenizer)."""
-    from veripo.models import build_tiny
-
-    return build_tiny(tmp_path_factory.mktemp("tiny-model") / "model", "tiny", seed=0)

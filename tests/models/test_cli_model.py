@@ -24,8 +24,8 @@ def test_bad_arguments(tmp_path):
     assert result.exit_code == 2 and "no config.json" in result.output
 
 
-def test_sample_prints_rollouts(tiny_dir):
-    result = CliRunner().invoke(app, ["sample", "--model-dir", str(tiny_dir), "--rollouts", "2",
+def test_sample_prints_rollouts(tiny_model_dir):
+    result = CliRunner().invoke(app, ["sample", "--model-dir", str(tiny_model_dir), "--rollouts", "2",
                                       "--max-new-tokens", "8"])
     assert result.exit_code == 0, result.output
     assert "rollout 0" in result.output and "rollout 1" in result.output and "red square" in result.output

@@ -44,22 +44,22 @@ def test_tiny_size_and_config(policy):
     assert not policy.model.training
 
 
-def test_seed_changes_weights(tiny_dir, tmp_path):
+def test_seed_changes_weights(tiny_model_dir, tmp_path):
     from veripo.models.tiny import build_tiny
 
     other = load_policy(build_tiny(tmp_path / "seed1", "tiny", seed=1))
-    first = load_policy(tiny_dir)
+    first = load_policy(tiny_model_dir)
     name, weight = next(iter(first.model.state_dict().items()))
     assert not torch.equal(weight, other.model.state_dict()[name])
 
 
-def test_dtype_option(tiny_dir):
-    assert load_policy(tiny_dir, dtype="float64").model.dtype == torch.float64
+def test_dtype_option(tiny_model_dir):
+    assert load_policy(tiny_model_dir, dtype="float64").model.dtype == torch.float64
     with pytest.raises(ValueError, match="dtype 'int8' is not supported"):
-        load_policy(tiny_dir, dtype="int8")
+        load_policy(tiny_model_dir, dtype="int8")
 
 
-def test_errors_name_directory_and_problem(tmp_path, tiny_dir):
+def test_errors_name_directory_and_problem(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match=f"{tmp_path}: no config.json"):
         load_policy(tmp_path)
     with pytest.raises(ValueError, match="not a directory"):
@@ -71,7 +71,7 @@ def test_errors_name_directory_and_problem(tmp_path, tiny_dir):
     with pytest.raises(ValueError, match="model_type 'llama' is not supported"):
         load_policy(tmp_path)
     copy = tmp_path / "copy"
-    shutil.copytree(tiny_dir, copy)
+    shutil.copytree(tiny_model_dir, copy)
     (copy / "model.safetensors").unlink()
     with pytest.raises(ValueError, match="no weights"):
         load_policy(copy)

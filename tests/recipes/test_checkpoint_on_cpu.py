@@ -16,7 +16,8 @@ from veripo.recipes.checkpoint import (
     save_checkpoint,
     truncate_outputs,
 )
-from veripo.recipes.common import build_optimizer, build_scheduler, derive_seed
+from veripo.parallel import ParallelStrategy
+from veripo.recipes.common import build_scheduler, derive_seed
 from veripo.recipes.run_dir import RunDir
 
 
@@ -25,6 +26,13 @@ def _tiny_lm(seed: int) -> Qwen2ForCausalLM:
     cfg = Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                       num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
     return Qwen2ForCausalLM(cfg)
+
+
+def build_optimizer(model, lr: float) -> torch.optim.Optimizer:
+    """The AdamW a one-process run builds (``ParallelStrategy.optimizer``)."""
+    strategy = ParallelStrategy()
+    strategy.prepare(model)
+    return strategy.optimizer(lr, 0.0, 0.0)[0]
 
 
 def _step(model, opt, sched):

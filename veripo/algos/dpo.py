@@ -32,6 +32,15 @@ class DPOOutput(NamedTuple):
     nll: torch.Tensor
 
 
+class PairNorms(NamedTuple):
+    """The normalisers of a whole batch of pairs, so the loss of some of its pairs (one question's, one
+    micro-batch) is their *share* of the batch loss: the shares add up to the batch loss, and backward per
+    share accumulates exactly the batch gradient (as ``BatchNorms`` for policy losses)."""
+
+    pairs: float  # pairs in the batch: the preference loss is their mean
+    chosen_tokens: float  # chosen response tokens in the batch: the NLL term is their token mean
+
+
 @register_dpo_loss("sigmoid")
 def sigmoid_preference_loss(delta: torch.Tensor, beta: float) -> torch.Tensor:
     """``-log sigmoid(beta * delta)`` per pair; ``delta`` ``[B]`` is the difference of log-ratios."""
@@ -54,6 +63,7 @@ def dpo_loss(
     nll_coef: float = 0.0,
     chosen_token_logps: torch.Tensor | None = None,
     chosen_mask: torch.Tensor | None = None,
+    norms: PairNorms | None = None,
 ) -> DPOOutput:
     """DPO loss on a batch of pairs.
 
@@ -61,7 +71,9 @@ def dpo_loss(
         chosen_logps, rejected_logps: ``[B]`` summed response log-probs under the policy (with gradient).
         ref_chosen_logps, ref_rejected_logps: ``[B]`` the same under the frozen reference (precomputed).
         beta: strength of the implicit KL constraint.
-        nll_coef: weight of the NLL term; it needs ``chosen_token_logps`` ``[B, R]`` and ``chosen_mask`` ``[B, R]``.
+        nll_coef: weight of the NLL term; it needs ``chosen_token_logps`` ``[B, R]`` and ``chosen_mask`` ``[B, R]``,
+            or ``norms`` (then ``chosen_logps`` are the chosen responses' summed token log-probs).
+        norms: of the whole batch when these pairs are part of it (``PairNorms``): the result is their share.
     Returns:
         ``DPOOutput``. Reward margin = ``chosen_rewards - rejected_rewards``; pair accuracy = fraction > 0.
     """
@@ -70,12 +82,15 @@ def dpo_loss(
     chosen_logratios = chosen_logps - ref_chosen_logps
     rejected_logratios = rejected_logps - ref_rejected_logps
     losses = DPO_LOSSES.get(loss_type)(chosen_logratios - rejected_logratios, beta)
-    loss = losses.mean()
+    loss = losses.mean() if norms is None else losses.sum() / norms.pairs
     nll = losses.new_zeros(())
     if nll_coef != 0.0:
-        if chosen_token_logps is None or chosen_mask is None:
-            raise ValueError("nll_coef != 0 needs chosen_token_logps [B, R] and chosen_mask [B, R]")
-        nll = -chosen_token_logps[chosen_mask.bool()].mean()
+        if norms is not None:
+            nll = -chosen_logps.sum() / norms.chosen_tokens
+        elif chosen_token_logps is None or chosen_mask is None:
+            raise ValueError("nll_coef != 0 needs chosen_token_logps [B, R] and chosen_mask [B, R], or norms")
+        else:
+            nll = -chosen_token_logps[chosen_mask.bool()].mean()
         loss = loss + nll_coef * nll
     return DPOOutput(
         loss=loss,

@@ -1,44 +1,21 @@
-"""Per-token log-probs of G responses to one (video) prompt on Qwen2.5-VL: shared prefix or per sequence.
+"""Token log-probs (and entropy) from final hidden states: pure tensor maths, no model family, no distribution.
 
-Shared prefix (default): the prompt, vision tower included, runs once; the G responses run against its KV
-cache expanded to G. Loss and every parameter gradient equal the per-sequence computation (tested in fp32),
-and the prompt is never encoded G times. Facts this relies on (transformers 5.23, see DESIGN.md):
-
-- M-RoPE positions: the prompt's from ``model.model.get_rope_index`` with its ``delta``; response token ``t``
-  sits at ``P + t + delta`` on all three axes, passed explicitly as ``[3, G, R]`` position ids.
-- The first response token's logit comes from the prompt pass's last position.
-- Gradient checkpointing drops ``past_key_values`` inside checkpointed layers: the caches in
-  ``prefix_cache`` never change after the prompt pass, so they may be kept there (see that module).
-
-Response micro-batches (``backward_group``): every micro-batch runs against the same prompt K/V and last
-hidden state, cut from the prompt's graph as leaf tensors; each micro-batch backward accumulates parameter
-gradients and the gradient at that cut, and one final backward sends the accumulated cut gradient through the
-prompt pass. By the chain rule this equals ``backward(retain_graph=True)`` per micro-batch, with the prompt's
-backward (and its checkpoint recomputation) run once instead of once per micro-batch.
-
-``shared_prefix=False`` is the baseline every RL trainer uses: G rows ``[prompt, response]``, full forward.
-Inputs: ``prompt_inputs`` is the processor's output for ONE prompt (``input_ids [1, P]``, ``attention_mask``,
-``pixel_values_videos``, ``video_grid_thw``, ``mm_token_type_ids``; images likewise); responses are
-right-padded ``response_ids [G, R]`` with ``response_mask [G, R]``.
+``veripo.models.grouped_forward`` runs a model family's layers (shared prompt prefix, visual tokens) and hands
+the last hidden states here; every trainer's log-probs, entropies and temperature scaling come from this one
+function.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from veripo.algos.prefix_cache import ReadOnlyPrefixCache, WriteOnceCache, cache_kept_under_checkpointing
-from veripo.models.cache_api import cache_kwargs
-
-VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
-# Loss callback of ``backward_group``: (log_probs [g, R], entropy [g, R] or None, rows [g] long) -> the
-# micro-batch's share of the group loss (shares must add up to the group loss, e.g. divide by group tokens).
-GroupLossFn = Callable[[torch.Tensor, "torch.Tensor | None", torch.Tensor], torch.Tensor]
+# Above this many logits per forward, log-probs are computed in token chunks whose logits are recomputed in
+# backward instead of kept: a Qwen vocabulary (152k) makes [G, R, V] logits the largest tensor of a step.
+LOGITS_CHUNK_ELEMENTS = 2**27
 
 
 class LogProbs(NamedTuple):
@@ -46,159 +23,6 @@ class LogProbs(NamedTuple):
 
     log_probs: torch.Tensor
     entropy: torch.Tensor | None
-
-
-class GroupStats(NamedTuple):
-    """What ``backward_group`` did: ``loss`` (sum of micro-batch losses, detached scalar), ``log_probs``/``entropy``
-    ``[G, R]`` detached, ``micro_batches`` count."""
-
-    loss: torch.Tensor
-    log_probs: torch.Tensor
-    entropy: torch.Tensor | None
-    micro_batches: int
-
-
-class _PromptState(NamedTuple):
-    keys: list[torch.Tensor]  # per layer [1, kv_heads, P, head_dim]
-    values: list[torch.Tensor]
-    last_hidden: torch.Tensor  # [1, 1, hidden]: predicts the first response token
-    length: int  # P
-    delta: torch.Tensor  # [1, 1] M-RoPE offset of text positions after the vision tokens
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [*self.keys, *self.values, self.last_hidden]
-
-    def cut(self) -> _PromptState:
-        """The same state as fresh leaf tensors, so continuations' backward stops (and accumulates) here."""
-        leaves = [t.detach().requires_grad_(t.requires_grad) for t in self.tensors()]
-        n = len(self.keys)
-        return _PromptState(leaves[:n], leaves[n : 2 * n], leaves[-1], self.length, self.delta)
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return model.model.language_model.layers
-
-
-def layers_sharded(model: nn.Module) -> bool:
-    """Whether the decoder layers are FSDP2 units (veripo.recipes.sharding): every rank must then run them."""
-    from torch.distributed.fsdp import FSDPModule
-
-    language_model = getattr(getattr(model, "model", None), "language_model", None)  # None: not a Qwen-VL model
-    layers = getattr(language_model, "layers", None)
-    return layers is not None and len(layers) > 0 and isinstance(layers[0], FSDPModule)
-
-
-class TrainingPasses:
-    """How ``backward_group`` runs its passes: plain autograd here. A DeepSpeed ZeRO-3 engine
-    (``veripo.recipes.deepspeed_zero3``) replaces it to route every forward and backward through the engine;
-    its passes are collectives, so every rank must run the same ones, vision tower included."""
-
-    every_pass_collective = False
-
-    def forward(self, compute: Callable[[], object]) -> object:
-        """Run one forward segment (``compute`` calls the model and returns its outputs)."""
-        return compute()
-
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def backward_through(self, tensors: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        """Backpropagate ``grads`` from ``tensors`` (the prompt pass, after its continuations)."""
-        torch.autograd.backward(tensors, grads)
-
-
-PLAIN_PASSES = TrainingPasses()
-
-
-def training_passes(model: nn.Module) -> TrainingPasses:
-    """The passes ``backward_group`` uses for ``model``: a DeepSpeed engine's when one was attached."""
-    return getattr(model, "veripo_training_passes", PLAIN_PASSES)
-
-
-def every_rank_runs_every_pass(model: nn.Module) -> bool:
-    """Whether every forward is a collective (FSDP2 layers, DeepSpeed ZeRO-3), so ranks must run the same passes."""
-    return layers_sharded(model) or training_passes(model).every_pass_collective
-
-
-@contextmanager
-def _vision_company(model: nn.Module, prompt: Mapping[str, torch.Tensor]) -> Iterator[list[torch.Tensor]]:
-    """Under DeepSpeed ZeRO-3 the vision tower's weights are partitioned too, so every rank must run it in every
-    prompt pass, at the same point: a prompt without images or videos runs it on one blank image of the smallest
-    size just before the language model (where a real prompt's vision tower runs, after the token embeddings).
-    Yields a list that then holds the output; add ``0 * out.sum()`` to the result (exact zeros)."""
-    company: list[torch.Tensor] = []
-    if not training_passes(model).every_pass_collective or not hasattr(model.model, "visual"):
-        yield company
-        return
-    if prompt.get("pixel_values") is not None and prompt.get("pixel_values_videos") is not None:
-        raise ValueError("DeepSpeed ZeRO-3: a prompt with both images and a video runs the vision tower twice, "
-                         "which the other ranks cannot match; give each question images or a video, not both")
-    if prompt.get("pixel_values") is not None or prompt.get("pixel_values_videos") is not None:
-        yield company
-        return
-    visual = model.model.visual
-
-    def run_vision_tower(_module: nn.Module, _args: object) -> None:
-        config = visual.config
-        merge = config.spatial_merge_size
-        width = config.in_channels * config.temporal_patch_size * config.patch_size**2
-        device = prompt["input_ids"].device
-        pixels = torch.zeros(merge * merge, width, dtype=next(visual.parameters()).dtype, device=device)
-        company.append(visual(pixels, grid_thw=torch.tensor([[1, merge, merge]], device=device)).pooler_output)
-
-    # prepend: before DeepSpeed's own pre-hook on the language model, so the module order matches a real prompt's
-    hook = model.model.language_model.register_forward_pre_hook(run_vision_tower, prepend=True)
-    try:
-        yield company
-    finally:
-        hook.remove()
-
-
-def _plus_zero_times(hidden: torch.Tensor, company: list[torch.Tensor]) -> torch.Tensor:
-    return hidden + 0.0 * sum(out.sum() for out in company) if company else hidden
-
-
-def _single_prompt(prompt_inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Validate one prompt and drop padding positions (a processor may left-pad)."""
-    input_ids = prompt_inputs.get("input_ids")
-    if input_ids is None or input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        shape = None if input_ids is None else tuple(input_ids.shape)
-        raise ValueError(f"prompt_inputs['input_ids'] must have shape [1, P] (one prompt); got {shape}")
-    if "mm_token_type_ids" not in prompt_inputs and any(prompt_inputs.get(k) is not None for k in VISION_KEYS):
-        raise ValueError("prompt_inputs has vision inputs but no 'mm_token_type_ids' (needed for 3-D M-RoPE)")
-    keep = prompt_inputs.get("attention_mask", torch.ones_like(input_ids))[0].bool()
-    prompt = {k: v for k, v in prompt_inputs.items() if k in VISION_KEYS and v is not None}
-    prompt["input_ids"] = input_ids[:, keep]
-    prompt["mm_token_type_ids"] = prompt_inputs.get("mm_token_type_ids", torch.zeros_like(input_ids))[:, keep]
-    return prompt
-
-
-def _check_responses(response_ids: torch.Tensor, response_mask: torch.Tensor) -> None:
-    if response_ids.dim() != 2 or response_ids.shape != response_mask.shape or response_ids.shape[1] == 0:
-        raise ValueError(
-            f"response_ids and response_mask must both be [G, R] with R >= 1; got {tuple(response_ids.shape)} "
-            f"and {tuple(response_mask.shape)}"
-        )
-
-
-def prompt_positions(model: nn.Module, prompt: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """M-RoPE position ids ``[3, 1, P]`` of one prompt and the ``delta`` ``[1, 1]`` of the text after it."""
-    input_ids = prompt["input_ids"]
-    if prompt.get("video_grid_thw") is None and prompt.get("image_grid_thw") is None:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).view(1, 1, -1).expand(3, 1, -1)
-        return positions, torch.zeros(1, 1, dtype=torch.long, device=input_ids.device)
-    return model.model.get_rope_index(
-        input_ids,
-        prompt["mm_token_type_ids"],
-        image_grid_thw=prompt.get("image_grid_thw"),
-        video_grid_thw=prompt.get("video_grid_thw"),
-        second_per_grid_ts=prompt.get("second_per_grid_ts"),
-    )
-
-
-# Above this many logits per forward, log-probs are computed in token chunks whose logits are recomputed in
-# backward instead of kept: a Qwen vocabulary (152k) makes [G, R, V] logits the largest tensor of a step.
-LOGITS_CHUNK_ELEMENTS = 2**27
 
 
 def _log_probs_from_hidden(
@@ -216,220 +40,23 @@ def _log_probs_from_hidden(
     return log_probs, log_norm - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
 
 
-def _token_log_probs(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool,
-                     temperature: float = 1.0) -> LogProbs:
-    """``hidden`` ``[g, R, H]`` predicting ``targets`` ``[g, R]`` -> log-probs (and entropy) ``[g, R]``, in fp32."""
+def token_log_probs(lm_head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool,
+                    temperature: float = 1.0, chunk_elements: int | None = None) -> LogProbs:
+    """``hidden`` ``[g, R, H]`` predicting ``targets`` ``[g, R]`` through ``lm_head`` -> log-probs (and entropy)
+    ``[g, R]`` in fp32. Past ``chunk_elements`` logits (default ``LOGITS_CHUNK_ELEMENTS``) the tokens go in
+    checkpointed chunks."""
     g, length, width = hidden.shape
+    chunk_elements = LOGITS_CHUNK_ELEMENTS if chunk_elements is None else chunk_elements
     flat_hidden, flat_targets = hidden.reshape(-1, width), targets.reshape(-1)
-    chunk = max(1, LOGITS_CHUNK_ELEMENTS // model.lm_head.out_features)
+    chunk = max(1, chunk_elements // lm_head.out_features)
     if flat_targets.numel() <= chunk:
-        log_probs, entropy = _log_probs_from_hidden(model.lm_head, flat_hidden, flat_targets, with_entropy, temperature)
+        log_probs, entropy = _log_probs_from_hidden(lm_head, flat_hidden, flat_targets, with_entropy, temperature)
     else:
         parts = [
             torch.utils.checkpoint.checkpoint(
-                _log_probs_from_hidden, model.lm_head, h, t, with_entropy, temperature, use_reentrant=False
+                _log_probs_from_hidden, lm_head, h, t, with_entropy, temperature, use_reentrant=False
             )
             for h, t in zip(flat_hidden.split(chunk), flat_targets.split(chunk))
         ]
         log_probs, entropy = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     return LogProbs(log_probs.view(g, length), entropy.view(g, length) if with_entropy else None)
-
-
-def _prompt_pass(model: nn.Module, prompt: dict[str, torch.Tensor]) -> _PromptState:
-    positions, delta = prompt_positions(model, prompt)
-    layers = decoder_layers(model)
-    cache = WriteOnceCache(len(layers))
-    with cache_kept_under_checkpointing(layers), _vision_company(model, prompt) as company:
-        hidden = model.model(**prompt, position_ids=positions, use_cache=True, **cache_kwargs(model.model, cache)).last_hidden_state
-    hidden = _plus_zero_times(hidden, company)
-    keys, values = cache.captured()
-    return _PromptState(keys, values, hidden[:, -1:], prompt["input_ids"].shape[1], delta)
-
-
-def _continuation(
-    model: nn.Module, state: _PromptState, response_ids: torch.Tensor, response_mask: torch.Tensor, with_entropy: bool,
-    temperature: float = 1.0,
-) -> LogProbs:
-    """Log-probs ``[g, R]`` of responses ``[g, R]`` against a prompt state (its K/V expanded to g, no copy)."""
-    g, length = response_ids.shape
-    hidden = state.last_hidden.expand(g, -1, -1)
-    # One-token responses need no layer pass, but with sharded layers every rank must run one (a collective):
-    # then the token runs through the layers and adds exact zeros.
-    idle_pass = length == 1 and every_rank_runs_every_pass(model)
-    if length > 1 or idle_pass:
-        inputs = response_ids[:, :-1] if length > 1 else response_ids  # the last token predicts nothing we need
-        width = inputs.shape[1]
-        positions = torch.arange(state.length, state.length + width, device=inputs.device) + state.delta[0, 0]
-        attention = torch.cat([response_mask.new_ones(g, state.length), response_mask[:, :width]], dim=1)
-        layers = decoder_layers(model)
-        with cache_kept_under_checkpointing(layers):
-            out = model.model(
-                input_ids=inputs,
-                attention_mask=attention,
-                position_ids=positions.view(1, 1, -1).expand(3, g, -1),
-                use_cache=True,
-                **cache_kwargs(model.model, ReadOnlyPrefixCache(state.keys, state.values, g)),
-            )
-        if idle_pass:
-            hidden = hidden + 0.0 * out.last_hidden_state.sum()
-        else:
-            hidden = torch.cat([hidden, out.last_hidden_state], dim=1)
-    return _token_log_probs(model, hidden, response_ids, with_entropy, temperature)
-
-
-def _per_sequence(
-    model: nn.Module,
-    prompt: dict[str, torch.Tensor],
-    response_ids: torch.Tensor,
-    response_mask: torch.Tensor,
-    with_entropy: bool,
-    temperature: float = 1.0,
-) -> LogProbs:
-    """Baseline: g rows ``[prompt, response]`` through the whole model, vision tower included, g times."""
-    g, length = response_ids.shape
-    prompt_ids = prompt["input_ids"]
-    size = prompt_ids.shape[1]
-    input_ids = torch.cat([prompt_ids.expand(g, -1), response_ids], dim=1)
-    inputs = {
-        "input_ids": input_ids,
-        "attention_mask": torch.cat([torch.ones_like(prompt_ids).expand(g, -1), response_mask.long()], dim=1),
-        "mm_token_type_ids": torch.cat(
-            [
-                prompt["mm_token_type_ids"].expand(g, -1),
-                torch.zeros_like(response_ids, dtype=prompt["mm_token_type_ids"].dtype),
-            ],
-            dim=1,
-        ),
-    }
-    for key in VISION_KEYS:
-        if prompt.get(key) is not None:
-            value = prompt[key]
-            inputs[key] = value.repeat(g, *([1] * (value.dim() - 1)))
-    with _vision_company(model, prompt) as company:
-        hidden = _plus_zero_times(model.model(**inputs, use_cache=False).last_hidden_state, company)
-    return _token_log_probs(model, hidden[:, size - 1 : size - 1 + length], response_ids, with_entropy, temperature)
-
-
-def _row_chunks(count: int, micro_batch: int | None, device: torch.device) -> list[torch.Tensor]:
-    if micro_batch is not None and micro_batch < 1:
-        raise ValueError(f"micro_batch must be >= 1 or None; got {micro_batch}")
-    return list(torch.arange(count, device=device).split(micro_batch or count))
-
-
-def micro_batch_count(responses: int, micro_batch: int | None) -> int:
-    """How many micro-batches ``backward_group`` runs for ``responses`` responses."""
-    return len(_row_chunks(responses, micro_batch, torch.device("cpu")))
-
-
-def _rows_log_probs(
-    model: nn.Module,
-    prompt: dict[str, torch.Tensor],
-    state: _PromptState | None,
-    response_ids: torch.Tensor,
-    response_mask: torch.Tensor,
-    with_entropy: bool,
-    temperature: float = 1.0,
-) -> LogProbs:
-    """Log-probs of a micro-batch of responses: against the prompt ``state``, or per sequence when it is None."""
-    if state is None:
-        return _per_sequence(model, prompt, response_ids, response_mask, with_entropy, temperature)
-    return _continuation(model, state, response_ids, response_mask, with_entropy, temperature)
-
-
-def group_log_probs(
-    model: nn.Module,
-    prompt_inputs: Mapping[str, torch.Tensor],
-    response_ids: torch.Tensor,
-    response_mask: torch.Tensor,
-    *,
-    shared_prefix: bool = True,
-    micro_batch: int | None = None,
-    with_entropy: bool = False,
-    temperature: float = 1.0,
-) -> LogProbs:
-    """Log-probs ``[G, R]`` (and entropy) of G responses to one prompt, differentiable when grad is enabled.
-
-    ``temperature`` scales the logits first: the policy that sampled the responses at that temperature
-    (as TRL and verl train GRPO).
-
-    ``micro_batch`` bounds the responses per forward. To train with micro-batches use ``backward_group``
-    (it frees each micro-batch's graph); for old/reference log-probs use ``response_log_probs``.
-    """
-    _check_responses(response_ids, response_mask)
-    prompt = _single_prompt(prompt_inputs)
-    state = _prompt_pass(model, prompt) if shared_prefix else None
-    parts = [
-        _rows_log_probs(model, prompt, state, response_ids[rows], response_mask[rows], with_entropy, temperature)
-        for rows in _row_chunks(response_ids.shape[0], micro_batch, response_ids.device)
-    ]
-    entropy = torch.cat([p.entropy for p in parts]) if with_entropy else None
-    return LogProbs(torch.cat([p.log_probs for p in parts]), entropy)
-
-
-def response_log_probs(
-    model: nn.Module,
-    prompt_inputs: Mapping[str, torch.Tensor],
-    response_ids: torch.Tensor,
-    response_mask: torch.Tensor,
-    **options: bool | int | float | None,
-) -> LogProbs:
-    """No-grad ``group_log_probs`` (same options): old-policy or reference log-probs ``[G, R]``."""
-    with torch.no_grad():
-        return group_log_probs(model, prompt_inputs, response_ids, response_mask, **options)
-
-
-def backward_group(
-    model: nn.Module,
-    prompt_inputs: Mapping[str, torch.Tensor],
-    response_ids: torch.Tensor,
-    response_mask: torch.Tensor,
-    loss_fn: GroupLossFn,
-    *,
-    micro_batch: int | None = None,
-    shared_prefix: bool = True,
-    with_entropy: bool = False,
-    temperature: float = 1.0,
-    min_micro_batches: int = 0,
-) -> GroupStats:
-    """Forward and backward of one group's loss, accumulating into the parameters' ``.grad``.
-
-    Args:
-        loss_fn: ``(log_probs [g, R], entropy [g, R] | None, rows [g]) -> scalar`` for the micro-batch of
-            responses ``rows``; the shares of all micro-batches must add up to the group loss.
-        micro_batch: responses per forward/backward (None: all G at once).
-        shared_prefix: False runs the per-sequence baseline, one full forward per micro-batch.
-        temperature: log-probs under ``softmax(logits / temperature)`` (the sampling policy's).
-        min_micro_batches: run zero-loss micro-batches (the first rows again) after the real ones up to this
-            count, so that every rank of a weight-sharded run runs the same passes (veripo.recipes.sharding).
-    Returns:
-        ``GroupStats`` (the parameters' gradients are the effect that matters).
-    """
-    _check_responses(response_ids, response_mask)
-    prompt = _single_prompt(prompt_inputs)
-    passes = training_passes(model)
-    state = passes.forward(lambda: _prompt_pass(model, prompt)) if shared_prefix else None
-    cut = state.cut() if state is not None else None
-    total = torch.zeros((), device=response_ids.device)
-    log_probs, entropies = [], []
-    chunks = _row_chunks(response_ids.shape[0], micro_batch, response_ids.device)
-
-    def rows_log_probs(rows: torch.Tensor, with_entropy: bool) -> LogProbs:
-        return passes.forward(lambda: _rows_log_probs(model, prompt, cut, response_ids[rows], response_mask[rows],
-                                                      with_entropy, temperature))
-
-    for rows in chunks:
-        out = rows_log_probs(rows, with_entropy)
-        loss = loss_fn(out.log_probs, out.entropy, rows)
-        passes.backward(loss)
-        total += loss.detach()
-        log_probs.append(out.log_probs.detach())
-        if out.entropy is not None:
-            entropies.append(out.entropy.detach())
-    for _ in range(min_micro_batches - len(chunks)):
-        out = rows_log_probs(chunks[0], False)
-        passes.backward(out.log_probs.sum() * 0.0)
-    if state is not None:
-        pairs = [(t, leaf.grad) for t, leaf in zip(state.tensors(), cut.tensors()) if leaf.grad is not None]
-        if pairs or passes.every_pass_collective:  # collective passes: every rank runs this one too
-            passes.backward_through([t for t, _ in pairs], [g for _, g in pairs])
-    return GroupStats(total, torch.cat(log_probs), torch.cat(entropies) if entropies else None, len(chunks))

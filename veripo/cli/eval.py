@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
             evaluate_files,
         )
         from veripo.models.loading import load_policy
-        from veripo.recipes.distributed import init_distributed
+        from veripo.parallel import init_distributed
         from veripo.rewards import get_profile
 
         console = Console()

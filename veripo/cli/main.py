@@ -54,7 +54,7 @@ def main() -> None:
         app()
     except SystemExit as stop:
         if "torch.distributed" in sys.modules:  # never imports torch for --help
-            from veripo.recipes.distributed import finish_process
+            from veripo.parallel import finish_process
 
             code = stop.code
             finish_process(code if isinstance(code, int) else (0 if code is None else 1))

@@ -93,16 +93,21 @@ class GRPOConfig:
     # responses per optimizer step (paper Table 1: 128 / 64 with 64 questions x 8 responses per rollout
     # batch, i.e. 4 / 8 optimizer steps per rollout batch; the reading that makes Table 1 consistent)
     global_batch_size: int = 64
-    micro_batch_size: int = 1  # groups per forward/backward
-    response_micro_batch: int | None = None  # responses per backward within a group (None = all G)
+    # responses per forward/backward within a question's group (null: all G at once); the group's prompt
+    # still runs once (veripo.models.grouped_forward.backward_group)
+    micro_batch_size: int | None = None
     rollout_batches: int = 1  # rollout batches in this phase
-    advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
+    # algorithms by their registered names (veripo.algos registries; checked when a run starts)
+    advantage: str = "grpo"  # grpo | drgrpo | rloo
+    policy_loss: str = "clipped"  # veripo.algos.policy_loss.POLICY_LOSSES
     clip_low: float = 0.2  # lineage default (paper: not published)
     clip_high: float = 0.2
     dual_clip: float | None = None
-    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm (Dr. GRPO; its constant
+    # is rollout.max_new_tokens)
+    loss_agg: str = "token-mean"
     kl_coef: float = 0.0  # lineage default: no KL term
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_estimator: str = "k3"  # k1 | k2 | k3 | abs (veripo.algos.kl.KL_ESTIMATORS)
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
@@ -118,6 +123,13 @@ class GRPOConfig:
     def validate(self, prefix: str) -> None:
         if self.lr <= 0:
             raise ConfigError(f"config key '{prefix}.lr': got {self.lr}; expected a positive learning rate.")
+        check_micro_batch(self.micro_batch_size, prefix)
+
+
+def check_micro_batch(size: int | None, prefix: str) -> None:
+    if size is not None and size < 1:
+        raise ConfigError(f"config key '{prefix}.micro_batch_size': got {size}; expected a positive number or null "
+                          "(all at once).")
 
 
 def check_grpo_batches(grpo: GRPOConfig, rollout: RolloutConfig, prefix: str) -> None:
@@ -169,13 +181,18 @@ class DPOConfig:
     beta: float = 0.1  # paper Table 1
     lr: float = 5e-7  # paper Table 1
     global_batch_size: int = 32  # paper Table 1
-    micro_batch_size: int = 1
+    # pairs per forward/backward within a question (null: all of its pairs at once; one prompt pass either way)
+    micro_batch_size: int | None = None
+    loss_type: str = "sigmoid"  # veripo.algos.dpo.DPO_LOSSES
     epochs: int = 1
     nll_coef: float = 0.0  # optional NLL term on the chosen response
     save_every: int = 1  # optimizer steps between checkpoints (the unit a killed run resumes from)
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+
+    def validate(self, prefix: str) -> None:
+        check_micro_batch(self.micro_batch_size, prefix)
 
 
 @dataclass(frozen=True)
@@ -188,7 +205,7 @@ class DistributedConfig:
     # 56 GB for a 7B policy). One process: no effect.
     shard_optimizer: bool = False
     # FSDP2 (ZeRO stage 3 for the decoder layers): each rank keeps 1/world of every decoder layer's weights,
-    # gradients and AdamW state, all-gathering a layer for its forward and backward (veripo.recipes.sharding).
+    # gradients and AdamW state, all-gathering a layer for its forward and backward (veripo.parallel.fsdp2).
     # The vision tower, embeddings and lm_head stay whole (data parallel); with shard_optimizer too, their AdamW
     # state is split over the ranks (ZeRO-1). Sampling and evaluation gather the layers for their duration.
     # One process: no effect. Also switched on by an accelerate FSDP2 launch (configs/accelerate/fsdp2-8gpu.yaml).
@@ -199,7 +216,7 @@ class DistributedConfig:
     # null: one group of all ranks. Also set by an accelerate parallelism_config (dp_shard_size).
     shard_group_size: int | None = None
     # DeepSpeed ZeRO stage 3 instead: DeepSpeed's engine partitions every parameter (vision tower included),
-    # gradient and AdamW moment over the ranks (veripo.recipes.deepspeed_zero3; needs `pip install deepspeed`).
+    # gradient and AdamW moment over the ranks (veripo.parallel.deepspeed_zero3; needs `pip install deepspeed`).
     # Also switched on by an accelerate DeepSpeed launch (configs/accelerate/deepspeed-zero3-8gpu.yaml).
     # Excludes shard_weights and shard_optimizer. One process: no effect.
     deepspeed_zero3: bool = False
@@ -229,7 +246,7 @@ class Stage:
     """One step of the curriculum. ``kind`` picks the recipe; the section of that kind overrides the base."""
 
     name: str
-    kind: Literal["sft", "grpo", "verify", "dpo", "eval"]
+    kind: Literal["sft", "grpo", "verify", "dpo"]
     data: tuple[DataSource, ...] = ()
     sft: dict[str, Any] = field(default_factory=dict)
     grpo: dict[str, Any] = field(default_factory=dict)

@@ -157,7 +157,7 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
         engine: a ``RolloutEngine`` (default: ``HFRolloutEngine(model, tokenizer)``).
         settings: what else decides the responses (model, prompt style, media settings); with the decoding
             settings it is kept in ``out_dir/settings.json``, and resuming under different ones is refused.
-        dist: a ``veripo.recipes.distributed.DistInfo``; with ``world > 1`` every rank must call this with the
+        dist: a ``veripo.parallel.DistInfo``; with ``world > 1`` every rank must call this with the
             same samples and settings (only rank 0 needs the judge, only rank 0 touches ``out_dir``).
     Returns: the metrics dict (also written to ``out_dir/metrics.json``); ``{}`` on ranks other than 0.
     Raises:
@@ -174,7 +174,7 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
     if len(set(ids)) != len(ids):
         dupes = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
         raise ValueError(f"benchmark {benchmark!r}: sample ids must be unique; repeated: {dupes}")
-    from veripo.recipes.distributed import DistInfo, broadcast_object, gather_objects
+    from veripo.parallel import DistInfo, broadcast_object, gather_objects
 
     dist = dist or DistInfo()
     out_dir = Path(out_dir)

@@ -55,7 +55,7 @@ def evaluate_files(policy: Any, benches: Sequence[str | os.PathLike[str]], out_d
                    judge_name: str | None = None, engine: Any = None, dist: Any = None) -> dict[str, dict[str, Any]]:
     """Evaluate ``policy`` (a ``veripo.models.Policy``) on each benchmark file; returns {benchmark: metrics}.
 
-    With ``dist`` (a ``veripo.recipes.distributed.DistInfo`` of several processes) every rank decodes a share
+    With ``dist`` (a ``veripo.parallel.DistInfo`` of several processes) every rank decodes a share
     of each benchmark and rank 0 alone judges and writes; the other ranks return ``{}``.
 
     Raises ``veripo.data.loaders.DataError`` for a file that cannot be read at all (bad JSON, unknown

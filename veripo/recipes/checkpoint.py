@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from veripo.parallel import ParallelStrategy
 from veripo.recipes.run_dir import atomic_write_json, read_json
 
 LATEST = "latest.json"
@@ -97,54 +98,32 @@ def load_progress(ckpt: Path) -> Progress:
     return Progress(**read_json(ckpt / "progress.json"))
 
 
-def load_model_weights(model: torch.nn.Module, ckpt: Path) -> None:
-    """Load a checkpoint saved by ``save_pretrained`` into an existing model (strict).
+def load_model_weights(model: torch.nn.Module, ckpt: Path, parallel: ParallelStrategy | None = None) -> None:
+    """Load a checkpoint saved by ``save_pretrained`` into an existing model (strict), through the
+    ``parallel`` strategy that holds it (each rank keeps what the strategy gives it).
 
     Goes through ``from_pretrained`` because transformers renames keys on save (Qwen2.5-VL's
     ``model.visual.*`` is stored as ``visual.*``) and knows how to map them back.
     """
     if not any(ckpt.glob("*.safetensors")):
         raise FileNotFoundError(f"{ckpt}: no *.safetensors weights in this checkpoint")
-    from veripo.recipes.deepspeed_zero3 import deepspeed_of
-    from veripo.recipes.sharding import is_weight_sharded, load_full_model_state
-
+    if parallel is None:
+        parallel = ParallelStrategy()
+        parallel.prepare(model)
     param = next(model.parameters())
     fresh = type(model).from_pretrained(ckpt, dtype=param.dtype)
-    zero3 = deepspeed_of(model)
-    if zero3 is not None:  # every rank reads the whole weights; DeepSpeed keeps each rank's partition
-        try:
-            zero3.load_full_model_state(fresh.state_dict())
-        except KeyError as error:
-            raise RuntimeError(f"{ckpt}: checkpoint does not match the model ({error})") from error
-        del fresh
-        return
-    if is_weight_sharded(model):  # every rank reads the whole weights and keeps its shard
-        try:
-            load_full_model_state(model, fresh.state_dict())
-        except (RuntimeError, KeyError) as error:
-            raise RuntimeError(f"{ckpt}: checkpoint does not match the model ({error})") from error
-        del fresh
-        return
-    missing, unexpected = model.load_state_dict(fresh.state_dict(), strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"{ckpt}: checkpoint does not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    parallel.load_weights(fresh.state_dict(), ckpt)
     del fresh
 
 
 def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer | None, scheduler: Any,
-                        model: torch.nn.Module | None = None) -> None:
-    """Optimizer and scheduler state; ``model`` is needed when its weights are sharded (each rank then keeps
-    the AdamW moments of its shards)."""
-    from veripo.recipes.deepspeed_zero3 import DeepSpeedAdamW
-    from veripo.recipes.sharding import is_weight_sharded, load_full_optimizer_state
-
+                        parallel: ParallelStrategy | None = None) -> None:
+    """Optimizer and scheduler state (the optimizer's through the ``parallel`` strategy that built it)."""
     if optimizer is not None and (ckpt / "optimizer.pt").exists():
         state = torch.load(ckpt / "optimizer.pt", weights_only=True)
-        if isinstance(optimizer, DeepSpeedAdamW):
-            optimizer.load_full_state(state)
-        elif model is not None and is_weight_sharded(model):
-            load_full_optimizer_state(model, optimizer, state)
-        else:
+        if parallel is None:
             optimizer.load_state_dict(state)
+        else:
+            parallel.load_optimizer_state(optimizer, state)
     if scheduler is not None and (ckpt / "scheduler.pt").exists():
         scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))

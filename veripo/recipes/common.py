@@ -1,4 +1,4 @@
-"""Pieces every recipe shares: seeding, optimizer and schedule, device choice, metric rows, progress bars."""
+"""Pieces every recipe shares: seeding, the learning-rate schedule, device choice, progress bars, a clock."""
 
 from __future__ import annotations
 
@@ -38,34 +38,6 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.0, *,
-                    shard: bool = False) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; with ``shard`` and several processes, ZeRO stage 1 (each rank
-    holds the AdamW state of its share of the parameters: ``distributed.shard_optimizer``). For a model whose
-    decoder layers are FSDP2 shards, ZeRO-1 covers the whole parameters (``LayerShardedAdamW``)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    # foreach=False: the same arithmetic order on every machine (exact resume, DP equivalence tests)
-    if shard and torch.distributed.is_available() and torch.distributed.is_initialized() \
-            and torch.distributed.get_world_size() > 1:
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-
-        from veripo.recipes.sharding import LayerShardedAdamW, is_weight_sharded
-
-        if is_weight_sharded(model):
-            return LayerShardedAdamW(params, lr=lr, weight_decay=weight_decay)
-
-        return ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, lr=lr, weight_decay=weight_decay,
-                                       foreach=False)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=False)
-
-
-def is_sharded(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether ``optimizer`` is the ZeRO-1 one of ``build_optimizer`` (its state lives on several ranks)."""
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
-    return isinstance(optimizer, ZeroRedundancyOptimizer)
-
-
 def build_scheduler(
     optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -83,14 +55,6 @@ def build_scheduler(
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def grad_norm_and_clip(model: torch.nn.Module, max_norm: float) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    total = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"), foreach=False)
-    return float(total)
 
 
 @contextmanager

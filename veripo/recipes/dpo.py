@@ -1,8 +1,9 @@
 """DPO phase ("Pair-Fast-Align" in the VerIPO paper): targeted alignment on the verifier's pairs.
 
-Sigmoid DPO (Rafailov et al. 2023), ``-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))`` with summed
-response log-probs, plus an optional NLL term on the chosen response (``dpo.nll_coef``; the paper's figure
-labels the update "maximum likelihood"). The reference is the policy at the start of the phase: its
+The loss is ``veripo.algos.dpo.dpo_loss`` with the registered ``dpo.loss_type`` (sigmoid DPO, Rafailov et al.
+2023: ``-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))`` with summed response log-probs), plus an
+optional NLL term on the chosen response (``dpo.nll_coef``; the paper's figure labels the update "maximum
+likelihood"); each question's pairs backpropagate their share of the batch loss (``PairNorms``). The reference is the policy at the start of the phase: its
 log-probs are computed once for all pairs before training and stored in ``reference_logps.json``, so no
 second model is held in memory and a resumed phase uses the original reference. Chosen and rejected
 share one prompt pass (video included). No sampling: the pairs reuse the GRPO rollouts, which is why this
@@ -11,29 +12,18 @@ phase is several times cheaper than a GRPO phase (bench/bench_phases.py).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
-from veripo.algos.dpo import DPO_LOSSES
-from veripo.algos.logprobs import backward_group, response_log_probs
-from veripo.data.jsonl import JsonlWriter, read_jsonl
+from veripo.algos.dpo import PairNorms, dpo_loss
+from veripo.data.jsonl import read_jsonl
 from veripo.data.records import Pair
-from veripo.recipes.common import Stopwatch, build_scheduler, progress_bar
-from veripo.recipes.context import (
-    StageContext,
-    StageResult,
-    epoch_batch,
-    optimizer_step,
-    resume_stage,
-    save_if_due,
-)
-from veripo.recipes.distributed import gather_objects
+from veripo.models.grouped_forward import backward_group, micro_batch_count, response_log_probs
+from veripo.recipes.common import progress_bar
+from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.run_dir import atomic_write_json, read_json
-from veripo.recipes.sharding import gathered_weights, lockstep_calls
-
-OUTPUTS = ["metrics.jsonl"]
+from veripo.recipes.stage_loop import Optimization, StageLoop, epoch_batch, epoch_units, run_training_stage
 
 
 def pair_token_ids(tokenizer: Any, pair: Pair) -> tuple[list[int], list[int]]:
@@ -77,7 +67,7 @@ def reference_logps(ctx: StageContext, pairs: list[Pair], tokens: dict[str, tupl
     by_id = {s.id: s for s in ctx.samples}
     mine = ctx.dist.shard(by_question(pairs))
     local = []
-    with gathered_weights(ctx.policy.model), \
+    with ctx.parallel.gathered_weights(), \
             progress_bar("DPO reference log-probs", len(mine), ctx.show_progress and ctx.dist.is_main) as bar:
         for group in mine:
             ids, mask = pair_rows(group, tokens)
@@ -85,15 +75,82 @@ def reference_logps(ctx: StageContext, pairs: list[Pair], tokens: dict[str, tupl
             sums = (logp * mask).sum(-1).view(-1, 2)
             local.extend((pair.id, sums[i].tolist()) for i, pair in enumerate(group))
             bar.advance(1)
-    result = dict(gather_objects(ctx.dist, local))
+    result = dict(ctx.parallel.gather(local))
     if ctx.dist.is_main:
         atomic_write_json(path, result)
     return result
 
 
+def pair_loss(group: list[Pair], logp: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor,
+              ref: dict[str, list[float]], dpo: Any, norms: PairNorms) -> tuple[torch.Tensor, torch.Tensor]:
+    """The share of the batch's DPO loss of the pairs in ``rows`` (log-probs ``logp`` ``[2k, R]`` of ``group``'s
+    chosen/rejected rows ``rows``, in pairs), through the registry's ``dpo_loss``; and the implicit rewards
+    ``[k, 2]`` (chosen, rejected)."""
+    sums = (logp * mask[rows]).sum(-1).view(-1, 2)  # [k, (chosen, rejected)]
+    pairs = [group[int(r) // 2] for r in rows[::2]]
+    ref_logps = torch.tensor([ref[p.id] for p in pairs])  # [k, 2]
+    out = dpo_loss(sums[:, 0], sums[:, 1], ref_logps[:, 0], ref_logps[:, 1], beta=dpo.beta, loss_type=dpo.loss_type,
+                   nll_coef=dpo.nll_coef, norms=norms)
+    return out.loss, torch.stack([out.chosen_rewards, out.rejected_rewards], dim=1)
+
+
+class DPOStage:
+    """A batch of ``dpo.global_batch_size`` pairs is one optimizer step; a question's pairs share one prompt
+    pass, in micro-batches of ``dpo.micro_batch_size`` pairs."""
+
+    outputs = ["metrics.jsonl"]
+    time_budget_s = None
+
+    def __init__(self, ctx: StageContext, pairs: list[Pair]) -> None:
+        self.ctx, self.pairs, self.dpo = ctx, pairs, ctx.section("dpo")
+        self.title = f"DPO {ctx.stage.name}"
+        self.units = self.steps = epoch_units(len(pairs), self.dpo.global_batch_size, self.dpo.epochs)
+        self.tokens = {p.id: pair_token_ids(ctx.policy.tokenizer, p) for p in pairs}
+        self.by_id = {s.id: s for s in ctx.samples}
+        self.ref: dict[str, list[float]] = {}
+
+    def start(self, loop: StageLoop) -> None:
+        self.ref = reference_logps(self.ctx, self.pairs, self.tokens)
+
+    def numbers(self) -> dict[str, Any]:
+        return {"pairs": len(self.pairs)}
+
+    def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:
+        ctx, dpo, model = self.ctx, self.dpo, self.ctx.policy.model
+        epoch, batch = epoch_batch(self.pairs, unit, dpo.global_batch_size, ctx.cfg.seed, ctx.stage.name)
+        norms = PairNorms(pairs=float(len(batch)), chosen_tokens=float(sum(len(self.tokens[p.id][0]) for p in batch)))
+        rewards: list[dict[str, float]] = []
+        losses: list[float] = []
+        rows_per_micro_batch = None if dpo.micro_batch_size is None else 2 * dpo.micro_batch_size
+
+        def backward(group: list[Pair], micro_batches: int) -> None:
+            ids, mask = pair_rows(group, self.tokens)
+
+            def loss_fn(logp: torch.Tensor, _entropy: Any, rows: torch.Tensor) -> torch.Tensor:
+                loss, implicit = pair_loss(group, logp, mask, rows, self.ref, dpo, norms)
+                rewards.extend({"chosen": float(r[0]), "rejected": float(r[1])} for r in implicit)
+                return loss
+
+            stats = backward_group(model, ctx.encode(self.by_id[group[0].sample_id]), ids, mask, loss_fn,
+                                   micro_batch=rows_per_micro_batch, min_micro_batches=micro_batches,
+                                   passes=ctx.parallel.passes)
+            losses.append(float(stats.loss))
+
+        mine = ctx.dist.shard(by_question(batch))
+        counts = [micro_batch_count(2 * len(group), rows_per_micro_batch) for group in mine]
+        grad_norm, lr = loop.optimizer_step(mine, counts, True, backward)
+        rows = ctx.parallel.gather(rewards)
+        loss = sum(ctx.parallel.gather([sum(losses)]))
+        n = max(1, len(rows))
+        margin = sum(r["chosen"] - r["rejected"] for r in rows) / n
+        loop.metrics_row(
+            "dpo", epoch=epoch, lr=lr, loss=loss, grad_norm=grad_norm,
+            chosen_reward=sum(r["chosen"] for r in rows) / n, rejected_reward=sum(r["rejected"] for r in rows) / n,
+            margin=margin, pair_accuracy=sum(1.0 for r in rows if r["chosen"] > r["rejected"]) / n)
+        return {"loss": loss, "margin": margin}
+
+
 def run_dpo(ctx: StageContext) -> StageResult:
-    dpo = ctx.section("dpo")
-    model, tokenizer = ctx.policy.model, ctx.policy.tokenizer
     pairs_path = ctx.inputs.get("pairs")
     if pairs_path is None or not pairs_path.exists():
         raise FileNotFoundError(f"stage '{ctx.stage.name}': no pairs file from a verify stage (expected {pairs_path})")
@@ -104,71 +161,7 @@ def run_dpo(ctx: StageContext) -> StageResult:
         raise RuntimeError(f"stage '{ctx.stage.name}': {len(unknown)} of {len(pairs)} pairs in {pairs_path} refer to "
                            f"questions this run has not loaded (first: pair {unknown[0].id!r}, sample_id "
                            f"{unknown[0].sample_id!r}); give the stage the data the pairs were built from")
-    clock = Stopwatch()
     if not pairs:
         ctx.log(f"no pairs in {pairs_path}: nothing to align, the policy is unchanged")
         return StageResult(numbers={"pairs": 0, "wall_time_s": 0.0})
-    tokens = {p.id: pair_token_ids(tokenizer, p) for p in pairs}
-    per_epoch = math.ceil(len(pairs) / dpo.global_batch_size)
-    total = per_epoch * dpo.epochs
-    optimizer = ctx.optimizer(dpo.lr, max_grad_norm=dpo.max_grad_norm)
-    scheduler = build_scheduler(optimizer, dpo.lr_schedule, dpo.warmup_steps, total)
-    progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
-    if progress.done:
-        return StageResult(steps=progress.step, numbers={"pairs": len(pairs), "wall_time_s": progress.extra.get("time_s", 0.0)})
-    clock = Stopwatch(progress.extra.get("time_s", 0.0))
-    ref = reference_logps(ctx, pairs, tokens)
-    preference_loss = DPO_LOSSES.get("sigmoid")
-    model.train()
-    writer = JsonlWriter(ctx.stage_dir / "metrics.jsonl", fsync="batch") if ctx.dist.is_main else None
-    if writer:
-        writer.open()
-    try:
-        with progress_bar(f"DPO {ctx.stage.name}", total, ctx.show_progress and ctx.dist.is_main) as bar:
-            bar.set_completed(progress.unit)
-            for unit in range(progress.unit, total):
-                epoch, batch = epoch_batch(pairs, unit, dpo.global_batch_size, ctx.cfg.seed, ctx.stage.name)
-                chosen_tokens = float(sum(len(tokens[p.id][0]) for p in batch))
-                optimizer.zero_grad(set_to_none=True)
-                local: list[dict[str, float]] = []
-                losses: list[float] = []
-                mine = ctx.dist.shard(by_question(batch))
-                for group, micro_batches in lockstep_calls(ctx.dist, model, mine, [1] * len(mine), shared_prefix=True):
-                    ids, mask = pair_rows(group, tokens)
-                    ref_logps = torch.tensor([ref[p.id] for p in group])  # [k, 2]
-
-                    def loss_fn(logp: torch.Tensor, _entropy: Any, _rows: torch.Tensor) -> torch.Tensor:
-                        sums = (logp * mask).sum(-1).view(-1, 2)  # [k, (chosen, rejected)]
-                        ratios = sums - ref_logps
-                        loss = preference_loss(ratios[:, 0] - ratios[:, 1], dpo.beta).sum() / len(batch)
-                        if dpo.nll_coef:
-                            loss = loss - dpo.nll_coef * sums[:, 0].sum() / chosen_tokens
-                        local.extend({"chosen": float(r[0]), "rejected": float(r[1])} for r in dpo.beta * ratios.detach())
-                        return loss
-
-                    stats = backward_group(model, ctx.encode(by_id[group[0].sample_id]), ids, mask, loss_fn,
-                                           min_micro_batches=micro_batches)
-                    losses.append(float(stats.loss))
-                rows = gather_objects(ctx.dist, local)
-                loss = sum(gather_objects(ctx.dist, [sum(losses)]))
-                grad_norm, lr = optimizer_step(ctx, optimizer, scheduler, dpo.max_grad_norm, progress)
-                progress.unit = unit + 1
-                n = max(1, len(rows))
-                row = {
-                    "stage": ctx.stage.name, "kind": "dpo", "step": progress.step, "global_step": progress.global_step,
-                    "epoch": epoch, "lr": lr, "loss": loss, "grad_norm": grad_norm,
-                    "chosen_reward": sum(r["chosen"] for r in rows) / n,
-                    "rejected_reward": sum(r["rejected"] for r in rows) / n,
-                    "margin": sum(r["chosen"] - r["rejected"] for r in rows) / n,
-                    "pair_accuracy": sum(1.0 for r in rows if r["chosen"] > r["rejected"]) / n,
-                    "time_s": clock.elapsed(),
-                }
-                if writer:
-                    writer.write(row)
-                bar.advance(1, loss=row["loss"], margin=row["margin"])
-                save_if_due(ctx, progress, last=progress.unit == total, every=dpo.save_every, writers=[writer] if writer else [],
-                            optimizer=optimizer, scheduler=scheduler, outputs=OUTPUTS, clock=clock)
-    finally:
-        if writer:
-            writer.close()
-    return StageResult(steps=progress.step, numbers={"pairs": len(pairs), "wall_time_s": clock.elapsed()})
+    return run_training_stage(ctx, DPOStage(ctx, pairs), Optimization.of(ctx.section("dpo")))

@@ -10,7 +10,6 @@ from typing import Any
 
 from veripo.eval import evaluate
 from veripo.recipes.context import StageContext
-from veripo.recipes.sharding import gathered_weights
 from veripo.recipes.sources import SampleStore
 
 SUMMARY_KEYS = ("accuracy", "response_len", "thinking_len", "inconsistency_rate", "format_rate", "truncated_rate",
@@ -26,7 +25,7 @@ def evaluate_stage(ctx: StageContext, store: SampleStore) -> dict[str, dict[str,
     for source in cfg.heldout:
         samples = store.load(source).samples
         name = source.name or Path(source.path).name
-        with gathered_weights(ctx.policy.model):  # each rank decodes its share for as long as it needs
+        with ctx.parallel.gathered_weights():  # each rank decodes its share for as long as it needs
             metrics = evaluate(
                 ctx.policy.model, ctx.policy.tokenizer, ctx.encode, samples,
                 out_dir=ctx.stage_dir / "eval" / name, benchmark=name, profile=cfg.profile,

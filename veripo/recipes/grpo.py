@@ -7,9 +7,11 @@ Per rollout batch of Q questions:
      whose rewards are all equal or whose accuracy is outside a band;
   4. append every rollout (text, rewards, advantage, policy version) to ``rollouts.jsonl``: the verifier's
      input; per-question accuracy to ``question_stats.jsonl``: the easy-sample discard's input;
-  5. ``Q*G / global_batch_size`` optimizer steps with the clipped ratio against the sampling policy's
-     log-probs; each group's prompt runs once and its responses against the prompt's KV cache
-     (``grpo.shared_prefix``; ``false`` is the per-sequence baseline).
+  5. ``Q*G / global_batch_size`` optimizer steps of the registered policy loss (``grpo.policy_loss``, aggregated
+     by ``grpo.loss_agg``; ``veripo.algos.policy_loss.policy_loss``) against the sampling policy's log-probs,
+     each group backpropagating its share of the step's loss (``BatchNorms``); each group's prompt runs once and
+     its responses against the prompt's KV cache (``grpo.shared_prefix``; ``false`` is the per-sequence
+     baseline), ``grpo.micro_batch_size`` responses per forward/backward.
 
 What it is not: no value model, no reference model unless ``grpo.kl_coef > 0`` (then the policy at the
 start of the stage is kept frozen), old log-probs come from the sampler (exact for the transformers
@@ -17,7 +19,7 @@ engine in fp32; they equal a teacher-forced forward to ~1e-6).
 
 Resume: a checkpoint after every ``save_every`` rollout batches; every random draw is seeded from the run
 seed, the stage and the batch index, so a resumed stage redoes exactly the work that was lost.
-Data parallel: questions are split over ranks; see ``veripo.recipes.distributed``.
+Several processes: questions are split over ranks; see ``veripo.parallel``.
 """
 
 from __future__ import annotations
@@ -30,32 +32,15 @@ import torch
 
 from veripo.algos.advantages import group_advantages
 from veripo.algos.kl import kl_divergence
-from veripo.algos.logprobs import backward_group, every_rank_runs_every_pass, micro_batch_count, response_log_probs
-from veripo.algos.policy_loss import clipped_policy_loss
-from veripo.data.jsonl import JsonlWriter
+from veripo.algos.policy_loss import BatchNorms, aggregate_loss, policy_loss
 from veripo.data.records import Rollout, Sample
-from veripo.recipes.common import (
-    Stopwatch,
-    build_scheduler,
-    derive_seed,
-    generator,
-    progress_bar,
-)
-from veripo.recipes.context import (
-    StageContext,
-    StageResult,
-    optimizer_step,
-    resume_stage,
-    save_if_due,
-)
-from veripo.recipes.distributed import gather_objects
-from veripo.recipes.sharding import gathered_weights, is_weight_sharded, lockstep_calls
+from veripo.models.grouped_forward import backward_group, micro_batch_count, response_log_probs
+from veripo.recipes.common import derive_seed, generator
+from veripo.recipes.context import StageContext, StageResult
+from veripo.recipes.stage_loop import Optimization, StageLoop, run_training_stage
 from veripo.rewards import parse_completion
 from veripo.rewards.profiles import build_profile
 from veripo.rollout import HFRolloutEngine, SamplingParams
-
-OUTPUTS = ["rollouts.jsonl", "metrics.jsonl", "question_stats.jsonl"]
-
 
 @dataclass
 class ScoredGroup:
@@ -181,76 +166,137 @@ def optimizer_chunks(groups: list[ScoredGroup], per_step: int) -> list[list[tupl
     return [items[i : i + per_step] for i in range(0, len(items), per_step)]
 
 
-def loss_normaliser(groups: list[ScoredGroup], chunk: list[tuple[int, int]], mode: str, norm_constant: float) -> float:
-    """The global denominator of the chunk's loss, so per-group shares add up to the aggregated loss."""
-    if mode == "token-mean":
-        return float(sum(len(groups[gi].token_ids[r]) for gi, r in chunk))
-    if mode == "seq-mean-token-sum-norm":
-        return float(len(chunk) * norm_constant)
-    return float(len(chunk))  # seq-mean-token-mean: per-row token means, averaged over rows
+def chunk_norms(groups: list[ScoredGroup], chunk: list[tuple[int, int]], norm_constant: float) -> BatchNorms:
+    """The normalisers of one optimizer step's responses (all ranks'), so each group's loss is its share."""
+    lengths = [len(groups[gi].token_ids[r]) for gi, r in chunk]
+    return BatchNorms(tokens=float(sum(lengths)), sequences=float(sum(n > 0 for n in lengths)),
+                      rows=float(len(chunk)), norm_constant=norm_constant)
 
 
-def train_step(
-    ctx: StageContext,
-    groups: list[ScoredGroup],
-    chunk: list[tuple[int, int]],
-    samples: dict[str, Sample],
-    ref_model: torch.nn.Module | None,
-) -> dict[str, float]:
-    """Forward/backward of this rank's share of one optimizer step's responses (grads accumulate)."""
-    grpo, model = ctx.section("grpo"), ctx.policy.model
-    rollout = ctx.section("rollout")
-    norm_constant = float(rollout.max_new_tokens)
-    temperature = rollout.temperature  # train the policy that sampled the rollouts (as TRL and verl do)
-    denominator = loss_normaliser(groups, chunk, grpo.loss_agg, norm_constant)
-    mine = {g.question for g in groups if g.question % ctx.dist.world == ctx.dist.rank}
-    by_group: dict[int, list[int]] = {}
-    for gi, r in chunk:
-        if groups[gi].question in mine:
-            by_group.setdefault(gi, []).append(r)
-    sums = {"clip": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0.0, "loss": 0.0}
-    calls = list(by_group.items())
-    counts = [micro_batch_count(len(rows), grpo.response_micro_batch) for _, rows in calls]
-    for (gi, rows), micro_batches in lockstep_calls(ctx.dist, model, calls, counts, shared_prefix=grpo.shared_prefix):
-        g = groups[gi]
-        prompt = ctx.encode(samples[g.sample_id])
-        ids, mask = _padded([g.token_ids[r] for r in rows], torch.long)
-        old, _ = _padded([g.logprobs[r] for r in rows], torch.float32)
-        adv = torch.tensor([g.advantages[r] for r in rows], dtype=torch.float32)
-        ref = None
-        if ref_model is not None:
-            ref = response_log_probs(ref_model, prompt, ids, mask, shared_prefix=grpo.shared_prefix,
-                                     temperature=temperature).log_probs
+def group_policy_loss(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
+                      ref: torch.Tensor | None, grpo: Any, norms: BatchNorms) -> tuple[torch.Tensor, dict[str, float]]:
+    """A group's (or micro-batch's) share of the step's loss: the registered policy loss with its aggregation,
+    plus ``kl_coef`` times the aggregated KL to the reference when there is one; and its metric sums."""
+    loss, metrics = policy_loss(logp, old, adv, mask, loss_type=grpo.policy_loss, loss_agg_mode=grpo.loss_agg,
+                                norms=norms, clip_low=grpo.clip_low, clip_high=grpo.clip_high, dual_clip=grpo.dual_clip)
+    n_tok = float(mask.sum())
+    sums = {"clip": float(metrics["clip_fraction"]) * n_tok, "tokens": n_tok}
+    if ref is not None:
+        kl = kl_divergence(logp, ref, grpo.kl_estimator)
+        loss = loss + grpo.kl_coef * aggregate_loss(kl * mask, mask, grpo.loss_agg, norms=norms)
+        sums["kl"] = float((kl.detach() * mask).sum())
+    else:
+        sums["kl"] = float(((old - logp.detach()) * mask).sum())  # approx KL to the sampler
+    return loss, sums
 
-        def loss_fn(logp: torch.Tensor, entropy: torch.Tensor | None, sel: torch.Tensor) -> torch.Tensor:
-            m = mask[sel]
-            per_token, metrics = clipped_policy_loss(
-                logp, old[sel], adv[sel], m, clip_low=grpo.clip_low, clip_high=grpo.clip_high, dual_clip=grpo.dual_clip
-            )
-            if ref is not None:
-                per_token = per_token + grpo.kl_coef * kl_divergence(logp, ref[sel], grpo.kl_estimator) * m
-                sums["kl"] += float((kl_divergence(logp.detach(), ref[sel], grpo.kl_estimator) * m).sum())
-            else:
-                sums["kl"] += float(((old[sel] - logp.detach()) * m).sum())  # approx KL to the sampler
-            n_tok = float(m.sum())
-            sums["clip"] += float(metrics["clip_fraction"]) * n_tok
-            if entropy is not None:
-                sums["entropy"] += float((entropy.detach() * m).sum())
-            sums["tokens"] += n_tok
-            if grpo.loss_agg == "seq-mean-token-mean":
-                share = (per_token.sum(-1) / m.sum(-1).clamp(min=1)).sum()
-            else:
-                share = per_token.sum()
-            share = share / denominator
-            sums["loss"] += float(share.detach())
-            return share
 
-        backward_group(
-            model, prompt, ids, mask, loss_fn,
-            micro_batch=grpo.response_micro_batch, shared_prefix=grpo.shared_prefix, with_entropy=True,
-            temperature=temperature, min_micro_batches=micro_batches,
-        )
-    return sums
+class GRPOStage:
+    """A rollout batch of ``grpo.rollout_batch_size`` questions is one unit: sampled, scored, written, then cut
+    into optimizer steps of ``grpo.global_batch_size`` responses."""
+
+    outputs = ["metrics.jsonl", "rollouts.jsonl", "question_stats.jsonl"]
+
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx, self.grpo, self.rollout = ctx, ctx.section("grpo"), ctx.section("rollout")
+        grpo = self.grpo
+        self.units = grpo.rollout_batches
+        self.steps = grpo.rollout_batches * (grpo.rollout_batch_size * self.rollout.num_generations
+                                             // grpo.global_batch_size)
+        self.time_budget_s = grpo.time_budget_s
+        self.title = (f"GRPO {ctx.stage.name} ({grpo.time_budget_s:.0f} s budget)" if grpo.time_budget_s
+                      else f"GRPO {ctx.stage.name}")
+        self.by_id = {s.id: s for s in ctx.samples}
+        self.ref_model: torch.nn.Module | None = None
+        self.engine: HFRolloutEngine | None = None
+
+    def numbers(self) -> dict[str, Any]:
+        return {}
+
+    def start(self, loop: StageLoop) -> None:
+        ctx, grpo, model = self.ctx, self.grpo, self.ctx.policy.model
+        # weight sharding may come from an accelerate launch, which the config check cannot see
+        if grpo.kl_coef > 0 and ctx.parallel.shards_weights:
+            raise ValueError(f"stage '{ctx.stage.name}': grpo.kl_coef > 0 needs a frozen whole copy of the policy on "
+                             "every rank, which weight sharding (FSDP2, DeepSpeed ZeRO-3) is meant to avoid; set "
+                             "grpo.kl_coef=0")
+        if grpo.kl_coef > 0:
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the stage-start policy
+            if loop.progress.unit > 0:
+                ctx.log("note: kl_coef > 0 on resume uses the resumed weights as the reference")
+        self.engine = HFRolloutEngine(model, ctx.policy.tokenizer, max_batch_questions=self.rollout.batch_questions)
+
+    def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:
+        ctx, grpo = self.ctx, self.grpo
+        questions = batch_questions(ctx.samples, unit, grpo.rollout_batch_size, ctx.cfg.seed, ctx.stage.name)
+        mine = ctx.dist.shard(list(enumerate(questions)))
+        with ctx.parallel.gathered_weights():
+            scored = sample_and_score(ctx, self.engine, mine, unit)
+        groups = ctx.parallel.gather(scored)
+        groups.sort(key=lambda g: g.question)
+        assign_advantages(groups, grpo)
+        rollouts = to_rollouts(ctx, groups, unit, policy_version=loop.progress.global_step)
+        batch = _batch_metrics(groups, rollouts)
+        loop.write_many("rollouts.jsonl", rollouts)
+        for g in groups:
+            acc = [r.get("accuracy", 0.0) for r in g.rewards]
+            loop.write("question_stats.jsonl", {
+                "sample_id": g.sample_id, "stage": ctx.stage.name, "step": unit, "n": len(acc),
+                "correct": sum(a >= 1.0 - 1e-9 for a in acc), "accuracy_mean": sum(acc) / len(acc),
+                "reward_mean": sum(g.totals) / len(g.totals)})
+        for chunk in optimizer_chunks(groups, grpo.global_batch_size):
+            totals, grad_norm, lr = self.optimizer_step(loop, groups, chunk)
+            tokens = max(1.0, sum(t["tokens"] for t in totals))
+            loop.metrics_row(
+                "grpo", rollout_batch=unit, lr=lr, loss=sum(t["loss"] for t in totals), grad_norm=grad_norm,
+                kl=sum(t["kl"] for t in totals) / tokens, clip_frac=sum(t["clip"] for t in totals) / tokens,
+                entropy=sum(t["entropy"] for t in totals) / tokens, **batch)
+        return {"acc": batch["accuracy_mean"], "reward": batch["reward_mean"], "len": batch["response_len"]}
+
+    def optimizer_step(self, loop: StageLoop, groups: list[ScoredGroup],
+                       chunk: list[tuple[int, int]]) -> tuple[list[dict[str, float]], float, float]:
+        """One optimizer step on the ``chunk``'s responses: this rank's groups backpropagate their shares;
+        every rank's metric sums, the gradient norm and the lr."""
+        ctx, grpo, model = self.ctx, self.grpo, self.ctx.policy.model
+        temperature = self.rollout.temperature  # train the policy that sampled the rollouts (as TRL and verl do)
+        norms = chunk_norms(groups, chunk, float(self.rollout.max_new_tokens))
+        mine = {g.question for g in groups if g.question % ctx.dist.world == ctx.dist.rank}
+        by_group: dict[int, list[int]] = {}
+        for gi, r in chunk:
+            if groups[gi].question in mine:
+                by_group.setdefault(gi, []).append(r)
+        sums = {"clip": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0.0, "loss": 0.0}
+        calls = list(by_group.items())
+
+        def backward(call: tuple[int, list[int]], micro_batches: int) -> None:
+            gi, rows = call
+            g = groups[gi]
+            prompt = ctx.encode(self.by_id[g.sample_id])
+            ids, mask = _padded([g.token_ids[r] for r in rows], torch.long)
+            old, _ = _padded([g.logprobs[r] for r in rows], torch.float32)
+            adv = torch.tensor([g.advantages[r] for r in rows], dtype=torch.float32)
+            ref = None
+            if self.ref_model is not None:
+                ref = response_log_probs(self.ref_model, prompt, ids, mask, shared_prefix=grpo.shared_prefix,
+                                         temperature=temperature).log_probs
+
+            def loss_fn(logp: torch.Tensor, entropy: torch.Tensor | None, sel: torch.Tensor) -> torch.Tensor:
+                m = mask[sel]
+                share, metric_sums = group_policy_loss(logp, old[sel], adv[sel], m,
+                                                       None if ref is None else ref[sel], grpo, norms)
+                for key, value in metric_sums.items():
+                    sums[key] += value
+                if entropy is not None:
+                    sums["entropy"] += float((entropy.detach() * m).sum())
+                sums["loss"] += float(share.detach())
+                return share
+
+            backward_group(model, prompt, ids, mask, loss_fn, micro_batch=grpo.micro_batch_size,
+                           shared_prefix=grpo.shared_prefix, with_entropy=True, temperature=temperature,
+                           min_micro_batches=micro_batches, passes=ctx.parallel.passes)
+
+        counts = [micro_batch_count(len(rows), grpo.micro_batch_size) for _, rows in calls]
+        grad_norm, lr = loop.optimizer_step(calls, counts, grpo.shared_prefix, backward)
+        return ctx.parallel.gather([sums]), grad_norm, lr
 
 
 def _batch_metrics(groups: list[ScoredGroup], rollouts: list[Rollout]) -> dict[str, float]:
@@ -267,86 +313,4 @@ def _batch_metrics(groups: list[ScoredGroup], rollouts: list[Rollout]) -> dict[s
 
 
 def run_grpo(ctx: StageContext) -> StageResult:
-    grpo, rollout_cfg = ctx.section("grpo"), ctx.section("rollout")
-    model, tokenizer = ctx.policy.model, ctx.policy.tokenizer
-    responses_per_batch = grpo.rollout_batch_size * rollout_cfg.num_generations
-    steps_per_batch = responses_per_batch // grpo.global_batch_size
-    total_steps = grpo.rollout_batches * steps_per_batch
-    optimizer = ctx.optimizer(grpo.lr, grpo.weight_decay, grpo.max_grad_norm)
-    scheduler = build_scheduler(optimizer, grpo.lr_schedule, grpo.warmup_steps, total_steps)
-    progress = resume_stage(ctx, optimizer, scheduler, OUTPUTS)
-    if progress.done:
-        return StageResult(steps=progress.step, outputs={n: ctx.stage_dir / n for n in OUTPUTS},
-                           numbers={"wall_time_s": progress.extra.get("time_s", 0.0)})
-    ref_model = None
-    # weight sharding may come from an accelerate launch, which the config check cannot see
-    if grpo.kl_coef > 0 and (is_weight_sharded(model) or every_rank_runs_every_pass(model)):
-        raise ValueError(f"stage '{ctx.stage.name}': grpo.kl_coef > 0 needs a frozen whole copy of the policy on "
-                         "every rank, which weight sharding (FSDP2, DeepSpeed ZeRO-3) is meant to avoid; set "
-                         "grpo.kl_coef=0")
-    if grpo.kl_coef > 0:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the stage-start policy
-        if progress.unit > 0:
-            ctx.log("note: kl_coef > 0 on resume uses the resumed weights as the reference")
-    engine = HFRolloutEngine(model, tokenizer, max_batch_questions=rollout_cfg.batch_questions)
-    by_id = {s.id: s for s in ctx.samples}
-    clock = Stopwatch(progress.extra.get("time_s", 0.0))
-    model.train()
-    writers = [JsonlWriter(ctx.stage_dir / n, fsync="batch") for n in OUTPUTS] if ctx.dist.is_main else []
-    for w in writers:
-        w.open()
-    rollouts_w, metrics_w, stats_w = writers if writers else (None, None, None)
-    try:
-        # a time budget ends the stage by the clock: no total, so no made-up time remaining
-        title, total = ((f"GRPO {ctx.stage.name} ({grpo.time_budget_s:.0f} s budget)", None) if grpo.time_budget_s
-                        else (f"GRPO {ctx.stage.name}", grpo.rollout_batches))
-        with progress_bar(title, total, ctx.show_progress and ctx.dist.is_main) as bar:
-            bar.set_completed(progress.unit)
-            for unit in range(progress.unit, grpo.rollout_batches):
-                questions = batch_questions(ctx.samples, unit, grpo.rollout_batch_size, ctx.cfg.seed, ctx.stage.name)
-                mine = ctx.dist.shard(list(enumerate(questions)))
-                with gathered_weights(model):
-                    scored = sample_and_score(ctx, engine, mine, unit)
-                groups = gather_objects(ctx.dist, scored)
-                groups.sort(key=lambda g: g.question)
-                assign_advantages(groups, grpo)
-                rollouts = to_rollouts(ctx, groups, unit, policy_version=progress.global_step)
-                batch = _batch_metrics(groups, rollouts)
-                if ctx.dist.is_main:
-                    rollouts_w.write_many(rollouts)
-                    for g in groups:
-                        acc = [r.get("accuracy", 0.0) for r in g.rewards]
-                        stats_w.write({"sample_id": g.sample_id, "stage": ctx.stage.name, "step": unit,
-                                       "n": len(acc), "correct": sum(a >= 1.0 - 1e-9 for a in acc),
-                                       "accuracy_mean": sum(acc) / len(acc),
-                                       "reward_mean": sum(g.totals) / len(g.totals)})
-                for chunk in optimizer_chunks(groups, grpo.global_batch_size):
-                    optimizer.zero_grad(set_to_none=True)
-                    sums = train_step(ctx, groups, chunk, by_id, ref_model)
-                    totals = gather_objects(ctx.dist, [sums])
-                    grad_norm, lr = optimizer_step(ctx, optimizer, scheduler, grpo.max_grad_norm, progress)
-                    tokens = max(1.0, sum(t["tokens"] for t in totals))
-                    row = {
-                        "stage": ctx.stage.name, "kind": "grpo", "step": progress.step,
-                        "global_step": progress.global_step, "rollout_batch": unit, "lr": lr,
-                        "loss": sum(t["loss"] for t in totals), "grad_norm": grad_norm,
-                        "kl": sum(t["kl"] for t in totals) / tokens,
-                        "clip_frac": sum(t["clip"] for t in totals) / tokens,
-                        "entropy": sum(t["entropy"] for t in totals) / tokens,
-                        **batch, "time_s": clock.elapsed(),
-                    }
-                    if metrics_w is not None:
-                        metrics_w.write(row)
-                progress.unit = unit + 1
-                bar.advance(1, acc=batch["accuracy_mean"], reward=batch["reward_mean"], len=batch["response_len"])
-                over_budget = grpo.time_budget_s is not None and clock.elapsed() >= grpo.time_budget_s
-                last = progress.unit == grpo.rollout_batches or any(gather_objects(ctx.dist, [over_budget]))
-                save_if_due(ctx, progress, last=last, every=grpo.save_every, writers=writers, optimizer=optimizer,
-                            scheduler=scheduler, outputs=OUTPUTS, clock=clock)
-                if last:
-                    break
-    finally:
-        for w in writers:
-            w.close()
-    return StageResult(steps=progress.step, outputs={n: ctx.stage_dir / n for n in OUTPUTS},
-                       numbers={"wall_time_s": clock.elapsed()})
+    return run_training_stage(ctx, GRPOStage(ctx), Optimization.of(ctx.section("grpo")))

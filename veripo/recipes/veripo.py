@@ -20,6 +20,7 @@ skipped, the current one resumes from its newest checkpoint, nothing is written 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -30,17 +31,15 @@ from veripo.config import RunConfig, Stage, dump_yaml
 from veripo.data.curriculum import discard_easy
 from veripo.data.jsonl import read_jsonl
 from veripo.data.records import Sample
+from veripo.parallel import DistInfo, ParallelStrategy, barrier, broadcast_object, init_distributed, make_strategy
 from veripo.recipes.checkpoint import latest_checkpoint, load_model_weights
 from veripo.recipes.common import Stopwatch, pick_device
 from veripo.recipes.context import StageContext, StageResult
-from veripo.recipes.distributed import DistInfo, barrier, init_distributed
 from veripo.recipes.dpo import run_dpo
 from veripo.recipes.evaluation import evaluate_stage
 from veripo.recipes.grpo import run_grpo
 from veripo.recipes.run_dir import RunDir, atomic_write_text
 from veripo.recipes.sft import run_sft
-from veripo.recipes.deepspeed_zero3 import DeepSpeedZero3, deepspeed_zero3_settings
-from veripo.recipes.sharding import shard_decoder_layers, shard_group_size, weight_sharding_requested
 from veripo.recipes.sources import SampleStore
 from veripo.recipes.verify import run_verify
 
@@ -72,34 +71,16 @@ def open_run(cfg: RunConfig, resume: str | Path | None, dist: DistInfo) -> RunDi
         atomic_write_text(run.config_path, dump_yaml(cfg))
     else:
         run = None
-    if dist.world > 1:
-        import torch.distributed as torch_dist
-
-        holder = [str(run.root) if run else None]
-        torch_dist.broadcast_object_list(holder, src=0)
-        run = RunDir(Path(holder[0]))
+    if dist.world > 1:  # rank 0 created it
+        run = RunDir(Path(broadcast_object(dist, str(run.root) if run else None)))
     return run
 
 
-def load_base_policy(cfg: RunConfig, run: RunDir, dist: DistInfo) -> Any:
+def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) -> Any:
+    """The policy the run starts from, handed to the parallel strategy (which may shard or wrap it)."""
     from veripo.models import build_tiny, load_policy
 
-    zero3 = deepspeed_zero3_settings(cfg.distributed.deepspeed_zero3, os.environ) if dist.world > 1 else None
-    if zero3 is not None and (cfg.distributed.shard_weights or cfg.distributed.shard_optimizer):
-        raise ValueError("DeepSpeed ZeRO-3 with distributed.shard_weights or shard_optimizer: ZeRO-3 partitions the "
-                         "weights and the optimizer state itself; set those to false")
-    if zero3 is not None:
-        try:
-            import deepspeed  # noqa: F401  (checked before the model loads)
-        except ImportError:
-            raise ValueError("DeepSpeed ZeRO-3 was requested but deepspeed is not installed: pip install deepspeed "
-                             "(CPU-only machines: DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed)") from None
-    shard = weight_sharding_requested(cfg.distributed.shard_weights, os.environ) and dist.world > 1
-    if shard:  # checked before loading: a group size that cannot work fails at once, not after minutes
-        group = shard_group_size(cfg.distributed.shard_group_size, os.environ, dist.world)
-    elif cfg.distributed.shard_group_size is not None and dist.world > 1:
-        raise ValueError("distributed.shard_group_size is set but the weights are not sharded: set "
-                         "distributed.shard_weights: true (or launch with an accelerate FSDP2 config)")
+    dist = parallel.info
     path = cfg.model.path
     if path is None:
         if cfg.model.build_tiny is None:
@@ -111,18 +92,9 @@ def load_base_policy(cfg: RunConfig, run: RunDir, dist: DistInfo) -> Any:
     policy = load_policy(path, dtype=cfg.model.dtype, device=str(pick_device(cfg.model.device)))
     if cfg.model.gradient_checkpointing:
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if zero3 is not None:
-        DeepSpeedZero3(policy.model, dist, zero3)
-        if dist.is_main:
-            Console(stderr=True).print(f"weights: DeepSpeed ZeRO-3 over {dist.world} ranks (partitioned when the "
-                                       "first training stage builds its engine)")
-    if shard:
-        layers = shard_decoder_layers(policy.model, dist, group)
-        if dist.is_main:
-            how = (f"sharded over {dist.world} ranks (FSDP2)" if group == dist.world else
-                   f"sharded over groups of {group} ranks, {dist.world // group} replicas (HSDP, FSDP2)")
-            Console(stderr=True).print(f"weights: {layers} decoder layers {how}; "
-                                       "vision tower, embeddings and lm_head data-parallel")
+    note = parallel.prepare(policy.model)
+    if note and dist.is_main:
+        Console(stderr=True).print(note)
     return policy
 
 
@@ -147,16 +119,21 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
     """
     dist = init_distributed()
     console = Console(stderr=True)
+    if cfg is not None:  # a setting that cannot work fails before anything is written
+        check_algorithm_names(cfg)
+        make_strategy(cfg.distributed, os.environ, dist)
     run_dir = open_run(cfg, resume, dist)
     if resume is not None:
         from veripo.config import load
 
         cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
+        check_algorithm_names(cfg)
+    parallel = make_strategy(cfg.distributed, os.environ, dist)
     state = run_dir.read_state()
     if inputs:
         state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
     done = {entry["index"]: entry for entry in state.get("completed", [])}
-    policy = load_base_policy(cfg, run_dir, dist)
+    policy = load_base_policy(cfg, run_dir, parallel)
     store = SampleStore(cfg, run_dir, console)
     if dist.is_main:  # synthetic data first, by one rank
         for source in (*cfg.data, *cfg.eval.heldout, *(d for s in (*cfg.stages, *cfg.loop) for d in s.data)):
@@ -183,7 +160,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
             continue
         if last_training_dir is not None and latest_checkpoint(stage_dir) is None:
             # resuming after finished stages: start from the newest finished weights
-            load_model_weights(policy.model, latest_checkpoint(last_training_dir))
+            load_model_weights(policy.model, latest_checkpoint(last_training_dir), parallel)
             last_training_dir = None
         if stage.kind in ("verify", "dpo"):
             # the questions of every rollout so far, also those of stages finished before a resume (loaded once)
@@ -193,7 +170,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         else:
             samples = stage_samples(store, cfg, stage, question_stats, index)
         ctx = StageContext(cfg=cfg, stage=stage, index=index, stage_dir=stage_dir, policy=policy, samples=samples,
-                           encode=encode, global_step=global_step, dist=dist, console=console,
+                           encode=encode, parallel=parallel, global_step=global_step, console=console,
                            show_progress=show_progress, inputs=dict(inputs))
         state["current"] = {"index": index, "name": stage.name, "kind": stage.kind}
         if dist.is_main:
@@ -225,6 +202,30 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         report = write_report(run_dir.root)
         console.print(f"[bold green]done[/bold green]: report at {report}")
     return run_dir
+
+
+def check_algorithm_names(cfg: RunConfig) -> None:
+    """Every algorithm a stage names (advantage estimator, policy loss and its aggregation, KL estimator, DPO
+    loss) is registered in ``veripo.algos``; a ``ConfigError`` names the key and the choices otherwise."""
+    from veripo.algos.advantages import ADVANTAGES
+    from veripo.algos.dpo import DPO_LOSSES
+    from veripo.algos.kl import KL_ESTIMATORS
+    from veripo.algos.policy_loss import LOSS_AGGREGATIONS, POLICY_LOSSES
+    from veripo.config import ConfigError
+
+    choices = {("grpo", "advantage"): ADVANTAGES, ("grpo", "policy_loss"): POLICY_LOSSES,
+               ("grpo", "loss_agg"): LOSS_AGGREGATIONS, ("grpo", "kl_estimator"): KL_ESTIMATORS,
+               ("dpo", "loss_type"): DPO_LOSSES}
+    named = [("", None)] + [(f"stages[{i}].", s) for i, s in enumerate(cfg.stages)] + \
+            [(f"loop[{i}].", s) for i, s in enumerate(cfg.loop)]
+    for where, stage in named:
+        for (section, key), registry in choices.items():
+            value = getattr(getattr(cfg, section) if stage is None else cfg.section_for(stage, section), key)
+            if value not in registry:
+                close = difflib.get_close_matches(str(value), registry.names(), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"config key '{where}{section}.{key}': {value!r} is not a registered "
+                                  f"{registry.kind}; expected one of {registry.names()}.{hint}")
 
 
 def read_question_stats(stage_dir: Path) -> dict[str, tuple[int, int]]:

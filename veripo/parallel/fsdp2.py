@@ -20,7 +20,7 @@ reduce-scatter that all ranks must enter in the same order:
   prompt (``idle_backward``), which add exact zeros to the summed gradients.
 - Gradients are summed over ranks, not averaged (the losses carry the global normalisers), as in data parallel,
   so one process, plain data parallel and sharded runs take the same optimizer step
-  (tests/recipes/test_data_parallel_on_cpu.py).
+  (tests/parallel/test_data_parallel_on_cpu.py).
 - Checkpoints hold whole tensors gathered on rank 0 in the plain formats (``save_pretrained`` weights, a plain
   AdamW state dict): a run resumes with or without sharding, whatever it was written with.
 - With ``distributed.shard_optimizer`` as well, the whole parameters' AdamW moments are split over the ranks
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -48,10 +48,10 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
 
-from veripo.algos.logprobs import backward_group, decoder_layers, every_rank_runs_every_pass, layers_sharded
-from veripo.recipes.distributed import DistInfo
+from veripo.models.grouped_forward import TrainingPasses, decoder_layers
+from veripo.parallel.base import DistInfo
+from veripo.parallel.data_parallel import DataParallel
 
-T = TypeVar("T")
 
 
 def weight_sharding_requested(configured: bool, env: Mapping[str, str]) -> bool:
@@ -61,7 +61,7 @@ def weight_sharding_requested(configured: bool, env: Mapping[str, str]) -> bool:
     def flag(name: str) -> bool:
         return env.get(name, "false").strip().lower() == "true"
 
-    if flag("ACCELERATE_USE_DEEPSPEED"):  # DeepSpeed shards instead (veripo.recipes.deepspeed_zero3)
+    if flag("ACCELERATE_USE_DEEPSPEED"):  # DeepSpeed shards instead (veripo.parallel.deepspeed_zero3)
         if configured:
             raise ValueError("distributed.shard_weights with an accelerate DeepSpeed launch: DeepSpeed ZeRO-3 "
                              "shards the weights itself; set distributed.shard_weights: false or launch with an "
@@ -145,27 +145,22 @@ def shard_decoder_layers(model: nn.Module, info: DistInfo, group_size: int | Non
     return len(layers)
 
 
+def layers_sharded(model: nn.Module) -> bool:
+    """Whether the decoder layers are FSDP2 units (``shard_decoder_layers`` ran); False for a model without
+    Qwen-VL decoder layers."""
+    language_model = getattr(getattr(model, "model", None), "language_model", None)
+    layers = getattr(language_model, "layers", None)
+    return layers is not None and len(layers) > 0 and isinstance(layers[0], FSDPModule)
+
+
 def sharded_units(model: nn.Module) -> list[FSDPModule]:
     """The FSDP2 units ``shard_decoder_layers`` made (none when the weights are whole)."""
     return list(decoder_layers(model)) if layers_sharded(model) else []
 
 
-def is_weight_sharded(model: nn.Module) -> bool:
-    return layers_sharded(model)
-
-
 @contextmanager
-def gathered_weights(model: nn.Module) -> Iterator[None]:
-    """The sharded layers all-gathered for the duration (sampling, evaluation, reference log-probs): inside,
-    any rank may run any number of forwards without a collective. Every rank must enter together. Under
-    DeepSpeed ZeRO-3 every weight is gathered and the engine's hooks are off for the duration."""
-    from veripo.recipes.deepspeed_zero3 import deepspeed_of
-
-    zero3 = deepspeed_of(model)
-    if zero3 is not None:
-        with zero3.gathered():
-            yield
-        return
+def gathered_layers(model: nn.Module) -> Iterator[None]:
+    """The sharded layers all-gathered for the duration; every rank must enter together."""
     units = sharded_units(model)
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
@@ -178,11 +173,9 @@ def gathered_weights(model: nn.Module) -> Iterator[None]:
             unit.set_reshard_after_forward(True, recurse=False)
 
 
-def lockstep(info: DistInfo, model: nn.Module, micro_batches: list[int]) -> list[int]:
-    """Micro-batches per ``backward_group`` call that this rank must run so every rank runs the same passes:
-    per call position the most any rank runs, for as many calls as the busiest rank makes. Positions past
-    this rank's own calls are ``idle_backward`` calls. Without sharding: ``micro_batches`` unchanged."""
-    if info.world == 1 or not every_rank_runs_every_pass(model):
+def lockstep_counts(info: DistInfo, micro_batches: list[int]) -> list[int]:
+    """Per call position the most micro-batches any rank runs, for as many calls as the busiest rank makes."""
+    if info.world == 1:
         return list(micro_batches)
     every: list[list[int] | None] = [None] * info.world
     dist.all_gather_object(every, list(micro_batches))
@@ -190,31 +183,65 @@ def lockstep(info: DistInfo, model: nn.Module, micro_batches: list[int]) -> list
     return [max(counts[i] for counts in every if i < len(counts)) for i in range(calls)]
 
 
-def lockstep_calls(info: DistInfo, model: nn.Module, work: list[T], micro_batches: list[int],
-                   shared_prefix: bool) -> Iterator[tuple[T, int]]:
-    """This rank's ``work`` items, each with the micro-batch count to pass to ``backward_group`` as
-    ``min_micro_batches`` (``lockstep``); the idle calls the other ranks need are run here, after the items."""
-    for call, count in enumerate(lockstep(info, model, micro_batches)):
-        if call < len(work):
-            yield work[call], count
-        else:  # weight sharding: keep the other ranks' layer collectives company
-            idle_backward(model, count, shared_prefix)
+class _CollectiveLayers(TrainingPasses):
+    """Plain autograd, but every layer forward is an all-gather: one-token responses run the layers too."""
+
+    collective_layers = True
 
 
-def idle_backward(model: nn.Module, micro_batches: int, shared_prefix: bool) -> None:
-    """A zero-loss ``backward_group`` on a one-token prompt with ``micro_batches`` micro-batches: the same
-    collectives as a real call, exact zeros for every gradient. Whole (unsharded) parameters that had no
-    gradient keep none, so AdamW treats them as one process would."""
-    device = next(model.parameters()).device
-    untouched = [p for p in model.parameters() if p.requires_grad and p.grad is None and not isinstance(p, DTensor)
-                 and not hasattr(p, "ds_id")]  # DeepSpeed's partitioned parameters keep their gradients itself
-    prompt = {"input_ids": torch.zeros(1, 1, dtype=torch.long, device=device)}
-    response = torch.zeros(1, 2, dtype=torch.long, device=device)
-    backward_group(model, prompt, response, torch.ones(1, 2, device=device),
-                   lambda log_probs, _entropy, _rows: log_probs.sum() * 0.0,
-                   shared_prefix=shared_prefix, min_micro_batches=micro_batches)
-    for p in untouched:
-        p.grad = None
+class FullyShardedLayers(DataParallel):
+    """FSDP2 on the decoder layers (HSDP with ``group_size``), the rest data parallel; with
+    ``shard_optimizer`` the whole parameters' AdamW state is split over the ranks too (``LayerShardedAdamW``)."""
+
+    shards_weights = True
+
+    def __init__(self, info: DistInfo, group_size: int, shard_optimizer: bool = False) -> None:
+        super().__init__(info, shard_optimizer)
+        self.group_size = group_size
+        self._passes = _CollectiveLayers()
+
+    def prepare(self, model: nn.Module) -> str:
+        super().prepare(model)
+        layers = shard_decoder_layers(model, self.info, self.group_size)
+        how = (f"sharded over {self.info.world} ranks (FSDP2)" if self.group_size == self.info.world else
+               f"sharded over groups of {self.group_size} ranks, {self.info.world // self.group_size} replicas "
+               "(HSDP, FSDP2)")
+        return f"weights: {layers} decoder layers {how}; vision tower, embeddings and lm_head data-parallel"
+
+    def optimizer(self, lr: float, weight_decay: float, max_grad_norm: float) -> tuple[torch.optim.Optimizer, str | None]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.shard_optimizer:
+            return (LayerShardedAdamW(params, lr=lr, weight_decay=weight_decay),
+                    f"AdamW state of the whole parameters sharded over {self.info.world} ranks (ZeRO-1); the "
+                    "decoder layers' state is sharded with their weights")
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=False), None
+
+    def whole_parameters(self) -> list[nn.Parameter]:
+        # the layers' shards (DTensors) are summed by FSDP's reduce-scatter
+        return [p for p in self.model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+
+    def lockstep(self, micro_batches: list[int]) -> list[int]:
+        return lockstep_counts(self.info, micro_batches)
+
+    def clip_gradients(self, max_grad_norm: float) -> float:
+        return sharded_grad_norm_and_clip(self.model, max_grad_norm)
+
+    @contextmanager
+    def gathered_weights(self) -> Iterator[None]:
+        with gathered_layers(self.model):
+            yield
+
+    def full_state(self, optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+        return full_model_state(self.model), full_optimizer_state(self.model, optimizer)
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: object) -> None:
+        try:
+            load_full_model_state(self.model, state)
+        except (RuntimeError, KeyError) as error:
+            raise RuntimeError(f"{source}: checkpoint does not match the model ({error})") from error
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        load_full_optimizer_state(self.model, optimizer, state)
 
 
 def sharded_grad_norm_and_clip(model: nn.Module, max_norm: float) -> float:
@@ -277,11 +304,11 @@ class LayerShardedAdamW(torch.optim.Optimizer):
         self.whole.step()
 
     def state_dict(self) -> dict[str, Any]:
-        raise RuntimeError("LayerShardedAdamW: use veripo.recipes.sharding.full_optimizer_state (the state lives "
+        raise RuntimeError("LayerShardedAdamW: use veripo.parallel.fsdp2.full_optimizer_state (the state lives "
                            "on every rank)")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        raise RuntimeError("LayerShardedAdamW: use veripo.recipes.sharding.load_full_optimizer_state")
+        raise RuntimeError("LayerShardedAdamW: use veripo.parallel.fsdp2.load_full_optimizer_state")
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -290,7 +290,7 @@ def test_sharded_optimizer_resumes_from_a_plain_adamw_state(tmp_path):
 def test_collective_timeout_outlasts_rank_zero_only_work(monkeypatch):
     from datetime import timedelta
 
-    from veripo.recipes.distributed import collective_timeout
+    from veripo.parallel.base import collective_timeout
 
     monkeypatch.delenv("VERIPO_DIST_TIMEOUT_S", raising=False)
     assert collective_timeout() == timedelta(hours=6)  # torch's default, 30 minutes, cuts a long verify short
@@ -321,7 +321,7 @@ def test_weight_sharding_keeps_ranks_in_lockstep_and_resumes_exactly(tmp_path, p
     ({"ACCELERATE_USE_FSDP": "false"}, False),
 ])
 def test_an_accelerate_fsdp2_launch_turns_weight_sharding_on(env, expected):
-    from veripo.recipes.sharding import weight_sharding_requested
+    from veripo.parallel.fsdp2 import weight_sharding_requested
 
     assert weight_sharding_requested(False, env) is expected
     assert weight_sharding_requested(True, env) is True
@@ -335,7 +335,7 @@ def test_an_accelerate_fsdp2_launch_turns_weight_sharding_on(env, expected):
      "model.gradient_checkpointing"),
 ])
 def test_accelerate_settings_veripo_cannot_honour_are_refused(env, message):
-    from veripo.recipes.sharding import weight_sharding_requested
+    from veripo.parallel.fsdp2 import weight_sharding_requested
 
     with pytest.raises(ValueError, match=message):
         weight_sharding_requested(False, env)
@@ -353,7 +353,7 @@ HSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "ACCELERATE_USE_
     (8, HSDP_ENV, 16, 8),
 ])
 def test_shard_group_size_comes_from_the_config_or_accelerate(configured, env, world, expected):
-    from veripo.recipes.sharding import shard_group_size
+    from veripo.parallel.fsdp2 import shard_group_size
 
     assert shard_group_size(configured, env, world) == expected
 
@@ -366,14 +366,14 @@ def test_shard_group_size_comes_from_the_config_or_accelerate(configured, env, w
     (None, {**HSDP_ENV, "PARALLELISM_CONFIG_DP_SHARD_SIZE": "eight"}, 16, "not a whole number"),
 ])
 def test_shard_groups_veripo_cannot_build_are_refused(configured, env, world, message):
-    from veripo.recipes.sharding import shard_group_size
+    from veripo.parallel.fsdp2 import shard_group_size
 
     with pytest.raises(ValueError, match=message):
         shard_group_size(configured, env, world)
 
 
 def test_a_parallelism_config_without_fsdp_is_refused():
-    from veripo.recipes.sharding import weight_sharding_requested
+    from veripo.parallel.fsdp2 import weight_sharding_requested
 
     with pytest.raises(ValueError, match="only with an FSDP2 config"):
         weight_sharding_requested(False, {"ACCELERATE_USE_PARALLELISM_CONFIG": "true"})
@@ -387,8 +387,7 @@ def test_a_shard_group_that_cannot_work_fails_before_the_model_loads(tmp_path, m
     """Checked first: with a 7B model, loading it only to fail would cost minutes on every rank."""
     import veripo.models
     from veripo.config import RunConfig, load
-    from veripo.recipes.distributed import DistInfo
-    from veripo.recipes.veripo import load_base_policy
+    from veripo.parallel import DistInfo, make_strategy
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the shard group was checked")
@@ -396,7 +395,7 @@ def test_a_shard_group_that_cannot_work_fails_before_the_model_loads(tmp_path, m
     monkeypatch.setattr(veripo.models, "load_policy", must_not_load)
     cfg = load(RunConfig, CONFIGS_DIR / "demo.yaml", overrides)
     with pytest.raises(ValueError, match=message):
-        load_base_policy(cfg, None, DistInfo(rank=0, world=4))
+        make_strategy(cfg.distributed, os.environ, DistInfo(rank=0, world=4))  # run() calls it first
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -448,8 +447,8 @@ def test_deepspeed_zero3_takes_the_steps_one_process_takes(runs, stage):
 
 
 def test_an_accelerate_deepspeed_launch_is_zero3_not_fsdp():
-    from veripo.recipes.deepspeed_zero3 import deepspeed_zero3_settings
-    from veripo.recipes.sharding import weight_sharding_requested
+    from veripo.parallel.deepspeed_zero3 import deepspeed_zero3_settings
+    from veripo.parallel.fsdp2 import weight_sharding_requested
 
     env = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}
     assert deepspeed_zero3_settings(False, env) == {"stage": 3}
@@ -470,7 +469,7 @@ def test_an_accelerate_deepspeed_launch_is_zero3_not_fsdp():
      "gradient_accumulation_steps must be 1"),
 ])
 def test_accelerate_deepspeed_settings_veripo_cannot_honour_are_refused(env, message):
-    from veripo.recipes.deepspeed_zero3 import deepspeed_zero3_settings
+    from veripo.parallel.deepspeed_zero3 import deepspeed_zero3_settings
 
     with pytest.raises(ValueError, match=message):
         deepspeed_zero3_settings(False, {"ACCELERATE_USE_DEEPSPEED": "true", **env})
@@ -490,7 +489,7 @@ def test_accelerate_deepspeed_settings_veripo_cannot_honour_are_refused(env, mes
 def test_a_deepspeed_config_file_gives_its_zero3_section_or_a_reason(tmp_path, config, message):
     import json
 
-    from veripo.recipes.deepspeed_zero3 import deepspeed_zero3_settings
+    from veripo.parallel.deepspeed_zero3 import deepspeed_zero3_settings
 
     path = tmp_path / "ds.json"
     path.write_text(config if isinstance(config, str) else json.dumps(config))
@@ -507,8 +506,7 @@ def test_deepspeed_with_veripo_sharding_is_refused(tmp_path, monkeypatch):
     """In the config (checked on load) and from an accelerate launch (checked before the model loads)."""
     import veripo.models
     from veripo.config import ConfigError, RunConfig, load
-    from veripo.recipes.distributed import DistInfo
-    from veripo.recipes.veripo import load_base_policy
+    from veripo.parallel import DistInfo, make_strategy
 
     with pytest.raises(ConfigError, match="deepspeed_zero3"):
         load(RunConfig, CONFIGS_DIR / "demo.yaml",
@@ -522,4 +520,4 @@ def test_deepspeed_with_veripo_sharding_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
     cfg = load(RunConfig, CONFIGS_DIR / "demo.yaml", ["distributed.shard_optimizer=true"])
     with pytest.raises(ValueError, match="ZeRO-3 partitions the weights and the optimizer state itself"):
-        load_base_policy(cfg, None, DistInfo(rank=0, world=4))
+        make_strategy(cfg.distributed, os.environ, DistInfo(rank=0, world=4))  # run() calls it first

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from veripo.algos import logprobs as lp
+from veripo.algos import logprobs as logprob_maths
+from veripo.models import grouped_forward as lp
 from veripo.algos.policy_loss import BatchNorms, policy_loss
 
 RTOL = 1e-4
@@ -103,9 +104,10 @@ def test_negative_control_detached_prompt_kv_fails_the_check(tiny_model, prompt,
     """The responses see the prompt's K/V but no gradient flows back through it: the check must catch that."""
     ids, mask = responses
     tiny_model.zero_grad(set_to_none=True)
-    state = lp._prompt_pass(tiny_model, lp._single_prompt(prompt))
+    state = lp._prompt_pass(tiny_model, lp._single_prompt(prompt), lp.PLAIN_PASSES)
     detached = state._replace(keys=[k.detach() for k in state.keys], values=[v.detach() for v in state.values])
-    out = lp._continuation(tiny_model, detached, ids, mask, with_entropy=False)
+    out = lp._continuation(tiny_model, detached, ids, mask, with_entropy=False, temperature=1.0,
+                          passes=lp.PLAIN_PASSES)
     generator = torch.Generator().manual_seed(2)
     old = lp.response_log_probs(tiny_model, prompt, ids, mask).log_probs + 0.2 * torch.randn(
         ids.shape, generator=generator
@@ -188,7 +190,7 @@ def test_image_and_text_only_prompts(tiny_model, responses, prompt_fixture, requ
 
 
 def test_chunked_logits_give_the_same_loss_and_gradients(tiny_model, prompt, responses, reference, monkeypatch):
-    monkeypatch.setattr(lp, "LOGITS_CHUNK_ELEMENTS", 5 * tiny_model.lm_head.out_features)  # 5 tokens a chunk
+    monkeypatch.setattr(logprob_maths, "LOGITS_CHUNK_ELEMENTS", 5 * tiny_model.lm_head.out_features)  # 5 tokens a chunk
     assert_matches(reference, run_group(tiny_model, prompt, responses, micro_batch=3))
     ids, mask = responses
     chunked = lp.response_log_probs(tiny_model, prompt, ids, mask, with_entropy=True)

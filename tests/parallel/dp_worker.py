@@ -1,4 +1,4 @@
-"""A process of the data-parallel test (tests/recipes/test_data_parallel_on_cpu.py).
+"""A process of the data-parallel test (tests/parallel/test_data_parallel_on_cpu.py).
 
     python dp_worker.py run CONFIG PAIRS RESULT       # one process, or under torch.distributed.run
     python -m torch.distributed.run --nproc_per_node 2 dp_worker.py sum-gradients
@@ -32,7 +32,7 @@ def digit_share(completion: str, sample: object) -> float:
 
 def run_stages(config: str, pairs: str, result: str) -> None:
     from veripo.config import RunConfig, load
-    from veripo.recipes.distributed import init_distributed
+    from veripo.parallel import init_distributed
     from veripo.recipes.veripo import run
     from veripo.rewards.registry import register_reward
 
@@ -56,11 +56,12 @@ def run_stages(config: str, pairs: str, result: str) -> None:
 def check_sum_gradients() -> None:
     """Rank r's grads: ``both`` = r + 1 everywhere, ``rank0_only`` = 5 on rank 0 and None on rank 1,
     ``unused`` = None on every rank. Tiny buckets so the flat buffers split."""
-    import veripo.recipes.distributed as distributed
+    import veripo.parallel.base as distributed
+    import veripo.parallel.data_parallel as data_parallel
 
     info = distributed.init_distributed()
     assert info.world == 2, f"run me with 2 processes, got {info.world}"
-    distributed.BUCKET_ELEMENTS = 5
+    data_parallel.BUCKET_ELEMENTS = 5
     model = torch.nn.ParameterDict({
         "both": torch.nn.Parameter(torch.zeros(2, 2)),
         "rank0_only": torch.nn.Parameter(torch.zeros(3)),
@@ -70,7 +71,7 @@ def check_sum_gradients() -> None:
     model["both"].grad = torch.full((2, 2), float(info.rank + 1))
     if info.rank == 0:
         model["rank0_only"].grad = torch.full((3,), 5.0)
-    distributed.sum_gradients(info, model)
+    data_parallel.sum_gradients(info, model.parameters())
     torch.testing.assert_close(model["both"].grad, torch.full((2, 2), 3.0))
     torch.testing.assert_close(model["rank0_only"].grad, torch.full((3,), 5.0))
     assert model["unused"].grad is None, f"rank {info.rank}: a parameter no rank reached got a gradient"
@@ -81,10 +82,15 @@ def check_sum_gradients() -> None:
 
 
 def check_sharded_resume() -> None:
-    """A plain AdamW takes two steps and saves its state; the sharded optimizer of ``build_optimizer`` loads
-    it on both ranks, and one more step on both must give the same weights and the same gathered state."""
-    from veripo.recipes.common import build_optimizer
-    from veripo.recipes.distributed import init_distributed
+    """A plain AdamW takes two steps and saves its state; the sharded optimizer of ``DataParallel`` with
+    ``shard_optimizer`` loads it on both ranks, and one more step on both must give the same weights and the same
+    gathered state."""
+    from veripo.parallel import DataParallel, ParallelStrategy, init_distributed
+
+    def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, shard: bool = False):
+        strategy = DataParallel(info, shard_optimizer=True) if shard else ParallelStrategy()
+        strategy.prepare(model)
+        return strategy.optimizer(lr, weight_decay, 0.0)[0]
 
     info = init_distributed()
     assert info.world == 2, f"run me with 2 processes, got {info.world}"
@@ -136,9 +142,10 @@ def check_fsdp_lockstep(root: str, group_size: int | None = None, zero: bool = F
     and a fresh sharded model resumed from the checkpoint must take exactly the same last step. With ``zero``
     the whole parameters' AdamW moments are split over the ranks too (``LayerShardedAdamW``): each is held
     by exactly one rank, and the steps must equal an unsharded AdamW's."""
-    from veripo.algos.logprobs import backward_group, decoder_layers, micro_batch_count
     from veripo.models import build_tiny, load_policy
-    from veripo.recipes import sharding
+    from veripo.models.grouped_forward import backward_group, decoder_layers, idle_backward, micro_batch_count
+    from veripo.parallel import FullyShardedLayers, ParallelStrategy, init_distributed
+    from veripo.parallel import fsdp2 as sharding
     from veripo.recipes.checkpoint import (
         Progress,
         latest_checkpoint,
@@ -146,8 +153,7 @@ def check_fsdp_lockstep(root: str, group_size: int | None = None, zero: bool = F
         load_training_state,
         save_checkpoint,
     )
-    from veripo.recipes.common import build_optimizer, build_scheduler
-    from veripo.recipes.distributed import init_distributed, sum_gradients
+    from veripo.recipes.common import build_scheduler
 
     info = init_distributed()
     group = info.world if group_size is None else group_size
@@ -174,19 +180,33 @@ def check_fsdp_lockstep(root: str, group_size: int | None = None, zero: bool = F
     def loss_fn(mask):
         return lambda logp, _entropy, rows: -(logp * mask[rows]).sum() / 10.0
 
-    def train(model, mine) -> None:
-        counts = [micro_batch_count(ids.shape[0], 2) for _, ids, _ in mine]
-        for (prompt, ids, mask), micro_batches in sharding.lockstep_calls(info, model, mine, counts,
-                                                                          shared_prefix=True):
-            backward_group(model, prompt, ids, mask, loss_fn(mask), micro_batch=2, min_micro_batches=micro_batches)
+    def strategy_of(model, sharded: bool):
+        strategy = FullyShardedLayers(info, group, zero) if sharded else ParallelStrategy()
+        strategy.prepare(model)  # FullyShardedLayers: shards the decoder layers
+        return strategy
 
-    reference = new_model()
-    train(reference, groups)  # one unsharded model, all groups
-    model = new_model()
-    sharding.shard_decoder_layers(model, info, group_size)
-    assert sharding.lockstep(info, model, [2, 2] if info.rank == 0 else [1]) == [2, 2]
-    train(model, info.shard(groups))
-    sum_gradients(info, model)
+    def train(strategy, mine) -> None:
+        model = strategy.model
+        counts = [micro_batch_count(ids.shape[0], 2) for _, ids, _ in mine]
+
+        def idle(count: int) -> None:
+            idle_backward(model, count, True, strategy.passes)
+
+        for (prompt, ids, mask), micro_batches in strategy.lockstep_calls(mine, counts, idle):
+            backward_group(model, prompt, ids, mask, loss_fn(mask), micro_batch=2, min_micro_batches=micro_batches,
+                           passes=strategy.passes)
+
+    def build_optimizer(strategy):
+        return strategy.optimizer(1e-3, 0.1, 0.0)[0]
+
+    reference_strategy = strategy_of(new_model(), sharded=False)
+    reference = reference_strategy.model
+    train(reference_strategy, groups)  # one unsharded model, all groups
+    strategy = strategy_of(new_model(), sharded=True)
+    model = strategy.model
+    assert strategy.lockstep([2, 2] if info.rank == 0 else [1]) == [2, 2]
+    train(strategy, info.shard(groups))
+    strategy.reduce_gradients()
     layer_params = [p for layer in decoder_layers(model) for p in layer.parameters()]
     held = sum(p.to_local().numel() for p in layer_params)  # what this rank stores (numel() is the whole)
     held_grads = sum(p.grad.to_local().numel() for p in layer_params)
@@ -198,19 +218,19 @@ def check_fsdp_lockstep(root: str, group_size: int | None = None, zero: bool = F
         if grad is not None:
             torch.testing.assert_close(grad, ref.grad, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
-    def step(model, optimizer, scheduler) -> float:
-        norm = sharding.sharded_grad_norm_and_clip(model, 0.05)
+    def step(strategy, optimizer, scheduler) -> float:
+        norm = strategy.clip_gradients(0.05)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return norm
 
-    optimizer = build_optimizer(model, 1e-3, 0.1, shard=zero)
+    optimizer = build_optimizer(strategy)
     assert isinstance(optimizer, sharding.LayerShardedAdamW) is zero
     scheduler = build_scheduler(optimizer, "cosine", 0, 4)
-    reference_optimizer = build_optimizer(reference, 1e-3, 0.1)
+    reference_optimizer = build_optimizer(reference_strategy)
     reference_scheduler = build_scheduler(reference_optimizer, "cosine", 0, 4)
-    norm = step(model, optimizer, scheduler)
+    norm = step(strategy, optimizer, scheduler)
     expected = float(torch.nn.utils.get_total_norm([p.grad for p in reference.parameters() if p.grad is not None]))
     assert abs(norm - expected) <= 1e-5 * expected, (norm, expected)  # each shard counted once, replicas or not
     torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05, foreach=False)
@@ -242,12 +262,12 @@ def check_fsdp_lockstep(root: str, group_size: int | None = None, zero: bool = F
         plain = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1)) for _ in numbered])
         plain.load_state_dict(torch.load(latest_checkpoint(stage) / "optimizer.pt", weights_only=True))
     torch.distributed.barrier()
-    train(model, info.shard(groups))
-    sum_gradients(info, model)
-    step(model, optimizer, scheduler)
+    train(strategy, info.shard(groups))
+    strategy.reduce_gradients()
+    step(strategy, optimizer, scheduler)
     finished = sharding.full_model_state(model)
     reference_optimizer.zero_grad(set_to_none=True)
-    train(reference, groups)
+    train(reference_strategy, groups)
     torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05, foreach=False)
     reference_optimizer.step()  # the second step runs at the cosine schedule's next learning rate
     if info.is_main:
@@ -255,16 +275,16 @@ def check_fsdp_lockstep(root: str, group_size: int | None = None, zero: bool = F
             torch.testing.assert_close(finished[name], value, rtol=1e-5, atol=1e-6,
                                        msg=lambda m: f"second step {name}: {m}")
 
-    resumed = new_model()
-    sharding.shard_decoder_layers(resumed, info, group_size)
-    resumed_optimizer = build_optimizer(resumed, 1e-3, 0.1, shard=zero)
+    resumed_strategy = strategy_of(new_model(), sharded=True)
+    resumed = resumed_strategy.model
+    resumed_optimizer = build_optimizer(resumed_strategy)
     resumed_scheduler = build_scheduler(resumed_optimizer, "cosine", 0, 4)
     ckpt = latest_checkpoint(stage)
-    load_model_weights(resumed, ckpt)
-    load_training_state(ckpt, resumed_optimizer, resumed_scheduler, resumed)
-    train(resumed, info.shard(groups))
-    sum_gradients(info, resumed)
-    step(resumed, resumed_optimizer, resumed_scheduler)
+    load_model_weights(resumed, ckpt, resumed_strategy)
+    load_training_state(ckpt, resumed_optimizer, resumed_scheduler, resumed_strategy)
+    train(resumed_strategy, info.shard(groups))
+    resumed_strategy.reduce_gradients()
+    step(resumed_strategy, resumed_optimizer, resumed_scheduler)
     again = sharding.full_model_state(resumed)
     if group < info.world:  # hybrid sharding: rank r and rank r + group hold the same shard of every layer
         local = torch.cat([p.to_local().reshape(-1) for p in layer_params]).detach()
@@ -282,7 +302,7 @@ def check_fsdp_lockstep(root: str, group_size: int | None = None, zero: bool = F
 
 
 def _leave() -> None:
-    from veripo.recipes.distributed import finish_process
+    from veripo.parallel import finish_process
 
     finish_process(0)  # both ranks leave together, skipping interpreter teardown (gloo aborted ranks there)
 

@@ -2,7 +2,8 @@
 of ``zero_stage: 3``): every parameter, gradient and AdamW moment is partitioned over the ranks by DeepSpeed's
 engine; a module's weights are all-gathered when it runs.
 
-How veripo's trainers use the engine (``DeepSpeedZero3``, which replaces ``backward_group``'s plain passes):
+How veripo's trainers use the engine (the ``DeepSpeedZero3`` strategy, whose ``passes`` replace
+``backward_group``'s plain ones):
 - Every forward segment of ``backward_group`` (the shared prompt pass, each response micro-batch) runs as one
   engine forward of a wrapper module whose ``forward`` calls the segment, and every loss goes through
   ``engine.backward``. The prompt pass's own backward comes after its micro-batches' without a forward in
@@ -40,8 +41,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from veripo.algos.logprobs import TrainingPasses, training_passes
-from veripo.recipes.distributed import DistInfo
+from veripo.models.grouped_forward import TrainingPasses
+from veripo.parallel.base import DistInfo
+from veripo.parallel.data_parallel import DataParallel
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -115,18 +117,23 @@ class _Segment(nn.Module):
         return compute()
 
 
-class DeepSpeedZero3(TrainingPasses):
-    """A policy trained under DeepSpeed ZeRO-3: ``backward_group``'s passes, and one engine per stage."""
+class _EnginePasses(TrainingPasses):
+    """``backward_group``'s passes through the stage's engine: every forward and backward is a collective."""
 
-    every_pass_collective = True
+    collective_layers = True
+    collective_vision = True
 
-    def __init__(self, model: nn.Module, info: DistInfo, zero_settings: Mapping[str, Any]) -> None:
-        self.model, self.info, self.zero_settings = model, info, dict(zero_settings)
-        self.wrapper = _Segment(model)
-        self.engine: Any = None
-        model.veripo_training_passes = self
+    def __init__(self, zero3: DeepSpeedZero3) -> None:
+        self.zero3 = zero3
 
-    # -- backward_group's passes --------------------------------------------------------------------------
+    @property
+    def engine(self) -> Any:
+        return self.zero3.engine
+
+    @property
+    def info(self) -> DistInfo:
+        return self.zero3.info
+
     def forward(self, compute: Callable[[], Any]) -> Any:
         if self.engine is None:
             raise RuntimeError("DeepSpeed ZeRO-3: no engine yet; build the stage's optimizer first")
@@ -140,6 +147,61 @@ class DeepSpeedZero3(TrainingPasses):
         # d/dt = g: the same backward; not multiplied by the ranks again (``grads`` come from scaled losses)
         surrogate = sum((t * g).sum() for t, g in zip(tensors, grads))
         self.engine.backward(surrogate, scale_wrt_gas=False)
+
+class DeepSpeedZero3(DataParallel):
+    """A policy trained under DeepSpeed ZeRO-3: ``backward_group``'s passes through the engine, one engine per
+    stage (its AdamW, learning rate and clipping), whole tensors gathered for sampling and checkpoints."""
+
+    shards_weights = True
+
+    def __init__(self, info: DistInfo, zero_settings: Mapping[str, Any]) -> None:
+        super().__init__(info)
+        self.zero_settings = dict(zero_settings)
+        self.engine: Any = None
+        self._passes = _EnginePasses(self)
+
+    def prepare(self, model: nn.Module) -> str:
+        super().prepare(model)
+        self.wrapper = _Segment(model)
+        return (f"weights: DeepSpeed ZeRO-3 over {self.info.world} ranks (partitioned when the first training stage "
+                "builds its engine)")
+
+    def whole_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad and not hasattr(p, "ds_id")]
+
+    def lockstep(self, micro_batches: list[int]) -> list[int]:
+        from veripo.parallel.fsdp2 import lockstep_counts
+
+        return lockstep_counts(self.info, micro_batches)
+
+    def optimizer(self, lr: float, weight_decay: float, max_grad_norm: float) -> tuple[torch.optim.Optimizer, str | None]:
+        return (self.new_optimizer(lr, weight_decay, max_grad_norm),
+                f"DeepSpeed ZeRO-3 engine: weights, gradients and AdamW state partitioned over {self.info.world} "
+                "ranks")
+
+    def step(self, optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float) -> tuple[float, float]:
+        # the engine reduced the gradients, and clips as it steps
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        return optimizer.grad_norm, lr
+
+    @contextmanager
+    def gathered_weights(self) -> Iterator[None]:
+        with self.gathered():
+            yield
+
+    def full_state(self, optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+        return self.full_model_state(), optimizer.full_state() if optimizer is not None else None
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: object) -> None:
+        try:
+            self.load_full_model_state(state)
+        except KeyError as error:
+            raise RuntimeError(f"{source}: checkpoint does not match the model ({error})") from error
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        optimizer.load_full_state(state)
 
     # -- one engine per stage -----------------------------------------------------------------------------
     def new_optimizer(self, lr: float, weight_decay: float, max_grad_norm: float) -> "DeepSpeedAdamW":
@@ -216,11 +278,6 @@ class DeepSpeedZero3(TrainingPasses):
                     tensor.data.copy_(value.view_as(tensor.data))
             if self.engine is not None and tensor.requires_grad:
                 safe_set_full_fp32_param(tensor, value.to(torch.float32).reshape(-1))
-
-
-def deepspeed_of(model: nn.Module) -> DeepSpeedZero3 | None:
-    passes = training_passes(model)
-    return passes if isinstance(passes, DeepSpeedZero3) else None
 
 
 class DeepSpeedAdamW(torch.optim.Optimizer):

@@ -1,0 +1,1 @@
+"""The `veripo` command: one typer app (`main.py`), one module per command group."""
