@@ -106,3 +106,11 @@ def test_qwen2_vl_directory_loads_and_samples(policy, tmp_path, frames):
     inputs = encode_prompt(loaded, sample, frames=frames)
     assert "second_per_grid_ts" not in inputs
     assert len(sample_responses(loaded, inputs, 2, max_new_tokens=4, seed=0)) == 2
+
+
+def test_the_configured_attention_kernel_is_the_one_loaded(tiny_model_dir):
+    """model.attn_implementation reaches from_pretrained (it was read by nothing before)."""
+    from veripo.models.loading import load_policy
+
+    assert load_policy(tiny_model_dir, attn_implementation="eager").model.config._attn_implementation == "eager"
+    assert load_policy(tiny_model_dir).model.config._attn_implementation != "eager"  # transformers' default: sdpa

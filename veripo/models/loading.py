@@ -54,13 +54,15 @@ def read_model_type(path: str | Path) -> str:
     return model_type
 
 
-def load_policy(path: str | Path, *, dtype: str = "float32", device: str = "cpu") -> Policy:
+def load_policy(path: str | Path, *, dtype: str = "float32", device: str = "cpu",
+                attn_implementation: str | None = None) -> Policy:
     """Load model, processor and tokenizer from ``path``.
 
     Args:
         path: a local directory with config.json, weights, tokenizer files and preprocessor_config.json.
         dtype: one of float32, bfloat16, float16, float64.
         device: a torch device string ("cpu", "cuda", "cuda:1").
+        attn_implementation: transformers' attention kernel (eager, sdpa, flash_attention_2); None: its default.
     Raises:
         ValueError: the directory is missing, is not a Qwen2-VL/Qwen2.5-VL model, lacks weights, tokenizer
             or preprocessor files, or ``dtype`` is unknown; the message names the directory and the file.
@@ -79,6 +81,7 @@ def load_policy(path: str | Path, *, dtype: str = "float32", device: str = "cpu"
         if not (path / required).is_file():
             raise ValueError(f"{path}: missing {required} ({what})")
     model_class = getattr(transformers, SUPPORTED_MODEL_TYPES[model_type])
-    model = model_class.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    kernel = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = model_class.from_pretrained(path, dtype=getattr(torch, dtype), **kernel).to(device).eval()
     processor = VeripoProcessor.from_pretrained(path, model_type=model_type)
     return Policy(model=model, processor=processor, tokenizer=processor.tokenizer, path=path)

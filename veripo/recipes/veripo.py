@@ -89,7 +89,8 @@ def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) ->
         if dist.is_main and not (path / "config.json").exists():
             build_tiny(path, size=cfg.model.build_tiny, seed=cfg.seed)
         barrier(dist)
-    policy = load_policy(path, dtype=cfg.model.dtype, device=str(pick_device(cfg.model.device)))
+    policy = load_policy(path, dtype=cfg.model.dtype, device=str(pick_device(cfg.model.device)),
+                         attn_implementation=cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     note = parallel.prepare(policy.model)
