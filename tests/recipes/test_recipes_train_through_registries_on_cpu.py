@@ -28,11 +28,17 @@ from veripo.rewards.registry import REWARDS, register_reward
 pytestmark = pytest.mark.slow
 MAX_NEW_TOKENS = 12
 
-if "test_digit_share" not in REWARDS:
-    @register_reward("test_digit_share")
-    def digit_share(completion: str, sample: object) -> float:
-        """Varies within every group of an untrained model's rollouts, so advantages are not all zero."""
-        return sum(c.isdigit() for c in completion) / max(1, len(completion))
+def digit_share(completion: str, sample: object) -> float:
+    """Varies within every group of an untrained model's rollouts, so advantages are not all zero."""
+    return sum(c.isdigit() for c in completion) / max(1, len(completion))
+
+
+@pytest.fixture(autouse=True)
+def digit_share_reward():
+    """Registered for these tests only (the registry's own tests check every registered reward)."""
+    register_reward("test_digit_share")(digit_share)
+    yield
+    REWARDS.pop("test_digit_share", None)
 
 
 def padded_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
