@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from veripo.data.records import RECORD_TYPES, SCHEMA_VERSION, Record
+from veripo.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ HEADER_KEY = "_veripo"
 FsyncPolicy = Literal["record", "batch", "none"]
 
 
-class JsonlError(ValueError):
+class JsonlError(UserError, ValueError):
     """A JSONL file that cannot be read: the message names the file and line."""
 
 
@@ -248,3 +249,15 @@ def read_jsonl(path: str | os.PathLike[str], record_type: type[Record] | str | N
     """
     return scan_jsonl(path, record_type).records
 
+
+
+def check_unique_ids(records: list[Any], path: str | os.PathLike[str], attr: str = "id") -> None:
+    """JsonlError naming the file, the id and both records when two records share an id (the second would
+    silently replace the first wherever records are looked up by id)."""
+    first: dict[Any, int] = {}
+    for position, record in enumerate(records, 1):
+        key = getattr(record, attr)
+        if key in first:
+            raise JsonlError(f"{path}: record {position}: field {attr!r}: {key!r} is also the {attr} of record "
+                             f"{first[key]}; ids must be unique in a file")
+        first[key] = position

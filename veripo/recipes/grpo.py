@@ -33,6 +33,7 @@ import torch
 from veripo.algos.advantages import group_advantages
 from veripo.algos.kl import kl_divergence
 from veripo.algos.policy_loss import BatchNorms, aggregate_loss, policy_loss
+from veripo.config import ConfigError
 from veripo.data.records import Rollout, Sample
 from veripo.models.grouped_forward import backward_group, micro_batch_count, response_log_probs
 from veripo.recipes.common import derive_seed, generator
@@ -216,7 +217,7 @@ class GRPOStage:
         ctx, grpo, model = self.ctx, self.grpo, self.ctx.policy.model
         # weight sharding may come from an accelerate launch, which the config check cannot see
         if grpo.kl_coef > 0 and ctx.parallel.shards_weights:
-            raise ValueError(f"stage '{ctx.stage.name}': grpo.kl_coef > 0 needs a frozen whole copy of the policy on "
+            raise ConfigError(f"stage '{ctx.stage.name}': grpo.kl_coef > 0 needs a frozen whole copy of the policy on "
                              "every rank, which weight sharding (FSDP2, DeepSpeed ZeRO-3) is meant to avoid; set "
                              "grpo.kl_coef=0")
         if grpo.kl_coef > 0:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
 
-from veripo.config import RunConfig, Stage, dump_yaml
+from veripo.config import ConfigError, RunConfig, Stage, dump_yaml
 from veripo.data.curriculum import discard_easy
 from veripo.data.jsonl import read_jsonl
 from veripo.data.records import Sample
@@ -38,9 +39,10 @@ from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.dpo import run_dpo
 from veripo.recipes.evaluation import evaluate_stage
 from veripo.recipes.grpo import run_grpo
-from veripo.recipes.run_dir import RunDir, atomic_write_text
+from veripo.errors import RunStateError
+from veripo.recipes.run_dir import RunDir, atomic_write_text, config_drift, config_sha256
 from veripo.recipes.sft import run_sft
-from veripo.recipes.sources import SampleStore
+from veripo.recipes.sources import SKIPPED_FILE, SampleStore, drop_unusable
 from veripo.recipes.verify import run_verify
 
 PHASES: dict[str, Callable[[StageContext], StageResult]] = {
@@ -61,19 +63,63 @@ def plan(cfg: RunConfig) -> list[Stage]:
 
 
 def open_run(cfg: RunConfig, resume: str | Path | None, dist: DistInfo) -> RunDir:
+    """The run directory: an existing one to resume, or a new one holding the config and a state that
+    records the config's hash (rank 0 locks it against a second process)."""
     if resume is not None:
-        run = RunDir(Path(resume).resolve())
-        if not run.config_path.exists():
-            raise FileNotFoundError(f"{run.root}: not a veripo run directory (no config.yaml)")
+        run = RunDir.open_existing(resume)
+        if dist.is_main:
+            run.lock()
         return run
     if dist.is_main:
         run = RunDir.create(cfg.output_dir, cfg.name)
-        atomic_write_text(run.config_path, dump_yaml(cfg))
+        run.lock()
+        text = dump_yaml(cfg)
+        atomic_write_text(run.config_path, text)
+        run.write_state({"completed": [], "current": None, "config": {"sha256": config_sha256(text), "text": text}})
     else:
         run = None
     if dist.world > 1:  # rank 0 created it
         run = RunDir(Path(broadcast_object(dist, str(run.root) if run else None)))
     return run
+
+
+def check_config_drift(run_dir: RunDir, state: dict[str, Any], allow_change: bool, console: Console,
+                       is_main: bool) -> None:
+    """Refuse to resume a run whose ``config.yaml`` was edited since it started (the two halves would train
+    under different settings with no record of it), or with ``allow_change`` print the diff and record it
+    in ``state['config_changes']``. A run from before the hash was kept gets its current config recorded."""
+    text = run_dir.config_path.read_text(encoding="utf-8")
+    diff = config_drift(state, text, run_dir.config_path)
+    if diff is None:
+        state.setdefault("config", {"sha256": config_sha256(text), "text": text})
+        return
+    if not allow_change:
+        changed = changed_keys(state["config"].get("text", ""), text)
+        raise RunStateError(f"{run_dir.config_path} was edited since the run started ({'; '.join(changed[:4]) or 'text changed'}"
+                            f"{'; ...' if len(changed) > 4 else ''}); restore it, or resume with --allow-config-change "
+                            "to continue under the edited file (the diff is recorded in state.json)")
+    if is_main:
+        console.print(f"[yellow]config changed since the run started[/yellow] (--allow-config-change):\n{diff}")
+    state.setdefault("config_changes", []).append(
+        {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_sha256": state["config"].get("sha256"),
+         "to_sha256": config_sha256(text), "completed_stages": len(state.get("completed", [])), "diff": diff})
+    state["config"] = {"sha256": config_sha256(text), "text": text}
+
+
+def changed_keys(before: str, after: str) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs between two YAML texts."""
+    import yaml
+
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, dict):
+            return {k: v for key, value in data.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): data}
+
+    try:
+        old, new = flat(yaml.safe_load(before) or {}), flat(yaml.safe_load(after) or {})
+    except yaml.YAMLError:
+        return []
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) -> Any:
@@ -84,7 +130,7 @@ def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) ->
     path = cfg.model.path
     if path is None:
         if cfg.model.build_tiny is None:
-            raise ValueError("config: set model.path to a local Qwen2.5-VL directory, or model.build_tiny to tiny|small")
+            raise ConfigError("config: set model.path to a local Qwen2.5-VL directory, or model.build_tiny to tiny|small")
         path = run.root / "base-model"
         if dist.is_main and not (path / "config.json").exists():
             build_tiny(path, size=cfg.model.build_tiny, seed=cfg.seed)
@@ -112,11 +158,12 @@ def stage_samples(store: SampleStore, cfg: RunConfig, stage: Stage, question_sta
 
 
 def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progress: bool = True,
-        inputs: dict[str, Path] | None = None) -> RunDir:
+        inputs: dict[str, Path] | None = None, allow_config_change: bool = False) -> RunDir:
     """Run (or resume) the whole VerIPO loop; returns the run directory.
 
     ``inputs`` seeds the files later stages read (``{"pairs": PATH}`` for a DPO-only run); they are kept in
-    ``state.json`` so a resumed run sees them too.
+    ``state.json`` so a resumed run sees them too. A resumed run whose ``config.yaml`` was edited since it
+    started is refused (RunStateError) unless ``allow_config_change`` (the diff is then recorded).
     """
     dist = init_distributed()
     console = Console(stderr=True)
@@ -124,13 +171,19 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         check_algorithm_names(cfg)
         make_strategy(cfg.distributed, os.environ, dist)
     run_dir = open_run(cfg, resume, dist)
+    state = run_dir.read_state()
     if resume is not None:
         from veripo.config import load
 
+        check_config_drift(run_dir, state, allow_config_change, console, dist.is_main)
         cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
         check_algorithm_names(cfg)
+        if dist.is_main:
+            run_dir.write_state(state)
+    if dist.is_main:
+        for warning in cfg.warnings():
+            console.print(f"[yellow]warning[/yellow]: {warning}")
     parallel = make_strategy(cfg.distributed, os.environ, dist)
-    state = run_dir.read_state()
     if inputs:
         state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
     done = {entry["index"]: entry for entry in state.get("completed", [])}
@@ -161,7 +214,12 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
             continue
         if last_training_dir is not None and latest_checkpoint(stage_dir) is None:
             # resuming after finished stages: start from the newest finished weights
-            load_model_weights(policy.model, latest_checkpoint(last_training_dir), parallel)
+            finished = latest_checkpoint(last_training_dir)
+            if finished is None:
+                raise RunStateError(f"{last_training_dir}: this finished stage's checkpoint is gone (no "
+                                    f"{last_training_dir.name}/latest.json naming a complete checkpoints/ckpt-*); "
+                                    "the run cannot continue from its weights: restore the folder or start a new run")
+            load_model_weights(policy.model, finished, parallel)
             last_training_dir = None
         if stage.kind in ("verify", "dpo"):
             # the questions of every rollout so far, also those of stages finished before a resume (loaded once)
@@ -173,6 +231,9 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         ctx = StageContext(cfg=cfg, stage=stage, index=index, stage_dir=stage_dir, policy=policy, samples=samples,
                            encode=encode, parallel=parallel, global_step=global_step, console=console,
                            show_progress=show_progress, inputs=dict(inputs))
+        if stage.kind in ("sft", "grpo"):  # DPO checks the questions of its pairs
+            ctx.samples = drop_unusable(samples, encode, stage=stage.name, max_share=cfg.max_bad_share, log=ctx.log,
+                                        record=stage_dir / SKIPPED_FILE if dist.is_main else None)
         state["current"] = {"index": index, "name": stage.name, "kind": stage.kind}
         if dist.is_main:
             run_dir.write_state(state)

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from veripo.data.records import Rollout, Sample
+from veripo.errors import UserError
 from veripo.rewards.golden import inner_answer
 
 
-class PredictionsError(ValueError):
+class PredictionsError(UserError, ValueError):
     """A predictions file that cannot be read; the message says where and why."""
 
 
@@ -46,7 +47,10 @@ def load_predictions(path: str | Path, samples_path: str | Path | None = None) -
         where = f"{path}: record {index}"
         if not isinstance(row, dict):
             raise PredictionsError(f"{where}: expected an object, got {type(row).__name__}")
-        out.append(_pair(row, where, path, samples))
+        try:
+            out.append(_pair(row, where, path, samples))
+        except TypeError as e:  # a field of the wrong type (veripo.data.records.RecordFieldError)
+            raise PredictionsError(f"{where}: {e}") from None
     return out
 
 
@@ -75,7 +79,10 @@ def _samples_by_id(path: Path) -> dict[str, Sample]:
     for index, row in enumerate(_jsonl_rows(path, path.read_text(encoding="utf-8"))):
         if not isinstance(row, dict) or "id" not in row:
             raise PredictionsError(f"{path}: record {index}: expected a Sample object with field 'id'")
-        samples[str(row["id"])] = Sample.from_dict(row)
+        try:
+            samples[str(row["id"])] = Sample.from_dict(row)
+        except TypeError as e:
+            raise PredictionsError(f"{path}: record {index}: {e}") from None
     return samples
 
 
