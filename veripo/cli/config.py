@@ -23,6 +23,8 @@ def register(app: typer.Typer) -> None:
         args = list(args or [])
         config = Path(args.pop(0)) if args and "=" not in args[0] else None
         cfg = load(RunConfig, config, args)
+        for warning in cfg.warnings():
+            typer.secho(f"warning: {warning}", fg="yellow", err=True)
         typer.echo(dump_yaml(cfg))
 
     app.add_typer(config_app, name="config")

@@ -15,12 +15,12 @@ def register(app: typer.Typer) -> None:
     @data_app.command("make-synthetic")
     def make_synthetic_cmd(
         out: Path = typer.Argument(..., help="Folder to write (dataset.json + media/)."),
-        n: int = typer.Option(300, "--n", help="Number of samples."),
+        n: int = typer.Option(300, "--n", min=1, help="Number of samples."),
         seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same dataset."),
         kinds: str = typer.Option("video,image,text", "--kinds", help="Comma-separated: video, image, text."),
-        size: int = typer.Option(112, "--size", help="Frame side in pixels (a multiple of 28)."),
-        min_frames: int = typer.Option(4, "--min-frames"),
-        max_frames: int = typer.Option(8, "--max-frames"),
+        size: int = typer.Option(112, "--size", min=28, help="Frame side in pixels (a multiple of 28)."),
+        min_frames: int = typer.Option(4, "--min-frames", min=1),
+        max_frames: int = typer.Option(8, "--max-frames", min=1),
         difficulty: str = typer.Option("1,2", "--difficulty", help="Comma-separated levels from 1 (easy) to 3."),
         tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task names (default: all)."),
         chain: str = typer.Option("frames", "--chain", help="Reference chains: frames (every frame) or brief."),
@@ -50,9 +50,10 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from veripo.data.loaders import load_samples
+        from veripo.rewards import gold_problem
 
         console = Console()
-        result = load_samples(file, media_root=media_root, format=format, require_media=False)
+        result = load_samples(file, media_root=media_root, format=format, require_media=False, check=gold_problem)
         console.print(f"[bold]{file}[/bold]: format {result.format}, {len(result.samples)} samples, "
                       f"{len(result.skipped)} skipped, {len(result.missing_media)} with missing media")
         table = Table("problem type", "data type", "count")

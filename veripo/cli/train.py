@@ -93,6 +93,10 @@ def _register_phase(app: typer.Typer, kind: str, what: str) -> None:
         if kind == "dpo" and pairs is None:
             typer.secho("error: veripo dpo needs --pairs PAIRS.jsonl (write one with `veripo verify`)", fg="red", err=True)
             raise typer.Exit(2)
+        if pairs is not None:  # a malformed pairs file fails before a model loads or a run folder is made
+            from veripo.recipes.dpo import read_pairs
+
+            read_pairs(pairs)
         cfg = dataclasses.replace(cfg, stages=(Stage(name=kind, kind=kind),), loop=(), name=f"{cfg.name}-{kind}")
         root = run_config(cfg, None, inputs={"pairs": pairs.resolve()} if pairs is not None else None)
         typer.echo(str(root))

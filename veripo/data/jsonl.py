@@ -202,6 +202,9 @@ def iter_jsonl_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[s
         except json.JSONDecodeError as e:
             yield i + 1, None, f"invalid JSON: {e.msg} (column {e.colno})", is_last and not ends_with_newline
             continue
+        except RecursionError:
+            yield i + 1, None, "JSON nested too deeply to read", False
+            continue
         if not isinstance(obj, dict):
             yield i + 1, None, f"expected a JSON object, got {type(obj).__name__}", False
             continue

@@ -259,6 +259,8 @@ def _read_json_rows(path: Path) -> list[tuple[int, Any]]:
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte offset {e.start}); re-encode the file as UTF-8") from None
     try:
         rows = json.loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
     if isinstance(rows, dict):  # {"data": [...]} style wrappers

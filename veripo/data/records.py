@@ -77,7 +77,7 @@ class Record:
         types_ = _field_types(cls)
         for name, value in data.items():
             if name in types_ and not _fits(value, types_[name]):
-                shown = repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
+                shown = "null" if value is None else repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
                 raise RecordFieldError(name, f"expected {_type_name(types_[name])}, got {shown}")
         return cls(**{k: v for k, v in data.items() if k in types_})
 

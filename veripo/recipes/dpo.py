@@ -12,6 +12,8 @@ phase is several times cheaper than a GRPO phase (bench/bench_phases.py).
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -152,13 +154,22 @@ class DPOStage:
         return {"loss": loss, "margin": margin}
 
 
+def read_pairs(path: Path) -> list[Pair]:
+    """The pairs of a file; JsonlError naming file, line and field for a malformed pair (``chosen: null``)
+    or a repeated pair id; OSError for a file that is not there."""
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such pairs file", str(path))
+    pairs = read_jsonl(path, Pair)
+    check_unique_ids(pairs, path)
+    return pairs
+
+
 def run_dpo(ctx: StageContext) -> StageResult:
     pairs_path = ctx.inputs.get("pairs")
     if pairs_path is None or not pairs_path.exists():
         raise FileNotFoundError(f"stage '{ctx.stage.name}': no pairs file from a verify stage (expected {pairs_path})")
     by_id = {s.id: s for s in ctx.samples}
-    pairs = read_jsonl(pairs_path, Pair)
-    check_unique_ids(pairs, pairs_path)
+    pairs = read_pairs(pairs_path)
     unknown = [p for p in pairs if p.sample_id not in by_id]
     if unknown:  # training on the rest would silently drop pairs
         raise DataError(f"stage '{ctx.stage.name}': {len(unknown)} of {len(pairs)} pairs in {pairs_path} refer to "

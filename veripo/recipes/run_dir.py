@@ -135,7 +135,12 @@ class RunDir:
                                 "directory; wait for it to end or stop it first") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd  # released when the process ends (also on kill -9)
+        self._lock_fd = fd  # released by unlock or when the process ends (also on kill -9)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def name_of(self, path: str | Path) -> str:
         """How ``state.json`` records a file: relative to the run root when inside it (the run directory can be
@@ -160,8 +165,12 @@ class RunDir:
     def summary_path(self) -> Path:
         return self.root / "summary.json"
 
+    def stage_path(self, index: int, name: str) -> Path:
+        """Where stage ``index`` keeps its files (not created)."""
+        return self.root / "stages" / f"{index:02d}-{_slug(name)}"
+
     def stage_dir(self, index: int, name: str) -> Path:
-        path = self.root / "stages" / f"{index:02d}-{_slug(name)}"
+        path = self.stage_path(index, name)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

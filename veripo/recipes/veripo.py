@@ -106,6 +106,22 @@ def check_config_drift(run_dir: RunDir, state: dict[str, Any], allow_change: boo
     state["config"] = {"sha256": config_sha256(text), "text": text}
 
 
+def check_resumable(run_dir: RunDir, stages: list[Stage], state: dict[str, Any]) -> None:
+    """Before anything loads: the weights a resumed run continues from are there. The first unfinished stage
+    starts from its own newest checkpoint, else from the last finished training stage's: RunStateError when
+    neither exists (the checkpoints of finished stages were deleted)."""
+    done = {entry["index"]: entry for entry in state.get("completed", [])}
+    todo = next((i for i in range(len(stages)) if i not in done), None)
+    if todo is None or latest_checkpoint(run_dir.stage_path(todo, stages[todo].name)) is not None:
+        return
+    trained = [i for i in range(todo) if i in done and stages[i].kind in TRAINING and done[i].get("steps", 0) > 0]
+    if trained and latest_checkpoint(run_dir.stage_path(trained[-1], stages[trained[-1]].name)) is None:
+        folder = run_dir.stage_path(trained[-1], stages[trained[-1]].name)
+        raise RunStateError(f"{folder}: finished stage '{stages[trained[-1]].name}' has no checkpoint left (no "
+                            "latest.json naming a complete checkpoints/ckpt-*), so the run cannot continue from its "
+                            "weights; restore the folder or start a new run")
+
+
 def changed_keys(before: str, after: str) -> list[str]:
     """``key: old -> new`` for every dotted key whose value differs between two YAML texts."""
     import yaml
@@ -171,98 +187,102 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         check_algorithm_names(cfg)
         make_strategy(cfg.distributed, os.environ, dist)
     run_dir = open_run(cfg, resume, dist)
-    state = run_dir.read_state()
-    if resume is not None:
-        from veripo.config import load
+    try:
+        state = run_dir.read_state()
+        if resume is not None:
+            from veripo.config import load
 
-        check_config_drift(run_dir, state, allow_config_change, console, dist.is_main)
-        cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
-        check_algorithm_names(cfg)
+            check_config_drift(run_dir, state, allow_config_change, console, dist.is_main)
+            cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
+            check_algorithm_names(cfg)
+            check_resumable(run_dir, plan(cfg), state)
+            if dist.is_main:
+                run_dir.write_state(state)
         if dist.is_main:
-            run_dir.write_state(state)
-    if dist.is_main:
-        for warning in cfg.warnings():
-            console.print(f"[yellow]warning[/yellow]: {warning}")
-    parallel = make_strategy(cfg.distributed, os.environ, dist)
-    if inputs:
-        state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
-    done = {entry["index"]: entry for entry in state.get("completed", [])}
-    policy = load_base_policy(cfg, run_dir, parallel)
-    store = SampleStore(cfg, run_dir, console)
-    if dist.is_main:  # synthetic data first, by one rank
-        for source in (*cfg.data, *cfg.eval.heldout, *(d for s in (*cfg.stages, *cfg.loop) for d in s.data)):
-            store.generate(source)
-    barrier(dist)
-    encode = store.encoder(policy)
-    inputs = {k: Path(v) for k, v in state.get("inputs", {}).items()}
-    question_stats: dict[str, tuple[int, int]] = {}
-    global_step = 0
-    last_training_dir: Path | None = None
-    stages = plan(cfg)
-    if dist.is_main:
-        console.print(f"[bold]veripo run[/bold] {run_dir.root}  ({len(stages)} stages)")
-    for index, stage in enumerate(stages):
-        stage_dir = run_dir.stage_dir(index, stage.name)
-        if index in done:
-            entry = done[index]
-            inputs.update({k: run_dir.path_of(v) for k, v in entry.get("outputs", {}).items()})
-            global_step = entry.get("global_step", global_step)
-            if stage.kind in TRAINING and entry.get("steps", 0) > 0:
-                last_training_dir = stage_dir
-            if stage.kind == "grpo":
-                question_stats.update(read_question_stats(stage_dir))
-            continue
-        if last_training_dir is not None and latest_checkpoint(stage_dir) is None:
-            # resuming after finished stages: start from the newest finished weights
-            finished = latest_checkpoint(last_training_dir)
-            if finished is None:
-                raise RunStateError(f"{last_training_dir}: this finished stage's checkpoint is gone (no "
-                                    f"{last_training_dir.name}/latest.json naming a complete checkpoints/ckpt-*); "
-                                    "the run cannot continue from its weights: restore the folder or start a new run")
-            load_model_weights(policy.model, finished, parallel)
-            last_training_dir = None
-        if stage.kind in ("verify", "dpo"):
-            # the questions of every rollout so far, also those of stages finished before a resume (loaded once)
-            for source in (d for earlier in stages[: index + 1] for d in (earlier.data or cfg.data)):
-                store.load(source)
-            samples = store.all_samples()
-        else:
-            samples = stage_samples(store, cfg, stage, question_stats, index)
-        ctx = StageContext(cfg=cfg, stage=stage, index=index, stage_dir=stage_dir, policy=policy, samples=samples,
-                           encode=encode, parallel=parallel, global_step=global_step, console=console,
-                           show_progress=show_progress, inputs=dict(inputs))
-        if stage.kind in ("sft", "grpo"):  # DPO checks the questions of its pairs
-            ctx.samples = drop_unusable(samples, encode, stage=stage.name, max_share=cfg.max_bad_share, log=ctx.log,
-                                        record=stage_dir / SKIPPED_FILE if dist.is_main else None)
-        state["current"] = {"index": index, "name": stage.name, "kind": stage.kind}
-        if dist.is_main:
-            run_dir.write_state(state)
-        clock = Stopwatch()
-        result = PHASES[stage.kind](ctx)
-        wall = result.numbers.get("wall_time_s", clock.elapsed())
-        global_step += result.steps
-        if stage.kind == "grpo":
-            inputs["rollouts"] = stage_dir / "rollouts.jsonl"
-            question_stats.update(read_question_stats(stage_dir))
-        inputs.update({k: v for k, v in result.outputs.items() if k in ("pairs", "verdicts")})
-        entry: dict[str, Any] = {"index": index, "name": stage.name, "kind": stage.kind, "steps": result.steps,
-                                 "global_step": global_step, "wall_time_s": wall,
-                                 "outputs": {k: run_dir.name_of(v) for k, v in inputs.items()}}
-        summary = {"index": index, "name": stage.name, "kind": stage.kind, "wall_time_s": wall,
-                   "steps": result.steps, **{k: v for k, v in result.numbers.items() if k != "wall_time_s"}}
-        if stage.kind in TRAINING and cfg.eval.heldout:
-            summary["eval"] = evaluate_stage(ctx, store)
-        if dist.is_main:
-            run_dir.update_summary(summary)
-            state.setdefault("completed", []).append(entry)
-            state["current"] = None
-            run_dir.write_state(state)
+            for warning in cfg.warnings():
+                console.print(f"[yellow]warning[/yellow]: {warning}")
+        parallel = make_strategy(cfg.distributed, os.environ, dist)
+        if inputs:
+            state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
+        done = {entry["index"]: entry for entry in state.get("completed", [])}
+        policy = load_base_policy(cfg, run_dir, parallel)
+        store = SampleStore(cfg, run_dir, console)
+        if dist.is_main:  # synthetic data first, by one rank
+            for source in (*cfg.data, *cfg.eval.heldout, *(d for s in (*cfg.stages, *cfg.loop) for d in s.data)):
+                store.generate(source)
         barrier(dist)
-    if dist.is_main:
-        from veripo.report import write_report
+        encode = store.encoder(policy)
+        inputs = {k: Path(v) for k, v in state.get("inputs", {}).items()}
+        question_stats: dict[str, tuple[int, int]] = {}
+        global_step = 0
+        last_training_dir: Path | None = None
+        stages = plan(cfg)
+        if dist.is_main:
+            console.print(f"[bold]veripo run[/bold] {run_dir.root}  ({len(stages)} stages)")
+        for index, stage in enumerate(stages):
+            stage_dir = run_dir.stage_dir(index, stage.name)
+            if index in done:
+                entry = done[index]
+                inputs.update({k: run_dir.path_of(v) for k, v in entry.get("outputs", {}).items()})
+                global_step = entry.get("global_step", global_step)
+                if stage.kind in TRAINING and entry.get("steps", 0) > 0:
+                    last_training_dir = stage_dir
+                if stage.kind == "grpo":
+                    question_stats.update(read_question_stats(stage_dir))
+                continue
+            if last_training_dir is not None and latest_checkpoint(stage_dir) is None:
+                # resuming after finished stages: start from the newest finished weights
+                finished = latest_checkpoint(last_training_dir)
+                if finished is None:
+                    raise RunStateError(f"{last_training_dir}: this finished stage's checkpoint is gone (no "
+                                        f"{last_training_dir.name}/latest.json naming a complete checkpoints/ckpt-*); "
+                                        "the run cannot continue from its weights: restore the folder or start a new run")
+                load_model_weights(policy.model, finished, parallel)
+                last_training_dir = None
+            if stage.kind in ("verify", "dpo"):
+                # the questions of every rollout so far, also those of stages finished before a resume (loaded once)
+                for source in (d for earlier in stages[: index + 1] for d in (earlier.data or cfg.data)):
+                    store.load(source)
+                samples = store.all_samples()
+            else:
+                samples = stage_samples(store, cfg, stage, question_stats, index)
+            ctx = StageContext(cfg=cfg, stage=stage, index=index, stage_dir=stage_dir, policy=policy, samples=samples,
+                               encode=encode, parallel=parallel, global_step=global_step, console=console,
+                               show_progress=show_progress, inputs=dict(inputs))
+            if stage.kind in ("sft", "grpo"):  # DPO checks the questions of its pairs
+                ctx.samples = drop_unusable(samples, encode, stage=stage.name, max_share=cfg.max_bad_share, log=ctx.log,
+                                            record=stage_dir / SKIPPED_FILE if dist.is_main else None)
+            state["current"] = {"index": index, "name": stage.name, "kind": stage.kind}
+            if dist.is_main:
+                run_dir.write_state(state)
+            clock = Stopwatch()
+            result = PHASES[stage.kind](ctx)
+            wall = result.numbers.get("wall_time_s", clock.elapsed())
+            global_step += result.steps
+            if stage.kind == "grpo":
+                inputs["rollouts"] = stage_dir / "rollouts.jsonl"
+                question_stats.update(read_question_stats(stage_dir))
+            inputs.update({k: v for k, v in result.outputs.items() if k in ("pairs", "verdicts")})
+            entry: dict[str, Any] = {"index": index, "name": stage.name, "kind": stage.kind, "steps": result.steps,
+                                     "global_step": global_step, "wall_time_s": wall,
+                                     "outputs": {k: run_dir.name_of(v) for k, v in inputs.items()}}
+            summary = {"index": index, "name": stage.name, "kind": stage.kind, "wall_time_s": wall,
+                       "steps": result.steps, **{k: v for k, v in result.numbers.items() if k != "wall_time_s"}}
+            if stage.kind in TRAINING and cfg.eval.heldout:
+                summary["eval"] = evaluate_stage(ctx, store)
+            if dist.is_main:
+                run_dir.update_summary(summary)
+                state.setdefault("completed", []).append(entry)
+                state["current"] = None
+                run_dir.write_state(state)
+            barrier(dist)
+        if dist.is_main:
+            from veripo.report import write_report
 
-        report = write_report(run_dir.root)
-        console.print(f"[bold green]done[/bold green]: report at {report}")
+            report = write_report(run_dir.root)
+            console.print(f"[bold green]done[/bold green]: report at {report}")
+    finally:
+        run_dir.unlock()
     return run_dir
 
 
