@@ -601,3 +601,19 @@ def _resumed_exactly_once(env: Env, result: Any) -> None:
 case("sigterm-mid-training-saves-and-resumes", "signals", _long_sft, code=0, run=_sigterm_then_resume,
      says=("stopped:", "saved a checkpoint", "resumed from"), may_change=("runs/**",), check=_resumed_exactly_once,
      slow=True)
+
+
+def _fsync_full(monkeypatch: Any, env: Env) -> None:
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("veripo.recipes.run_dir.os.fsync", full)
+
+
+def _no_temporary_left(env: Env, result: Any) -> None:
+    left = [str(p) for p in env.root.rglob("*.tmp")]
+    _assert(not left and not list(env.root.glob("runs/*/config.yaml")), left)
+
+
+case("run-start-disk-full", "faults", lambda env: ["run", str(env.config())], says=("no space left on the device",),
+     patch=_fsync_full, may_change=("runs/**",), check=_no_temporary_left)
