@@ -617,3 +617,8 @@ def _no_temporary_left(env: Env, result: Any) -> None:
 
 case("run-start-disk-full", "faults", lambda env: ["run", str(env.config())], says=("no space left on the device",),
      patch=_fsync_full, may_change=("runs/**",), check=_no_temporary_left)
+
+case("verify-set-malformed-yaml", "config files",
+     lambda env: ["verify", str(env.rollouts()), "--set", "verifier.timeout_s=[1,"], says=("override", "not valid YAML"))
+case("verify-set-out-of-range", "config values",
+     lambda env: ["verify", str(env.rollouts()), "--set", "verifier.concurrency=0"], says=("verifier.concurrency", "at least 1"))

@@ -74,8 +74,12 @@ def open_run(cfg: RunConfig, resume: str | Path | None, dist: DistInfo) -> RunDi
         run = RunDir.create(cfg.output_dir, cfg.name)
         run.lock()
         text = dump_yaml(cfg)
-        atomic_write_text(run.config_path, text)
-        run.write_state({"completed": [], "current": None, "config": {"sha256": config_sha256(text), "text": text}})
+        try:
+            atomic_write_text(run.config_path, text)
+            run.write_state({"completed": [], "current": None, "config": {"sha256": config_sha256(text), "text": text}})
+        except BaseException:
+            run.unlock()
+            raise
     else:
         run = None
     if dist.world > 1:  # rank 0 created it
