@@ -514,7 +514,7 @@ def _sft(max_bad_share: float) -> Callable[[Env], list[str]]:
 
 def _skipped_two(env: Env, result: Any) -> None:
     (run,) = env.path("runs").iterdir()
-    rows = [json.loads(line) for line in (run / "stages" / "00-sft" / "skipped.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "stages" / "00-sft" / "skipped.jsonl").read_text().splitlines()[1:]]
     _assert({r["sample_id"] for r in rows} == {"train:bad-video", "train:huge"}, rows)
     _assert(any("above the limit 2048" in r["reason"] for r in rows), rows)
     state = json.loads((run / "state.json").read_text())
@@ -622,3 +622,35 @@ case("verify-set-malformed-yaml", "config files",
      lambda env: ["verify", str(env.rollouts()), "--set", "verifier.timeout_s=[1,"], says=("override", "not valid YAML"))
 case("verify-set-out-of-range", "config values",
      lambda env: ["verify", str(env.rollouts()), "--set", "verifier.concurrency=0"], says=("verifier.concurrency", "at least 1"))
+
+
+def _grpo(env: Env) -> list[str]:
+    data = _training_data(env, [BAD_VIDEO])
+    body = (f"data: [{{path: {data}}}]\nmax_bad_share: 0.5\nrollout: {{num_generations: 2, max_new_tokens: 6}}\n"
+            "grpo: {rollout_batch_size: 7, global_batch_size: 7, rollout_batches: 1, lr: 1.0e-4}\n"
+            "stages:\n  - {name: grpo, kind: grpo}\n")
+    return ["run", str(env.config(body, model=True))]
+
+
+def _grpo_skipped(env: Env, result: Any) -> None:
+    (run,) = env.path("runs").iterdir()
+    stage = run / "stages" / "00-grpo"
+    skipped = [json.loads(line) for line in (stage / "skipped.jsonl").read_text().splitlines()[1:]]
+    _assert([r["sample_id"] for r in skipped] == ["train:bad-video"] and "video" in skipped[0]["reason"], skipped)
+    rollouts = [json.loads(line) for line in (stage / "rollouts.jsonl").read_text().splitlines()[1:]]
+    _assert(len(rollouts) == 12 and "train:bad-video" not in {r["sample_id"] for r in rollouts}, len(rollouts))
+
+
+case("train-grpo-bad-video-skipped-as-drawn", "training and eval", _grpo, code=0,
+     says=("skipped question train:bad-video",), may_change=("runs/**",), check=_grpo_skipped)
+
+
+def _grpo_strict(env: Env) -> list[str]:
+    args = _grpo(env)
+    config = Path(args[1])
+    config.write_text(config.read_text().replace("max_bad_share: 0.5", "max_bad_share: 0.1"))
+    return args
+
+
+case("train-grpo-too-many-bad-questions-stops", "training and eval", _grpo_strict,
+     says=("1 of 7 questions cannot be used", "max_bad_share 0.1"), may_change=("runs/**",))

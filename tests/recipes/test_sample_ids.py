@@ -90,7 +90,7 @@ def test_unusable_questions_are_skipped_counted_and_capped(tmp_path):
     logged: list[str] = []
     kept = drop_unusable(samples, encode, stage="s", max_share=0.2, log=logged.append, record=tmp_path / "skipped.jsonl")
     assert [s.id for s in kept] == [s.id for s in samples if not s.id.endswith((":3", ":7"))]
-    rows = [json.loads(line) for line in (tmp_path / "skipped.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "skipped.jsonl").read_text().splitlines()[1:]]
     assert [r["sample_id"] for r in rows] == ["d:3", "d:7"] and "cannot decode" in rows[0]["reason"]
     assert any("2 of 10 questions skipped" in m for m in logged)
     with pytest.raises(DataError, match="2 of 10 questions cannot be used.*max_bad_share 0.1"):

@@ -12,6 +12,7 @@ from rich.console import Console
 from veripo.config import ConfigError, DataSource, RunConfig
 from veripo.data.curriculum import mix_sources
 from veripo.data.loaders import LoadResult, load_samples
+from veripo.data.jsonl import header_line
 from veripo.data.loaders import DATASET_FILE, DataError
 from veripo.data.records import Sample
 from veripo.errors import UnusableSample
@@ -65,18 +66,27 @@ def drop_unusable(samples: Sequence[Sample], encode: Callable[[Sample], Any], *,
         else:
             kept.append(sample)
     if record is not None and (bad or record.exists()):
-        atomic_write_text(record, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in bad))
+        rows = [header_line(None), *bad]
+        atomic_write_text(record, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     for row in bad[:20]:
         log(f"skipped question {row['sample_id']}: {row['reason']}")
     if len(bad) > 20:
         log(f"... and {len(bad) - 20} more skipped questions (all in {record})")
-    if samples and len(bad) > max_share * len(samples):
-        raise DataError(f"stage '{stage}': {len(bad)} of {len(samples)} questions cannot be used (first: "
-                        f"{bad[0]['sample_id']}: {bad[0]['reason']}), more than max_bad_share {max_share:g}; fix the "
-                        f"data or raise max_bad_share" + (f" (list in {record})" if record is not None else ""))
+    check_bad_share(len(bad), len(samples), max_share, stage, (bad[0]["sample_id"], bad[0]["reason"]) if bad else None,
+                    record)
     if bad:
         log(f"{len(bad)} of {len(samples)} questions skipped as unusable (max_bad_share {max_share:g})")
     return kept
+
+
+def check_bad_share(bad: int, total: int, max_share: float, stage: str, first: tuple[str, str] | None,
+                    record: Path | None) -> None:
+    """DataError when more than ``max_share`` of a stage's ``total`` questions cannot be used: a stage training
+    on what is left would quietly be a different experiment."""
+    if total and bad > max_share * total:
+        where = f" (list in {record})" if record is not None else ""
+        raise DataError(f"stage '{stage}': {bad} of {total} questions cannot be used (first: {first[0]}: {first[1]}), "
+                        f"more than max_bad_share {max_share:g}; fix the data or raise max_bad_share{where}")
 
 
 class SampleStore:

@@ -253,7 +253,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
             ctx = StageContext(cfg=cfg, stage=stage, index=index, stage_dir=stage_dir, policy=policy, samples=samples,
                                encode=encode, parallel=parallel, global_step=global_step, console=console,
                                show_progress=show_progress, inputs=dict(inputs))
-            if stage.kind in ("sft", "grpo"):  # DPO checks the questions of its pairs
+            if stage.kind == "sft":  # SFT uses every question; GRPO checks those it draws, DPO those of its pairs
                 ctx.samples = drop_unusable(samples, encode, stage=stage.name, max_share=cfg.max_bad_share, log=ctx.log,
                                             record=stage_dir / SKIPPED_FILE if dist.is_main else None)
             state["current"] = {"index": index, "name": stage.name, "kind": stage.kind}
