@@ -654,3 +654,12 @@ def _grpo_strict(env: Env) -> list[str]:
 
 case("train-grpo-too-many-bad-questions-stops", "training and eval", _grpo_strict,
      says=("1 of 7 questions cannot be used", "max_bad_share 0.1"), may_change=("runs/**",))
+
+
+def _run_config_not_utf8(env: Env) -> list[str]:
+    env.run_dir(_plan_config(env, "stages:\n  - {name: sft, kind: sft}\n"))
+    env.write("run/config.yaml", "name: caf\xe9\n".encode("latin-1"))
+    return _resume(env)
+
+
+case("resume-config-not-utf8", "run directories", _run_config_not_utf8, says=("config.yaml", "not valid UTF-8"))

@@ -139,7 +139,12 @@ def changed_keys(before: str, after: str) -> list[str]:
         old, new = flat(yaml.safe_load(before) or {}), flat(yaml.safe_load(after) or {})
     except yaml.YAMLError:
         return []
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return [f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
 
 
 def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) -> Any:
@@ -196,8 +201,8 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         if resume is not None:
             from veripo.config import load
 
-            check_config_drift(run_dir, state, allow_config_change, console, dist.is_main)
             cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
+            check_config_drift(run_dir, state, allow_config_change, console, dist.is_main)
             check_algorithm_names(cfg)
             check_resumable(run_dir, plan(cfg), state)
             if dist.is_main:
