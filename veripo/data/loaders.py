@@ -213,8 +213,7 @@ def _from_veripo_eval(row: dict[str, Any], index: int, source: str) -> Sample:
 
 
 def _from_sample_dict(row: dict[str, Any], index: int, source: str) -> Sample:
-    for key in ("id", "problem", "answer"):
-        _text(row, key)
+    row = {**row, **{key: _text(row, key) for key in ("id", "problem", "answer")}}  # a number is read as text
     try:
         sample = Sample.from_dict(row)
     except RecordFieldError as e:
