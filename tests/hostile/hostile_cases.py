@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
@@ -124,7 +124,7 @@ case("config-invalid-yaml", "config files", config_show("grpo: {lr: [1e-6\n"), s
 case("config-top-level-list", "config files", config_show("- a\n- b\n"), says=("top level must be a mapping",))
 case("config-python-tag-refused", "config files",
      config_show("name: !!python/object/apply:os.system ['touch pwned']\n"), says=("invalid YAML",),
-     check=lambda env, r: None if not Path("pwned").exists() else (_ for _ in ()).throw(AssertionError("YAML ran code")))
+     check=lambda env, r: _assert(not env.path("pwned").exists(), "the YAML tag ran a command"))
 case("config-deep-nesting", "config files", lambda env: ["config", "show", str(env.write("deep.yaml", "a: " + "[" * 5000 + "]" * 5000 + "\n"))],
      says=("deep.yaml",))
 case("config-is-a-folder", "config files", lambda env: ["config", "show", str(env.root)], says=("cannot read config file", "Is a directory"))
