@@ -72,6 +72,7 @@ def test_verify_cli_errors_are_clear(tmp_path):
     assert result.exit_code == 2 and "--samples" in result.output
     result = runner.invoke(app, ["verify", str(rollouts), "--judge", "magic"])
     assert result.exit_code == 2 and "rule, hf, openai" in result.output
+    rollouts.unlink()  # the writer appends: a second write_run would repeat every rollout id (refused since)
     write_run(tmp_path)
     result = runner.invoke(app, ["verify", str(rollouts), "--judge", "openai"])
     assert result.exit_code == 2 and "--judge-url" in result.output

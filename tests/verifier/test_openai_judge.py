@@ -222,4 +222,4 @@ def test_verify_rollouts_closes_the_judges_connections(tmp_path, monkeypatch):
     rollouts = [Rollout(id="q/0/0", sample_id="q", group_index=0, text=f"<think>{THINKING}</think><answer>B</answer>")]
     with FakeJudgeServer(scripted_verdict) as server:
         summary = verify_rollouts(rollouts, {"q": SAMPLE}, config(server.url), tmp_path / "out")
-    assert summary.consistency["consistent"] == 1 and len(closed) == 1 and closed[0].client.is_closed
+    assert summary.consistency["consistent"] == 1 and len(closed) == 1 and closed[0].closed

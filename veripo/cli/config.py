@@ -18,16 +18,13 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Validate CONFIG with overrides and print the fully expanded result as YAML."""
-        from veripo.config import ConfigError, RunConfig, dump_yaml, load
+        from veripo.config import RunConfig, dump_yaml, load
 
         args = list(args or [])
         config = Path(args.pop(0)) if args and "=" not in args[0] else None
-        overrides = args
-        try:
-            cfg = load(RunConfig, config, overrides or [])
-        except ConfigError as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(2) from None
+        cfg = load(RunConfig, config, args)
+        for warning in cfg.warnings():
+            typer.secho(f"warning: {warning}", fg="yellow", err=True)
         typer.echo(dump_yaml(cfg))
 
     app.add_typer(config_app, name="config")

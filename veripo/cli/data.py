@@ -15,12 +15,12 @@ def register(app: typer.Typer) -> None:
     @data_app.command("make-synthetic")
     def make_synthetic_cmd(
         out: Path = typer.Argument(..., help="Folder to write (dataset.json + media/)."),
-        n: int = typer.Option(300, "--n", help="Number of samples."),
+        n: int = typer.Option(300, "--n", min=1, help="Number of samples."),
         seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same dataset."),
         kinds: str = typer.Option("video,image,text", "--kinds", help="Comma-separated: video, image, text."),
-        size: int = typer.Option(112, "--size", help="Frame side in pixels (a multiple of 28)."),
-        min_frames: int = typer.Option(4, "--min-frames"),
-        max_frames: int = typer.Option(8, "--max-frames"),
+        size: int = typer.Option(112, "--size", min=28, help="Frame side in pixels (a multiple of 28)."),
+        min_frames: int = typer.Option(4, "--min-frames", min=1),
+        max_frames: int = typer.Option(8, "--max-frames", min=1),
         difficulty: str = typer.Option("1,2", "--difficulty", help="Comma-separated levels from 1 (easy) to 3."),
         tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task names (default: all)."),
         chain: str = typer.Option("frames", "--chain", help="Reference chains: frames (every frame) or brief."),
@@ -49,14 +49,11 @@ def register(app: typer.Typer) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        from veripo.data.loaders import DataError, load_samples
+        from veripo.data.loaders import load_samples
+        from veripo.rewards import gold_problem
 
         console = Console()
-        try:
-            result = load_samples(file, media_root=media_root, format=format, require_media=False)
-        except DataError as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(2) from None
+        result = load_samples(file, media_root=media_root, format=format, require_media=False, check=gold_problem)
         console.print(f"[bold]{file}[/bold]: format {result.format}, {len(result.samples)} samples, "
                       f"{len(result.skipped)} skipped, {len(result.missing_media)} with missing media")
         table = Table("problem type", "data type", "count")
@@ -65,21 +62,28 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         for title, records in (("missing media", result.missing_media), ("skipped", result.skipped)):
             for record in records[:20]:
-                console.print(f"[yellow]{title}[/yellow]: {escape(str(record))}", highlight=False)
+                console.print(f"[yellow]{title}[/yellow]: {escape(_short(str(record), 500))}", highlight=False)
             if len(records) > 20:
                 console.print(f"[yellow]... {len(records) - 20} more {title}[/yellow]")
         for sample in result.samples[:examples]:
             media = sample.video or ", ".join(sample.images) or "(text only)"
-            body = [f"[bold]{escape(sample.id)}[/bold] {escape(f'[{sample.problem_type} / {sample.data_type}]')} "
-                    f"{escape(media)}", f"  Q: {escape(sample.problem)}"]
-            body += [f"     {escape(o)}" for o in sample.options]
-            body.append(f"  gold: {escape(sample.answer)}")
+            body = [f"[bold]{escape(_short(sample.id, 200))}[/bold] "
+                    f"{escape(f'[{sample.problem_type} / {sample.data_type}]')} {escape(_short(media, 300))}",
+                    f"  Q: {escape(_short(sample.problem, 1000))}"]
+            body += [f"     {escape(_short(o, 200))}" for o in sample.options[:26]]
+            if len(sample.options) > 26:
+                body.append(f"     ... {len(sample.options) - 26} more options")
+            body.append(f"  gold: {escape(_short(sample.answer, 200))}")
             if sample.reasoning:
-                short = sample.reasoning[:200] + ("..." if len(sample.reasoning) > 200 else "")
-                body.append(f"  reasoning: {escape(short)}")
+                body.append(f"  reasoning: {escape(_short(sample.reasoning, 200))}")
             console.print("\n".join(body), highlight=False)
 
     app.add_typer(data_app, name="data")
+
+
+def _short(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out (a field can be megabytes)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit:,} more characters)"
 
 
 def _csv(text: str) -> list[str]:

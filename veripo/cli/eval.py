@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+from veripo.config import ModelConfig
+
 
 def register(app: typer.Typer) -> None:
     @app.command("eval")
@@ -31,6 +33,8 @@ def register(app: typer.Typer) -> None:
         max_frames: int | None = typer.Option(None, "--max-frames", help="Override the frame cap (VerIPO 128, "
                                                  "Video-R1 32)."),
         max_pixels: int | None = typer.Option(None, "--max-pixels", help="Override pixels per frame."),
+        max_prompt_tokens: int = typer.Option(ModelConfig.max_prompt_tokens, "--max-prompt-tokens", min=1, help="Longer prompts are "
+                                              "skipped and counted (as missing media)."),
         judge: str = typer.Option("rule", "--judge", help="Consistency judge for the inconsistency rate: rule, hf, "
                                   "openai or none."),
         judge_url: str | None = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL (--judge openai)."),
@@ -78,7 +82,8 @@ def register(app: typer.Typer) -> None:
         options = SuiteOptions(prompt=prompt, profile=profile, media_root=str(media_root) if media_root else None,
                                limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                repetition_penalty=repetition_penalty, fps=fps, max_frames=max_frames,
-                               max_pixels=max_pixels, cache_dir=str(cache_dir) if cache_dir else None)
+                               max_pixels=max_pixels, cache_dir=str(cache_dir) if cache_dir else None,
+                               max_prompt_tokens=max_prompt_tokens)
         dist = init_distributed()  # one process unless launched with several
         if not dist.is_main:
             options = dataclasses.replace(options, show_progress=False)

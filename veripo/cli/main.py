@@ -4,10 +4,46 @@ commands import their heavy dependencies (torch, transformers) inside the functi
 from __future__ import annotations
 
 import sys
+import traceback
 
 import typer
+from typer._click import ClickException
+from typer.core import TyperGroup
+
+from veripo.cli.errors import describe_os_error, fail
+from veripo.errors import Stopped, UserError
+
+REPORT_TO = "https://github.com/veripo/veripo/issues"
+
+
+class ErrorBoundary(TyperGroup):
+    """The one place the command turns failures into exit codes: a ``UserError`` (bad config, data, run
+    directory; docs/reliability.md) or an ``OSError`` (disk full, permission denied, missing file) is printed
+    in one or two lines with exit code 2; anything else is a bug: its traceback, where to report it, exit 1."""
+
+    def invoke(self, ctx):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, ClickException, SystemExit, KeyboardInterrupt):
+            raise
+        except Stopped as e:
+            typer.secho(f"stopped: {e}", fg="yellow", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except UserError as e:
+            raise fail(str(e)) from None
+        except OSError as e:
+            raise fail(describe_os_error(e)) from None
+        except RecursionError:
+            raise fail("input nested too deeply to read (deep JSON or YAML)") from None
+        except Exception:
+            traceback.print_exc()
+            typer.secho(f"veripo: unexpected error (a bug in veripo). Please report it with the command and the "
+                        f"traceback above at {REPORT_TO}", fg="red", err=True)
+            raise typer.Exit(1) from None
+
 
 app = typer.Typer(
+    cls=ErrorBoundary,
     name="veripo",
     help="Train video LLMs with VerIPO: GRPO explores, a rollout-aware verifier builds pairs, DPO aligns.",
     no_args_is_help=True,

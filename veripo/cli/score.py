@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from veripo.cli.errors import fail
+
 
 def register(app: typer.Typer) -> None:
     @app.command("score")
@@ -13,22 +15,21 @@ def register(app: typer.Typer) -> None:
         file: Path = typer.Argument(..., help="Video-R1 or VerIPO eval output (JSON), or our JSONL (samples + completion, or rollouts)."),
         profile: str = typer.Option("veripo", "--profile", "-p", help="videor1-train, videor1-eval, veripo-eval or veripo."),
         samples: Path | None = typer.Option(None, "--samples", help="Samples JSONL, needed to score rollouts.jsonl."),
-        workers: int | None = typer.Option(None, "--workers", help="Scoring processes (0 = in this process)."),
-        timeout_s: float = typer.Option(15.0, "--timeout", help="Seconds one item may take before it scores 0."),
+        workers: int | None = typer.Option(None, "--workers", min=0, help="Scoring processes (0 = in this process)."),
+        timeout_s: float = typer.Option(15.0, "--timeout", min=0.001, help="Seconds one item may take before it scores 0."),
     ) -> None:
         """Score every prediction in FILE with a scoring profile; print mean accuracy per problem type."""
         from rich.console import Console
         from rich.table import Table
 
         from veripo.rewards import get_profile, score_batch
-        from veripo.rewards.predictions import PredictionsError, load_predictions
+        from veripo.rewards.predictions import load_predictions
 
         try:
             scoring = get_profile(profile)
-            pairs = load_predictions(file, samples)
-        except (PredictionsError, KeyError) as e:
-            typer.secho(f"error: {e.args[0] if e.args else e}", fg="red", err=True)
-            raise typer.Exit(2) from None
+        except KeyError as e:
+            raise fail(e.args[0]) from None
+        pairs = load_predictions(file, samples)  # a PredictionsError or OSError: the CLI's boundary, exit 2
         completions = [c for c, _ in pairs]
         items = [s for _, s in pairs]
         scores = score_batch(completions, items, scoring, workers=workers, timeout_s=timeout_s, progress=len(pairs) > 200)

@@ -16,15 +16,11 @@ OVERRIDES_HELP = "[CONFIG.yaml] [key=value ...]: a YAML config, then dotted over
 
 
 def _load(args: list[str] | None, extra: list[str] | None = None):
-    from veripo.config import ConfigError, RunConfig, load
+    from veripo.config import RunConfig, load
 
     args = list(args or [])
     config = Path(args.pop(0)) if args and "=" not in args[0] else None
-    try:
-        return load(RunConfig, config, [*args, *(extra or [])])
-    except ConfigError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(2) from None
+    return load(RunConfig, config, [*args, *(extra or [])])  # a ConfigError: the CLI's boundary, exit 2
 
 
 def configure_torch_threads() -> None:
@@ -44,12 +40,13 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def run_config(cfg, resume: Optional[Path], inputs: Optional[dict[str, Path]] = None) -> Path:
+def run_config(cfg, resume: Optional[Path], inputs: Optional[dict[str, Path]] = None,
+               allow_config_change: bool = False) -> Path:
     from veripo.recipes.veripo import run
 
     configure_torch_threads()
     quiet_libraries()
-    run_dir = run(cfg, resume=resume, inputs=inputs)
+    run_dir = run(cfg, resume=resume, inputs=inputs, allow_config_change=allow_config_change)
     return run_dir.root
 
 
@@ -59,13 +56,19 @@ def register(app: typer.Typer) -> None:
         args: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
         resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory "
                                               "(its own config.yaml is used; overrides are refused)."),
+        allow_config_change: bool = typer.Option(False, "--allow-config-change", help="With --resume: continue "
+                                                 "although the run's config.yaml was edited since it started (the "
+                                                 "diff is printed and recorded in state.json)."),
     ) -> None:
         """Run the VerIPO loop of CONFIG: its stages in order, then its loop x iterations, then the report."""
         if resume is not None and args:
             typer.secho("error: --resume continues a run with its own config; drop the config/overrides", fg="red", err=True)
             raise typer.Exit(2)
+        if allow_config_change and resume is None:
+            typer.secho("error: --allow-config-change goes with --resume RUN_DIR", fg="red", err=True)
+            raise typer.Exit(2)
         cfg = _load(args) if resume is None else None
-        root = run_config(cfg, resume)
+        root = run_config(cfg, resume, allow_config_change=allow_config_change)
         typer.echo(str(root))
 
     for kind, what in (("sft", "the SFT warm start on reference chains of thought"),
@@ -90,6 +93,10 @@ def _register_phase(app: typer.Typer, kind: str, what: str) -> None:
         if kind == "dpo" and pairs is None:
             typer.secho("error: veripo dpo needs --pairs PAIRS.jsonl (write one with `veripo verify`)", fg="red", err=True)
             raise typer.Exit(2)
+        if pairs is not None:  # a malformed pairs file fails before a model loads or a run folder is made
+            from veripo.recipes.dpo import read_pairs
+
+            read_pairs(pairs)
         cfg = dataclasses.replace(cfg, stages=(Stage(name=kind, kind=kind),), loop=(), name=f"{cfg.name}-{kind}")
         root = run_config(cfg, None, inputs={"pairs": pairs.resolve()} if pairs is not None else None)
         typer.echo(str(root))

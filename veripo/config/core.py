@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -16,10 +17,12 @@ from typing import Any, Literal, Mapping, TypeVar, get_args, get_origin, get_typ
 
 import yaml
 
+from veripo.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value or key is wrong; the message names the key and what is allowed."""
 
 
@@ -120,6 +123,57 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# The range every numeric config key must lie in, by the key's name (the last part of its dotted path), so a
+# field added to any schema dataclass is checked without a list of keys to keep up to date. Every number must
+# also be finite. First match wins; a name matching none is only checked for being finite.
+#   (kind, names ("_x": any name ending in _x), lower bound, lower bound allowed, upper bound)
+NUMBER_RULES: tuple[tuple[str, tuple[str, ...], float, bool, float], ...] = (
+    ("share", ("_prob", "_threshold", "_share", "top_p"), 0.0, True, 1.0),
+    ("non-negative", ("seed", "iterations", "warmup_steps", "weight_decay", "_coef", "retries", "clip_low",
+                      "clip_high", "min_thinking_tokens", "weight"), 0.0, True, math.inf),
+    ("count", ("batch_size", "_batch_size", "_group_size", "_batches", "num_generations", "epochs", "max_steps",
+               "max_new_tokens", "save_every", "eval_every", "concurrency", "_frames", "_pixels", "_tokens",
+               "repetition_ngram", "max_pairs_per_question", "batch_questions", "limit"), 1.0, True, math.inf),
+    ("positive", ("lr", "beta", "fps", "_s", "temperature", "max_grad_norm", "repetition_penalty"),
+     0.0, False, math.inf),
+)
+
+
+def number_rule(name: str) -> tuple[str, float, bool, float] | None:
+    """The range a numeric key called ``name`` must lie in: (kind, low, low allowed, high), or None."""
+    for kind, names, low, closed, high in NUMBER_RULES:
+        if any(name == n or (n.startswith("_") and name.endswith(n)) for n in names):
+            return kind, low, closed, high
+    return None
+
+
+def check_numbers(value: Any, key: str) -> None:
+    """Raise ConfigError naming ``key`` when a number (or a number inside a list or mapping) is not finite or
+    lies outside the range ``number_rule`` gives its name."""
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_numbers(item, f"{key}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            check_numbers(item, f"{key}.{k}")
+        return
+    if not isinstance(value, (int, float)):
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"config key '{key}': got {value!r}; expected a finite number.")
+    rule = number_rule(key.rsplit(".", 1)[-1].split("[", 1)[0])
+    if rule is None:
+        return
+    kind, low, closed, high = rule
+    if value < low or (value == low and not closed) or value > high:
+        expected = {"share": "a share between 0 and 1", "count": "a count of at least 1",
+                    "positive": "a number above 0", "non-negative": "a number of at least 0"}[kind]
+        raise ConfigError(f"config key '{key}': got {value!r}; expected {expected}.")
+
+
 def build(schema: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
     """Build dataclass ``schema`` from a nested mapping; unknown keys and wrong types raise ConfigError."""
     data = dict(data or {})
@@ -134,6 +188,7 @@ def build(schema: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> 
                 f"Valid keys{' under ' + repr(prefix) if prefix else ''}: {', '.join(sorted(fields))}."
             )
         kwargs[name] = _convert(value, hints[name], key)
+        check_numbers(kwargs[name], key)
     try:
         obj = schema(**kwargs)
     except TypeError as e:  # a required field without a default
@@ -152,7 +207,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"override {text!r} has an empty key")
-    return parts, yaml.safe_load(raw) if raw.strip() else ""
+    if not raw.strip():
+        return parts, ""
+    try:
+        return parts, yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                          "quote it or fix the brackets") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
@@ -184,19 +245,45 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last one, so a
+    second ``grpo:`` section would silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise ConfigError(f"line {line}: key {key!r} is given twice in one mapping (first on line "
+                                  f"{seen[key]}); YAML would keep only the last")
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with ``yaml.safe_load``; errors name the file and line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not valid UTF-8 (byte offset {e.start}); save the config as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}:{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -23,6 +23,10 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
     prompt: Literal["veripo", "videor1"] = "veripo"  # the training prompt template (veripo.models.prompts)
+    # a prompt (text and visual tokens) longer than this is skipped and counted like unreadable media
+    # (training and evaluation); Qwen2.5-VL at the media defaults (16 frames of 256 x 28 x 28 pixels) needs
+    # about 2,100 tokens plus the question
+    max_prompt_tokens: int = 16384
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,6 @@ class MediaConfig:
     cache_dir: str | None = None  # decoded-frame cache; None = <run dir>/../.veripo-cache
 
     def validate(self, prefix: str) -> None:
-        if self.fps <= 0:
-            raise ConfigError(f"config key '{prefix}.fps': got {self.fps}; expected a positive number of frames per second.")
         if self.max_frames < self.min_frames or self.min_frames < 1:
             raise ConfigError(f"config key '{prefix}.max_frames': need 1 <= min_frames <= max_frames, got {self.min_frames}..{self.max_frames}.")
         if self.min_pixels > self.max_pixels:
@@ -71,10 +73,6 @@ class RolloutConfig:
     stop_at_answer: bool = True  # stop a response at </answer>
 
     def validate(self, prefix: str) -> None:
-        if self.num_generations < 1:
-            raise ConfigError(f"config key '{prefix}.num_generations': got {self.num_generations}; expected >= 1.")
-        if self.temperature < 0:
-            raise ConfigError(f"config key '{prefix}.temperature': got {self.temperature}; expected >= 0.")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"config key '{prefix}.top_p': got {self.top_p}; expected 0 < top_p <= 1.")
 
@@ -116,20 +114,18 @@ class GRPOConfig:
     filter_equal_groups: bool = False  # drop groups whose rewards are all equal (zero advantage)
     accuracy_band: tuple[float, float] | None = None  # keep groups whose mean accuracy lies in [lo, hi]
     save_every: int = 1  # rollout batches between checkpoints (the unit a killed run resumes from)
+    save_every_s: float | None = None  # also checkpoint after the first rollout batch this many seconds past the last
     # stop after the rollout batch that passes this many seconds (for equal-time comparisons; a run with a
     # time budget is not reproducible across machines or resumes)
     time_budget_s: float | None = None
 
     def validate(self, prefix: str) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"config key '{prefix}.lr': got {self.lr}; expected a positive learning rate.")
-        check_micro_batch(self.micro_batch_size, prefix)
-
-
-def check_micro_batch(size: int | None, prefix: str) -> None:
-    if size is not None and size < 1:
-        raise ConfigError(f"config key '{prefix}.micro_batch_size': got {size}; expected a positive number or null "
-                          "(all at once).")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ConfigError(f"config key '{prefix}.dual_clip': got {self.dual_clip}; expected a number above 1 "
+                              "(the dual-clip bound c > 1) or null.")
+        if self.accuracy_band is not None and not 0 <= self.accuracy_band[0] <= self.accuracy_band[1] <= 1:
+            raise ConfigError(f"config key '{prefix}.accuracy_band': got {list(self.accuracy_band)}; expected "
+                              "[low, high] with 0 <= low <= high <= 1.")
 
 
 def check_grpo_batches(grpo: GRPOConfig, rollout: RolloutConfig, prefix: str) -> None:
@@ -153,6 +149,7 @@ class SFTConfig:
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     weight_decay: float = 0.0
     save_every: int = 10  # optimizer steps between checkpoints (the unit a killed run resumes from)
+    save_every_s: float | None = None  # also checkpoint after the first step this many seconds past the last one
 
 
 @dataclass(frozen=True)
@@ -187,12 +184,11 @@ class DPOConfig:
     epochs: int = 1
     nll_coef: float = 0.0  # optional NLL term on the chosen response
     save_every: int = 1  # optimizer steps between checkpoints (the unit a killed run resumes from)
+    save_every_s: float | None = None  # also checkpoint after the first step this many seconds past the last one
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
 
-    def validate(self, prefix: str) -> None:
-        check_micro_batch(self.micro_batch_size, prefix)
 
 
 @dataclass(frozen=True)
@@ -222,9 +218,6 @@ class DistributedConfig:
     deepspeed_zero3: bool = False
 
     def validate(self, prefix: str) -> None:
-        if self.shard_group_size is not None and self.shard_group_size < 1:
-            raise ConfigError(f"config key '{prefix}.shard_group_size' must be a positive number of ranks, got "
-                              f"{self.shard_group_size}")
         if self.deepspeed_zero3 and (self.shard_weights or self.shard_optimizer):
             raise ConfigError(f"config key '{prefix}.deepspeed_zero3' with shard_weights or shard_optimizer: ZeRO-3 "
                               "already partitions weights and optimizer state; set only one of them")
@@ -275,10 +268,11 @@ class RunConfig:
     loop: tuple[Stage, ...] = ()  # then repeated `iterations` times (e.g. video grpo -> verify -> dpo)
     iterations: int = 1
     discard_easy_prob: float = 0.8  # paper: drop 80% of questions whose rollouts were all correct
+    # a training stage skips (logs and counts) questions it cannot use (unreadable media, a prompt over
+    # model.max_prompt_tokens) and refuses to train when more than this share of its questions are such
+    max_bad_share: float = 0.05
 
     def validate(self, prefix: str) -> None:
-        if not 0.0 <= self.discard_easy_prob <= 1.0:
-            raise ConfigError(f"config key 'discard_easy_prob': got {self.discard_easy_prob}; expected 0..1.")
         named = [(f"stages[{i}]", s) for i, s in enumerate(self.stages)] + [(f"loop[{i}]", s) for i, s in enumerate(self.loop)]
         for where, stage in named:
             for section in ("sft", "grpo", "dpo", "rollout", "verifier"):
@@ -291,6 +285,20 @@ class RunConfig:
                                       "frozen reference would be a whole copy of the policy on every rank; use "
                                       "kl_coef 0 (VerIPO's setting) or run without weight sharding.")
         check_grpo_batches(self.grpo, self.rollout, "grpo")
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but rarely what is meant (printed when a run starts)."""
+        out = []
+        named = [("", None)] + [(f"stages[{i}].", s) for i, s in enumerate(self.stages)] + \
+                [(f"loop[{i}].", s) for i, s in enumerate(self.loop)]
+        for where, stage in named:
+            if stage is not None and stage.kind != "grpo":
+                continue
+            rollout = self.rollout if stage is None else self.section_for(stage, "rollout")
+            if rollout.num_generations == 1 and (stage is not None or not self.stages and not self.loop):
+                out.append(f"config key '{where}rollout.num_generations' is 1: every GRPO group has one response, "
+                           "so every advantage is 0 and GRPO does not learn (the paper uses 8)")
+        return out
 
     def section_for(self, stage: Stage, section: str, prefix: str | None = None) -> Any:
         """The base ``section`` (e.g. ``grpo``) with ``stage``'s overrides applied, validated."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from veripo.data.records import RECORD_TYPES, SCHEMA_VERSION, Record
+from veripo.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ HEADER_KEY = "_veripo"
 FsyncPolicy = Literal["record", "batch", "none"]
 
 
-class JsonlError(ValueError):
+class JsonlError(UserError, ValueError):
     """A JSONL file that cannot be read: the message names the file and line."""
 
 
@@ -201,6 +202,9 @@ def iter_jsonl_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[s
         except json.JSONDecodeError as e:
             yield i + 1, None, f"invalid JSON: {e.msg} (column {e.colno})", is_last and not ends_with_newline
             continue
+        except RecursionError:
+            yield i + 1, None, "JSON nested too deeply to read", False
+            continue
         if not isinstance(obj, dict):
             yield i + 1, None, f"expected a JSON object, got {type(obj).__name__}", False
             continue
@@ -248,3 +252,15 @@ def read_jsonl(path: str | os.PathLike[str], record_type: type[Record] | str | N
     """
     return scan_jsonl(path, record_type).records
 
+
+
+def check_unique_ids(records: list[Any], path: str | os.PathLike[str], attr: str = "id") -> None:
+    """JsonlError naming the file, the id and both records when two records share an id (the second would
+    silently replace the first wherever records are looked up by id)."""
+    first: dict[Any, int] = {}
+    for position, record in enumerate(records, 1):
+        key = getattr(record, attr)
+        if key in first:
+            raise JsonlError(f"{path}: record {position}: field {attr!r}: {key!r} is also the {attr} of record "
+                             f"{first[key]}; ids must be unique in a file")
+        first[key] = position

@@ -21,10 +21,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from veripo.data.jsonl import HEADER_KEY, iter_jsonl_lines
-from veripo.data.records import PROBLEM_TYPES, Sample
+from veripo.data.records import PROBLEM_TYPES, RecordFieldError, Sample
+from veripo.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.):]\s*(.+?)\s*$")
 _TAG = {name: re.compile(rf"<{name}>(.*?)</{name}>", re.DOTALL) for name in ("answer", "think")}
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file or record that cannot be used: the message names file, record, field and what was expected."""
 
 
@@ -212,9 +213,11 @@ def _from_veripo_eval(row: dict[str, Any], index: int, source: str) -> Sample:
 
 
 def _from_sample_dict(row: dict[str, Any], index: int, source: str) -> Sample:
-    for key in ("id", "problem", "answer"):
-        _text(row, key)
-    sample = Sample.from_dict(row)
+    row = {**row, **{key: _text(row, key) for key in ("id", "problem", "answer")}}  # a number is read as text
+    try:
+        sample = Sample.from_dict(row)
+    except RecordFieldError as e:
+        raise _Skip(e.field, e.reason) from None
     sample.problem_type = _problem_type(row.get("problem_type"), sample.options)
     if sample.data_type not in ("text", "image", "video"):
         raise _Skip("data_type", f"unknown data type {sample.data_type!r}; expected text, image or video")
@@ -255,6 +258,8 @@ def _read_json_rows(path: Path) -> list[tuple[int, Any]]:
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte offset {e.start}); re-encode the file as UTF-8") from None
     try:
         rows = json.loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply to read") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
     if isinstance(rows, dict):  # {"data": [...]} style wrappers
@@ -279,7 +284,8 @@ def _read_jsonl_rows(path: Path, skip: Any) -> list[tuple[int, Any]]:
 
 def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[str] | None = None,
                  format: str = "auto", on_error: Literal["skip", "fail"] = "skip", limit: int | None = None,
-                 require_media: bool = True, source: str | None = None) -> LoadResult:
+                 require_media: bool = True, source: str | None = None,
+                 check: Callable[[Sample], tuple[str, str] | None] | None = None) -> LoadResult:
     """Load the samples of a dataset file or synthetic dataset folder.
 
     Args:
@@ -291,6 +297,8 @@ def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[
         require_media: a record whose media file is missing is skipped (True) or kept and only listed in
             ``missing_media`` (False: question files whose videos are not here, e.g. for scoring tests).
         source: the name used in sample ids (default: the file name without extension).
+        check: ``sample -> (field, reason)`` for a sample that cannot be used (e.g. a gold answer no reward can
+            match: ``veripo.rewards.gold_problem``), else None; such records are skipped like malformed ones.
     Returns: LoadResult(samples, skipped, missing_media); ``summary()`` prints a report.
     """
     path = Path(path)
@@ -321,7 +329,7 @@ def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[
         format = "videor1"  # a synthetic dataset folder
     result.format = fmt = detect_format(path, first) if format == "auto" else format
     build = _BUILDERS[fmt]
-    seen_ids: Counter[str] = Counter()
+    indices: list[int] = []  # each loaded sample's record
     for index, row in rows:
         if limit is not None and len(result.samples) >= limit:
             break
@@ -333,6 +341,8 @@ def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[
             if sample.data_type == "video" and not sample.video or sample.data_type == "image" and not sample.images:
                 raise _Skip("path", f"data_type is {sample.data_type!r} but the record names no {sample.data_type} file")
             _resolve_sample_media(sample, root)
+            if check is not None and (problem := check(sample)) is not None:
+                raise _Skip(*problem)
         except _Skip as e:
             skip(index, e.field, e.reason)
             continue
@@ -344,14 +354,32 @@ def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[
             if require_media:
                 skip(index, record.field, record.reason)
                 continue
-        seen_ids[sample.id] += 1
-        if seen_ids[sample.id] > 1:
-            # Some published files reuse an id for different questions (TOMATO: 62 ids); ids must be unique.
-            sample.extra["original_id"] = sample.id
-            sample.id = f"{sample.id}#{seen_ids[sample.id]}"
         result.samples.append(sample)
+        indices.append(index)
+    _unique_ids(result.samples, indices, path)
     log.info(result.summary())
     return result
+
+
+def _unique_ids(samples: list[Sample], indices: list[int], path: Path) -> None:
+    """Give the 2nd, 3rd... record of a repeated id the id ``<id>#2``, ``<id>#3``... (some published files
+    reuse an id for different questions: TOMATO has 62); DataError when such a name is itself a record's id
+    in the file, since the two questions could then not be told apart."""
+    first: dict[str, int] = {}
+    for sample, index in zip(samples, indices):
+        first.setdefault(sample.id, index)
+    seen: Counter[str] = Counter()
+    for sample, index in zip(samples, indices):
+        seen[sample.id] += 1
+        if seen[sample.id] == 1:
+            continue
+        renamed = f"{sample.id}#{seen[sample.id]}"
+        if renamed in first:
+            raise DataError(f"{path} record {index}: field 'id': {sample.id!r} repeats record {first[sample.id]} "
+                            f"and its numbered name {renamed!r} is the id of record {first[renamed]}; give the "
+                            "records unique ids")
+        sample.extra["original_id"] = sample.id
+        sample.id = renamed
 
 
 def _resolve_sample_media(sample: Sample, root: Path) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from veripo.errors import UnusableSample
+
 log = logging.getLogger(__name__)
 
 IMAGE_FACTOR = 28
@@ -38,7 +40,7 @@ CACHE_VERSION = 1
 stats = {"video_decodes": 0, "cache_hits": 0, "frames_decoded": 0}
 
 
-class MediaError(RuntimeError):
+class MediaError(UnusableSample, RuntimeError):
     """A media file that cannot be used: the message names the file and what failed."""
 
 

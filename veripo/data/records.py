@@ -7,8 +7,11 @@ Each record is a plain dataclass with ``to_dict``/``from_dict``; files of them a
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 SCHEMA_VERSION = 1
 
@@ -16,6 +19,47 @@ ProblemType = Literal["multiple choice", "numerical", "regression", "OCR", "free
 PROBLEM_TYPES: tuple[str, ...] = ("multiple choice", "numerical", "regression", "OCR", "free-form", "math")
 
 R = TypeVar("R", bound="Record")
+
+
+class RecordFieldError(TypeError):
+    """A record field whose value has the wrong type (``text: null``); ``field`` names it."""
+
+    def __init__(self, field_name: str, reason: str) -> None:
+        super().__init__(f"field {field_name!r}: {reason}")
+        self.field, self.reason = field_name, reason
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether ``value`` (read from JSON) has the annotated type ``tp``; containers are checked as a whole."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in get_args(tp))
+    if origin is Literal:
+        return value in get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or tp)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    return "null" if tp is type(None) else getattr(origin or tp, "__name__", str(tp))
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 class Record:
@@ -28,8 +72,14 @@ class Record:
 
     @classmethod
     def from_dict(cls: type[R], data: dict[str, Any]) -> R:
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """The record from a dict read from JSON; ``RecordFieldError`` (a TypeError) names a field whose value
+        has the wrong type (a null ``text``, a number for ``chosen``), so no stage meets it later."""
+        types_ = _field_types(cls)
+        for name, value in data.items():
+            if name in types_ and not _fits(value, types_[name]):
+                shown = "null" if value is None else repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
+                raise RecordFieldError(name, f"expected {_type_name(types_[name])}, got {shown}")
+        return cls(**{k: v for k, v in data.items() if k in types_})
 
 
 @dataclass

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from veripo.data.jsonl import JsonlWriter
-from veripo.data.media import MediaError
 from veripo.data.records import Sample
+from veripo.errors import UnusableSample
 from veripo.eval.metrics import compute_metrics
 from veripo.eval.predictions import (
     METRICS_FILE,
@@ -127,7 +127,7 @@ def _decode_batch(batch: list[Sample], encode: Encode, engine: Any, params: Samp
         try:
             prompts.append(encode(sample))
             ready.append(sample.id)
-        except (MediaError, FileNotFoundError) as e:
+        except (UnusableSample, FileNotFoundError) as e:  # unreadable media, a prompt over the token limit
             missing.append(missing_media_row(sample, str(e), benchmark=benchmark))
     outputs = engine.generate(prompts, params) if prompts else []
     return missing, ready, list(outputs)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from veripo.config import ModelConfig
 from veripo.data.loaders import load_samples
 from veripo.eval.benchmarks import assign_numeric_types, benchmark_name, settings_for
 from veripo.eval.predictions import METRICS_FILE, write_json_atomic
@@ -48,6 +49,7 @@ class SuiteOptions:
     max_pixels: int | None = None
     cache_dir: str | None = None
     show_progress: bool = True
+    max_prompt_tokens: int = ModelConfig.max_prompt_tokens  # longer prompts are skipped and counted like unreadable media
 
 
 def evaluate_files(policy: Any, benches: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
@@ -76,7 +78,7 @@ def evaluate_files(policy: Any, benches: Sequence[str | os.PathLike[str]], out_d
             assign_numeric_types(loaded.samples, settings)
         # memo_size=0: each question is encoded once in an evaluation, so keeping encodings only costs memory.
         encode = SampleEncoder(policy.processor, settings.media_config(options.cache_dir), style=options.prompt,
-                               cache_dir=options.cache_dir, memo_size=0)
+                               cache_dir=options.cache_dir, memo_size=0, max_prompt_tokens=options.max_prompt_tokens)
         media = {"fps": settings.fps, "max_frames": settings.max_frames, "min_frames": settings.min_frames,
                  "min_pixels": settings.min_pixels, "max_pixels": settings.max_pixels}
         decided_by = {"model": str(Path(policy.path).resolve()), "prompt": options.prompt, "media": media}

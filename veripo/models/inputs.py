@@ -10,14 +10,23 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from veripo.config import ModelConfig
 from veripo.data.media import load_image, load_video
 from veripo.data.records import Sample
+from veripo.errors import UnusableSample
 from veripo.models.prompts import encode_prompt
+
+DEFAULT_MAX_PROMPT_TOKENS: int = ModelConfig.max_prompt_tokens
+
+
+class PromptTooLong(UnusableSample):
+    """A sample whose prompt (text and visual tokens) is longer than the limit; skipped and counted."""
 
 
 class SampleEncoder:
     """``encoder(sample) -> dict`` of model inputs (batch of one). Raises ``veripo.data.media.MediaError``
-    naming the file when a sample's media cannot be read.
+    naming the file when a sample's media cannot be read, and ``PromptTooLong`` when the prompt has more
+    than ``max_prompt_tokens`` tokens (both ``UnusableSample``: runs skip and count them).
 
     Args:
         processor: a ``VeripoProcessor`` (``Policy.processor``).
@@ -25,11 +34,13 @@ class SampleEncoder:
         style: the prompt style (``veripo.models.prompts.PROMPT_STYLES``).
         cache_dir: the decoded-frame cache folder (None: decode every time).
         memo_size: encoded prompts kept in memory (least recently used dropped first).
+        max_prompt_tokens: the longest prompt encoded (``model.max_prompt_tokens``).
     """
 
     def __init__(self, processor: Any, media: Any, *, style: str = "veripo", cache_dir: str | None = None,
-                 memo_size: int = 4096) -> None:
+                 memo_size: int = 4096, max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS) -> None:
         self.processor, self.media, self.style, self.cache_dir = processor, media, style, cache_dir
+        self.max_prompt_tokens = max_prompt_tokens
         self.memo_size = memo_size
         self._memo: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
@@ -47,6 +58,10 @@ class SampleEncoder:
         images = [load_image(p, min_pixels=self.media.min_pixels, max_pixels=self.media.max_pixels)
                   for p in sample.images]
         encoded = encode_prompt(self.processor, sample, frames=frames, images=images, video_fps=fps, style=self.style)
+        length = int(encoded["input_ids"].shape[-1])
+        if length > self.max_prompt_tokens:
+            raise PromptTooLong(f"sample {sample.id!r}: the prompt has {length} tokens, above the limit "
+                                f"{self.max_prompt_tokens} (model.max_prompt_tokens)")
         self._memo[sample.id] = encoded
         if len(self._memo) > self.memo_size:
             self._memo.popitem(last=False)

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from veripo.errors import UserError
 from veripo.models.processor import VeripoProcessor
+
+
+class ModelError(UserError, ValueError):
+    """A model directory that cannot be loaded: the message names the path and what is missing."""
 
 # model_type in config.json -> transformers class name
 SUPPORTED_MODEL_TYPES: dict[str, str] = {
@@ -38,18 +43,18 @@ def read_model_type(path: str | Path) -> str:
     """
     path = Path(path)
     if not path.is_dir():
-        raise ValueError(f"{path}: not a directory (expected a local Qwen2-VL / Qwen2.5-VL model directory)")
+        raise ModelError(f"{path}: not a directory (expected a local Qwen2-VL / Qwen2.5-VL model directory)")
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise ValueError(f"{path}: no config.json, so this is not a model directory "
+        raise ModelError(f"{path}: no config.json, so this is not a model directory "
                          f"(build one with `veripo model build-tiny {path}`)")
     try:
         config = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{config_file}: not valid JSON ({e})") from None
+        raise ModelError(f"{config_file}: not valid JSON ({e})") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"{config_file}: model_type {model_type!r} is not supported; "
+        raise ModelError(f"{config_file}: model_type {model_type!r} is not supported; "
                          f"expected one of {sorted(SUPPORTED_MODEL_TYPES)}")
     return model_type
 
@@ -72,14 +77,14 @@ def load_policy(path: str | Path, *, dtype: str = "float32", device: str = "cpu"
 
     path = Path(path)
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; choose one of {list(_DTYPES)}")
+        raise ModelError(f"dtype {dtype!r} is not supported; choose one of {list(_DTYPES)}")
     model_type = read_model_type(path)
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise ValueError(f"{path}: no weights (*.safetensors or *.bin) next to config.json")
+        raise ModelError(f"{path}: no weights (*.safetensors or *.bin) next to config.json")
     for required, what in (("preprocessor_config.json", "the image processor config"),
                            ("tokenizer_config.json", "the tokenizer")):
         if not (path / required).is_file():
-            raise ValueError(f"{path}: missing {required} ({what})")
+            raise ModelError(f"{path}: missing {required} ({what})")
     model_class = getattr(transformers, SUPPORTED_MODEL_TYPES[model_type])
     kernel = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = model_class.from_pretrained(path, dtype=getattr(torch, dtype), **kernel).to(device).eval()

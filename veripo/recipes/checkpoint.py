@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from veripo.errors import RunStateError
 from veripo.parallel import ParallelStrategy
 from veripo.recipes.run_dir import atomic_write_json, read_json
 
@@ -90,6 +91,8 @@ def latest_checkpoint(stage_dir: Path) -> Path | None:
     pointer = read_json(stage_dir / LATEST)
     if not pointer:
         return None
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("checkpoint"), str) or "/" in pointer["checkpoint"]:
+        raise RunStateError(f"{stage_dir / LATEST}: corrupt (expected {{\"checkpoint\": \"ckpt-NNNNNN\"}})")
     path = stage_dir / "checkpoints" / pointer["checkpoint"]
     return path if (path / "progress.json").exists() else None
 

@@ -12,17 +12,21 @@ phase is several times cheaper than a GRPO phase (bench/bench_phases.py).
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from veripo.algos.dpo import PairNorms, dpo_loss
-from veripo.data.jsonl import read_jsonl
+from veripo.data.jsonl import check_unique_ids, read_jsonl
+from veripo.data.loaders import DataError
 from veripo.data.records import Pair
 from veripo.models.grouped_forward import backward_group, micro_batch_count, response_log_probs
 from veripo.recipes.common import progress_bar
 from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.run_dir import atomic_write_json, read_json
+from veripo.recipes.sources import SKIPPED_FILE, drop_unusable
 from veripo.recipes.stage_loop import Optimization, StageLoop, epoch_batch, epoch_units, run_training_stage
 
 
@@ -150,17 +154,31 @@ class DPOStage:
         return {"loss": loss, "margin": margin}
 
 
+def read_pairs(path: Path) -> list[Pair]:
+    """The pairs of a file; JsonlError naming file, line and field for a malformed pair (``chosen: null``)
+    or a repeated pair id; OSError for a file that is not there."""
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such pairs file", str(path))
+    pairs = read_jsonl(path, Pair)
+    check_unique_ids(pairs, path)
+    return pairs
+
+
 def run_dpo(ctx: StageContext) -> StageResult:
     pairs_path = ctx.inputs.get("pairs")
     if pairs_path is None or not pairs_path.exists():
         raise FileNotFoundError(f"stage '{ctx.stage.name}': no pairs file from a verify stage (expected {pairs_path})")
     by_id = {s.id: s for s in ctx.samples}
-    pairs = read_jsonl(pairs_path, Pair)
+    pairs = read_pairs(pairs_path)
     unknown = [p for p in pairs if p.sample_id not in by_id]
     if unknown:  # training on the rest would silently drop pairs
-        raise RuntimeError(f"stage '{ctx.stage.name}': {len(unknown)} of {len(pairs)} pairs in {pairs_path} refer to "
+        raise DataError(f"stage '{ctx.stage.name}': {len(unknown)} of {len(pairs)} pairs in {pairs_path} refer to "
                            f"questions this run has not loaded (first: pair {unknown[0].id!r}, sample_id "
                            f"{unknown[0].sample_id!r}); give the stage the data the pairs were built from")
+    asked = [by_id[i] for i in dict.fromkeys(p.sample_id for p in pairs)]
+    usable = {s.id for s in drop_unusable(asked, ctx.encode, stage=ctx.stage.name, max_share=ctx.cfg.max_bad_share,
+                                          log=ctx.log, record=ctx.stage_dir / SKIPPED_FILE if ctx.dist.is_main else None)}
+    pairs = [p for p in pairs if p.sample_id in usable]
     if not pairs:
         ctx.log(f"no pairs in {pairs_path}: nothing to align, the policy is unchanged")
         return StageResult(numbers={"pairs": 0, "wall_time_s": 0.0})

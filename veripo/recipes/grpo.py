@@ -33,10 +33,14 @@ import torch
 from veripo.algos.advantages import group_advantages
 from veripo.algos.kl import kl_divergence
 from veripo.algos.policy_loss import BatchNorms, aggregate_loss, policy_loss
+from veripo.config import ConfigError
+from veripo.errors import UnusableSample
+from veripo.data.jsonl import read_jsonl
 from veripo.data.records import Rollout, Sample
 from veripo.models.grouped_forward import backward_group, micro_batch_count, response_log_probs
 from veripo.recipes.common import derive_seed, generator
 from veripo.recipes.context import StageContext, StageResult
+from veripo.recipes.sources import SKIPPED_FILE, check_bad_share
 from veripo.recipes.stage_loop import Optimization, StageLoop, run_training_stage
 from veripo.rewards import parse_completion
 from veripo.rewards.profiles import build_profile
@@ -72,9 +76,12 @@ def batch_questions(samples: list[Sample], unit: int, size: int, seed: int, stag
     return out
 
 
-def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list[tuple[int, Sample]], unit: int) -> list[ScoredGroup]:
+def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list[tuple[int, Sample]], unit: int,
+                     skipped: list[dict[str, Any]] | None = None) -> list[ScoredGroup]:
     """G responses per question, ``rollout.batch_questions`` questions per engine call, each question with
-    its own seed (from the run seed, stage, batch and sample id: independent of the rank), then scored."""
+    its own seed (from the run seed, stage, batch and sample id: independent of the rank), then scored.
+    A question whose prompt cannot be built (``UnusableSample``: unreadable media, a prompt over the token
+    limit) gets no group; it is appended to ``skipped`` as ``{"sample_id", "reason", "rollout_batch"}``."""
     rollout = ctx.section("rollout")
     rewards = ctx.cfg.rewards
     profile = build_profile(rewards.profile, rewards.extra, rewards.weights)
@@ -87,9 +94,18 @@ def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list
     )
     groups = []
     for start in range(0, len(questions), rollout.batch_questions):
-        chunk = questions[start : start + rollout.batch_questions]
+        chunk, prompts = [], []
+        for q, sample in questions[start : start + rollout.batch_questions]:
+            try:
+                prompts.append(ctx.encode(sample))
+                chunk.append((q, sample))
+            except UnusableSample as e:
+                if skipped is not None:
+                    skipped.append({"sample_id": sample.id, "reason": str(e), "rollout_batch": unit})
+        if not chunk:
+            continue
         seeds = [derive_seed(ctx.cfg.seed, ctx.stage.name, unit, sample.id) for _, sample in chunk]
-        outputs = engine.generate([ctx.encode(sample) for _, sample in chunk], params, seeds=seeds)
+        outputs = engine.generate(prompts, params, seeds=seeds)
         for (q, sample), out in zip(chunk, outputs):
             scores = [profile.score(r.text, sample) for r in out.responses]
             groups.append(
@@ -194,7 +210,10 @@ class GRPOStage:
     """A rollout batch of ``grpo.rollout_batch_size`` questions is one unit: sampled, scored, written, then cut
     into optimizer steps of ``grpo.global_batch_size`` responses."""
 
-    outputs = ["metrics.jsonl", "rollouts.jsonl", "question_stats.jsonl"]
+    # skipped.jsonl: the questions drawn into a rollout batch whose prompt could not be built (checked as they are
+    # drawn: a GRPO stage samples a share of its questions, so checking them all first could cost more than
+    # the stage); more than max_bad_share of the stage's questions stops the run
+    outputs = ["metrics.jsonl", "rollouts.jsonl", "question_stats.jsonl", SKIPPED_FILE]
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx, self.grpo, self.rollout = ctx, ctx.section("grpo"), ctx.section("rollout")
@@ -208,6 +227,7 @@ class GRPOStage:
         self.by_id = {s.id: s for s in ctx.samples}
         self.ref_model: torch.nn.Module | None = None
         self.engine: HFRolloutEngine | None = None
+        self.bad: dict[str, str] = {}  # sample id -> why its prompt could not be built
 
     def numbers(self) -> dict[str, Any]:
         return {}
@@ -216,7 +236,7 @@ class GRPOStage:
         ctx, grpo, model = self.ctx, self.grpo, self.ctx.policy.model
         # weight sharding may come from an accelerate launch, which the config check cannot see
         if grpo.kl_coef > 0 and ctx.parallel.shards_weights:
-            raise ValueError(f"stage '{ctx.stage.name}': grpo.kl_coef > 0 needs a frozen whole copy of the policy on "
+            raise ConfigError(f"stage '{ctx.stage.name}': grpo.kl_coef > 0 needs a frozen whole copy of the policy on "
                              "every rank, which weight sharding (FSDP2, DeepSpeed ZeRO-3) is meant to avoid; set "
                              "grpo.kl_coef=0")
         if grpo.kl_coef > 0:
@@ -224,14 +244,20 @@ class GRPOStage:
             if loop.progress.unit > 0:
                 ctx.log("note: kl_coef > 0 on resume uses the resumed weights as the reference")
         self.engine = HFRolloutEngine(model, ctx.policy.tokenizer, max_batch_questions=self.rollout.batch_questions)
+        # a resumed stage counts the questions skipped before its checkpoint (the file is cut back to it)
+        path = ctx.stage_dir / SKIPPED_FILE
+        rows = read_jsonl(path) if ctx.dist.is_main and path.exists() else []
+        self.bad = ctx.parallel.broadcast({row["sample_id"]: row["reason"] for row in rows})
 
     def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:
         ctx, grpo = self.ctx, self.grpo
         questions = batch_questions(ctx.samples, unit, grpo.rollout_batch_size, ctx.cfg.seed, ctx.stage.name)
         mine = ctx.dist.shard(list(enumerate(questions)))
+        skipped: list[dict[str, Any]] = []
         with ctx.parallel.gathered_weights():
-            scored = sample_and_score(ctx, self.engine, mine, unit)
+            scored = sample_and_score(ctx, self.engine, mine, unit, skipped)
         groups = ctx.parallel.gather(scored)
+        self.count_skipped(ctx.parallel.gather(skipped), loop)
         groups.sort(key=lambda g: g.question)
         assign_advantages(groups, grpo)
         rollouts = to_rollouts(ctx, groups, unit, policy_version=loop.progress.global_step)
@@ -251,6 +277,17 @@ class GRPOStage:
                 kl=sum(t["kl"] for t in totals) / tokens, clip_frac=sum(t["clip"] for t in totals) / tokens,
                 entropy=sum(t["entropy"] for t in totals) / tokens, **batch)
         return {"acc": batch["accuracy_mean"], "reward": batch["reward_mean"], "len": batch["response_len"]}
+
+    def count_skipped(self, skipped: list[dict[str, Any]], loop: StageLoop) -> None:
+        """Log and record the questions this batch could not use; past ``max_bad_share`` of the stage's
+        questions, stop (a DataError on every rank: they all saw the same gathered list)."""
+        for row in skipped:
+            if row["sample_id"] not in self.bad:
+                self.bad[row["sample_id"]] = row["reason"]
+                loop.write(SKIPPED_FILE, row)
+                self.ctx.log(f"skipped question {row['sample_id']}: {row['reason']}")
+        check_bad_share(len(self.bad), len(self.ctx.samples), self.ctx.cfg.max_bad_share, self.ctx.stage.name,
+                        next(iter(self.bad.items()), None), self.ctx.stage_dir / SKIPPED_FILE)
 
     def optimizer_step(self, loop: StageLoop, groups: list[ScoredGroup],
                        chunk: list[tuple[int, int]]) -> tuple[list[dict[str, float]], float, float]:

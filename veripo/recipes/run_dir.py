@@ -6,14 +6,19 @@ the old or the new version of a file, never half of one.
 
 from __future__ import annotations
 
+import difflib
+import fcntl
+import hashlib
 import json
 import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from veripo.errors import RunStateError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -40,7 +45,41 @@ def read_json(path: Path, default: Any = None) -> Any:
     except FileNotFoundError:
         return default
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        raise RunStateError(f"{path}: line {e.lineno}: not valid JSON ({e.msg}); this run file is corrupt") from None
+    except UnicodeDecodeError as e:
+        raise RunStateError(f"{path}: not valid UTF-8 (byte {e.start}); this run file is corrupt") from None
+
+
+def _state_problem(state: Any) -> str | None:
+    """What is wrong with a ``state.json``'s shape, or None."""
+    if not isinstance(state, dict):
+        return f"expected a JSON object, got {type(state).__name__}"
+    completed = state.get("completed", [])
+    if not isinstance(completed, list):
+        return "field 'completed': expected a list of finished stages"
+    for i, entry in enumerate(completed):
+        if not isinstance(entry, dict) or not isinstance(entry.get("index"), int) or isinstance(entry.get("index"), bool):
+            return f"field 'completed' entry {i}: expected an object with an integer 'index'"
+        if not isinstance(entry.get("outputs", {}), dict) or not isinstance(entry.get("global_step", 0), int):
+            return f"field 'completed' entry {i}: 'outputs' must be an object and 'global_step' an integer"
+    if not isinstance(state.get("inputs", {}), dict):
+        return "field 'inputs': expected an object"
+    return None
+
+
+def config_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def config_drift(state: dict[str, Any], text: str, config_path: Path) -> str | None:
+    """The unified diff between the config a run started with (kept in ``state['config']``) and ``text`` (its
+    ``config.yaml`` now), or None when they are the same or the run predates the record."""
+    recorded = state.get("config")
+    if not isinstance(recorded, dict) or recorded.get("sha256") == config_sha256(text):
+        return None
+    before = str(recorded.get("text", ""))
+    return "".join(difflib.unified_diff(before.splitlines(keepends=True), text.splitlines(keepends=True),
+                                        f"{config_path} (when the run started)", f"{config_path} (now)"))
 
 
 def _slug(text: str) -> str:
@@ -52,18 +91,56 @@ class RunDir:
     """A run's folder. ``stage_dir(i, name)`` is ``stages/<ii>-<name>``."""
 
     root: Path
+    _lock_fd: int | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(cls, output_dir: str | Path, name: str) -> "RunDir":
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = Path(output_dir).resolve()  # absolute: the state file's paths must not depend on the cwd
-        root = base / f"{_slug(name)}-{stamp}"
+        if base.exists() and not base.is_dir():
+            raise RunStateError(f"output_dir {base}: exists and is not a folder; set output_dir to a folder")
+        base.mkdir(parents=True, exist_ok=True)
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise RunStateError(f"output_dir {base}: cannot write into this folder (permission denied)")
         n = 1
-        while root.exists():  # two runs started in the same second
-            n += 1
-            root = base / f"{_slug(name)}-{stamp}-{n}"
-        root.mkdir(parents=True)
+        while True:  # mkdir without exist_ok claims the name: two runs started in the same second get two folders
+            root = base / (f"{_slug(name)}-{stamp}" + (f"-{n}" if n > 1 else ""))
+            try:
+                root.mkdir()
+                return cls(root)
+            except FileExistsError:
+                n += 1
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> "RunDir":
+        """A run directory to resume; RunStateError when ``path`` is not one."""
+        root = Path(path).resolve()
+        if not root.is_dir():
+            raise RunStateError(f"--resume {root}: no such run directory")
+        if not (root / "config.yaml").is_file():
+            raise RunStateError(f"--resume {root}: not a veripo run directory (no config.yaml); pass the folder "
+                                "`veripo run` printed")
         return cls(root)
+
+    def lock(self) -> None:
+        """Hold an exclusive lock on the run for this process's life: a second process running into the same
+        run directory (two ``--resume`` at once) would interleave its writes with ours."""
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunStateError(f"{self.root}: another veripo process (pid {holder}) is running in this run "
+                                "directory; wait for it to end or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd  # released by unlock or when the process ends (also on kill -9)
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def name_of(self, path: str | Path) -> str:
         """How ``state.json`` records a file: relative to the run root when inside it (the run directory can be
@@ -88,13 +165,23 @@ class RunDir:
     def summary_path(self) -> Path:
         return self.root / "summary.json"
 
+    def stage_path(self, index: int, name: str) -> Path:
+        """Where stage ``index`` keeps its files (not created)."""
+        return self.root / "stages" / f"{index:02d}-{_slug(name)}"
+
     def stage_dir(self, index: int, name: str) -> Path:
-        path = self.root / "stages" / f"{index:02d}-{_slug(name)}"
+        path = self.stage_path(index, name)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def read_state(self) -> dict[str, Any]:
-        return read_json(self.state_path, default={"completed": [], "current": None})
+        """``state.json`` (finished stages, the current one, the config's hash); RunStateError when it is not
+        readable or not shaped as veripo writes it."""
+        state = read_json(self.state_path, default={"completed": [], "current": None})
+        problem = _state_problem(state)
+        if problem:
+            raise RunStateError(f"{self.state_path}: corrupt run state: {problem}; the run cannot be resumed from it")
+        return state
 
     def write_state(self, state: dict[str, Any]) -> None:
         atomic_write_json(self.state_path, state)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from veripo.data.loaders import DataError
 from veripo.data.records import Sample
 from veripo.models.grouped_forward import backward_group
 from veripo.recipes.context import StageContext, StageResult
@@ -77,7 +78,7 @@ class SFTStage:
 def run_sft(ctx: StageContext) -> StageResult:
     samples = [s for s in ctx.samples if s.reasoning]
     if not samples:
-        raise ValueError(f"stage '{ctx.stage.name}': SFT needs samples with a reference chain of thought "
+        raise DataError(f"stage '{ctx.stage.name}': SFT needs samples with a reference chain of thought "
                          f"(Sample.reasoning); none of {len(ctx.samples)} has one")
     sft = ctx.section("sft")
     return run_training_stage(ctx, SFTStage(ctx, samples), Optimization.of(sft))

@@ -16,13 +16,18 @@ resumed stage redoes exactly the lost work.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import torch
 
 from veripo.data.jsonl import JsonlWriter
+from veripo.errors import Stopped
 from veripo.models.grouped_forward import idle_backward
 from veripo.recipes.checkpoint import (
     Progress,
@@ -50,11 +55,12 @@ class Optimization:
     lr_schedule: str
     warmup_steps: int
     save_every: int  # units between checkpoints
+    save_every_s: float | None = None  # also a checkpoint after the first unit this many seconds past the last
 
     @classmethod
     def of(cls, section: Any) -> Optimization:
         return cls(section.lr, getattr(section, "weight_decay", 0.0), section.max_grad_norm, section.lr_schedule,
-                   section.warmup_steps, section.save_every)
+                   section.warmup_steps, section.save_every, getattr(section, "save_every_s", None))
 
 
 class TrainingStage(Protocol):
@@ -87,6 +93,7 @@ class StageLoop:
     clock: Stopwatch
     max_grad_norm: float
     writers: dict[str, JsonlWriter] = field(default_factory=dict)  # rank 0 only
+    saved_at_s: float = 0.0  # the stage clock at the last checkpoint (or the start)
 
     def optimizer_step(self, work: list[T], micro_batches: list[int], shared_prefix: bool,
                        backward: Callable[[T, int], None]) -> tuple[float, float]:
@@ -135,7 +142,8 @@ def run_training_stage(ctx: StageContext, stage: TrainingStage, settings: Optimi
                            numbers={**stage.numbers(), "wall_time_s": progress.extra.get("time_s", 0.0)})
     clock = Stopwatch(progress.extra.get("time_s", 0.0))
     writers = {name: JsonlWriter(path, fsync="batch") for name, path in outputs.items()} if ctx.dist.is_main else {}
-    loop = StageLoop(ctx, optimizer, scheduler, progress, clock, settings.max_grad_norm, writers)
+    loop = StageLoop(ctx, optimizer, scheduler, progress, clock, settings.max_grad_norm, writers,
+                     saved_at_s=clock.elapsed())
     stage.start(loop)
     ctx.policy.model.train()
     for writer in writers.values():
@@ -143,18 +151,27 @@ def run_training_stage(ctx: StageContext, stage: TrainingStage, settings: Optimi
     try:
         # a time budget ends the stage by the clock: no total, so no made-up time remaining
         total = None if stage.time_budget_s else stage.units
-        with progress_bar(stage.title, total, ctx.show_progress and ctx.dist.is_main) as bar:
+        with progress_bar(stage.title, total, ctx.show_progress and ctx.dist.is_main) as bar, \
+                stop_requests() as stop:
             bar.set_completed(progress.unit)
             for unit in range(progress.unit, stage.units):
                 fields = stage.run_unit(unit, loop)
                 progress.unit = unit + 1
                 bar.advance(1, **fields)
-                over_budget = stage.time_budget_s is not None and clock.elapsed() >= stage.time_budget_s
-                last = progress.unit == stage.units or (
-                    stage.time_budget_s is not None and any(ctx.parallel.gather([over_budget])))
-                save_if_due(ctx, loop, last=last, every=settings.save_every)
+                # decided together: every rank saves (a collective) or none does
+                flags = ctx.parallel.gather([(
+                    stage.time_budget_s is not None and clock.elapsed() >= stage.time_budget_s,
+                    settings.save_every_s is not None and clock.elapsed() - loop.saved_at_s >= settings.save_every_s,
+                    stop.is_set())])
+                over_budget, save_by_clock, stopping = (any(f[i] for f in flags) for i in range(3))
+                last = progress.unit == stage.units or over_budget
+                save_if_due(ctx, loop, last=last, every=settings.save_every, now=save_by_clock or stopping)
                 if last:
                     break
+                if stopping:
+                    raise Stopped(f"stage '{ctx.stage.name}' saved a checkpoint after unit {progress.unit} of "
+                                  f"{stage.units} on SIGTERM; continue with `veripo run --resume "
+                                  f"{ctx.stage_dir.parent.parent}`")
     finally:
         for writer in writers.values():
             writer.close()
@@ -178,11 +195,36 @@ def resume_stage(ctx: StageContext, optimizer: Any, scheduler: Any, outputs: lis
     return progress
 
 
-def save_if_due(ctx: StageContext, loop: StageLoop, *, last: bool, every: int) -> None:
-    """Checkpoint after every ``every`` units and at the end (outputs flushed first, their sizes recorded)."""
-    progress = loop.progress
-    if not (last or progress.unit % max(1, every) == 0):
+@contextmanager
+def stop_requests() -> Iterator[threading.Event]:
+    """An event set by SIGTERM (what a cluster scheduler sends before it kills a job) while the stage runs: the
+    loop finishes its unit, saves a checkpoint and stops (``Stopped``). A second SIGTERM ends the process at
+    once, as without the handler (a resume then redoes the unit). Outside the main thread: never set."""
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
         return
+
+    def handler(signum: int, frame: Any) -> None:
+        if event.is_set():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        event.set()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def save_if_due(ctx: StageContext, loop: StageLoop, *, last: bool, every: int, now: bool = False) -> None:
+    """Checkpoint after every ``every`` units, at the end, and ``now`` (the clock's interval passed, or a
+    stop was requested); outputs are flushed first and their sizes recorded."""
+    progress = loop.progress
+    if not (last or now or progress.unit % max(1, every) == 0):
+        return
+    loop.saved_at_s = loop.clock.elapsed()
     for writer in loop.writers.values():
         writer.sync()
     progress.done = last

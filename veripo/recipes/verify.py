@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from veripo.data.loaders import DataError
 from veripo.recipes.common import Stopwatch
 from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.run_dir import read_json
@@ -23,7 +24,7 @@ def run_verify(ctx: StageContext) -> StageResult:
     samples = {s.id: s for s in ctx.samples}
     unknown = [r for r in rollouts if r.sample_id not in samples]
     if unknown:  # a run knows every question it sampled: verifying without them would silently build no pairs
-        raise RuntimeError(f"stage '{ctx.stage.name}': {len(unknown)} of {len(rollouts)} rollouts in {rollouts_path} "
+        raise DataError(f"stage '{ctx.stage.name}': {len(unknown)} of {len(rollouts)} rollouts in {rollouts_path} "
                            f"refer to questions this run has not loaded (first: sample_id {unknown[0].sample_id!r})")
     summary = verify_rollouts(rollouts, samples, ctx.section("verifier"),
                               ctx.stage_dir, profile_name=ctx.cfg.rewards.profile)

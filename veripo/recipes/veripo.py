@@ -22,12 +22,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
 
-from veripo.config import RunConfig, Stage, dump_yaml
+from veripo.config import ConfigError, RunConfig, Stage, dump_yaml
 from veripo.data.curriculum import discard_easy
 from veripo.data.jsonl import read_jsonl
 from veripo.data.records import Sample
@@ -38,9 +39,10 @@ from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.dpo import run_dpo
 from veripo.recipes.evaluation import evaluate_stage
 from veripo.recipes.grpo import run_grpo
-from veripo.recipes.run_dir import RunDir, atomic_write_text
+from veripo.errors import RunStateError
+from veripo.recipes.run_dir import RunDir, atomic_write_text, config_drift, config_sha256
 from veripo.recipes.sft import run_sft
-from veripo.recipes.sources import SampleStore
+from veripo.recipes.sources import SKIPPED_FILE, SampleStore, drop_unusable
 from veripo.recipes.verify import run_verify
 
 PHASES: dict[str, Callable[[StageContext], StageResult]] = {
@@ -61,19 +63,88 @@ def plan(cfg: RunConfig) -> list[Stage]:
 
 
 def open_run(cfg: RunConfig, resume: str | Path | None, dist: DistInfo) -> RunDir:
+    """The run directory: an existing one to resume, or a new one holding the config and a state that
+    records the config's hash (rank 0 locks it against a second process)."""
     if resume is not None:
-        run = RunDir(Path(resume).resolve())
-        if not run.config_path.exists():
-            raise FileNotFoundError(f"{run.root}: not a veripo run directory (no config.yaml)")
+        run = RunDir.open_existing(resume)
+        if dist.is_main:
+            run.lock()
         return run
     if dist.is_main:
         run = RunDir.create(cfg.output_dir, cfg.name)
-        atomic_write_text(run.config_path, dump_yaml(cfg))
+        run.lock()
+        text = dump_yaml(cfg)
+        try:
+            atomic_write_text(run.config_path, text)
+            run.write_state({"completed": [], "current": None, "config": {"sha256": config_sha256(text), "text": text}})
+        except BaseException:
+            run.unlock()
+            raise
     else:
         run = None
     if dist.world > 1:  # rank 0 created it
         run = RunDir(Path(broadcast_object(dist, str(run.root) if run else None)))
     return run
+
+
+def check_config_drift(run_dir: RunDir, state: dict[str, Any], allow_change: bool, console: Console,
+                       is_main: bool) -> None:
+    """Refuse to resume a run whose ``config.yaml`` was edited since it started (the two halves would train
+    under different settings with no record of it), or with ``allow_change`` print the diff and record it
+    in ``state['config_changes']``. A run from before the hash was kept gets its current config recorded."""
+    text = run_dir.config_path.read_text(encoding="utf-8")
+    diff = config_drift(state, text, run_dir.config_path)
+    if diff is None:
+        state.setdefault("config", {"sha256": config_sha256(text), "text": text})
+        return
+    if not allow_change:
+        changed = changed_keys(state["config"].get("text", ""), text)
+        raise RunStateError(f"{run_dir.config_path} was edited since the run started ({'; '.join(changed[:4]) or 'text changed'}"
+                            f"{'; ...' if len(changed) > 4 else ''}); restore it, or resume with --allow-config-change "
+                            "to continue under the edited file (the diff is recorded in state.json)")
+    if is_main:
+        console.print(f"[yellow]config changed since the run started[/yellow] (--allow-config-change):\n{diff}")
+    state.setdefault("config_changes", []).append(
+        {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_sha256": state["config"].get("sha256"),
+         "to_sha256": config_sha256(text), "completed_stages": len(state.get("completed", [])), "diff": diff})
+    state["config"] = {"sha256": config_sha256(text), "text": text}
+
+
+def check_resumable(run_dir: RunDir, stages: list[Stage], state: dict[str, Any]) -> None:
+    """Before anything loads: the weights a resumed run continues from are there. The first unfinished stage
+    starts from its own newest checkpoint, else from the last finished training stage's: RunStateError when
+    neither exists (the checkpoints of finished stages were deleted)."""
+    done = {entry["index"]: entry for entry in state.get("completed", [])}
+    todo = next((i for i in range(len(stages)) if i not in done), None)
+    if todo is None or latest_checkpoint(run_dir.stage_path(todo, stages[todo].name)) is not None:
+        return
+    trained = [i for i in range(todo) if i in done and stages[i].kind in TRAINING and done[i].get("steps", 0) > 0]
+    if trained and latest_checkpoint(run_dir.stage_path(trained[-1], stages[trained[-1]].name)) is None:
+        folder = run_dir.stage_path(trained[-1], stages[trained[-1]].name)
+        raise RunStateError(f"{folder}: finished stage '{stages[trained[-1]].name}' has no checkpoint left (no "
+                            "latest.json naming a complete checkpoints/ckpt-*), so the run cannot continue from its "
+                            "weights; restore the folder or start a new run")
+
+
+def changed_keys(before: str, after: str) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs between two YAML texts."""
+    import yaml
+
+    def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(data, dict):
+            return {k: v for key, value in data.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): data}
+
+    try:
+        old, new = flat(yaml.safe_load(before) or {}), flat(yaml.safe_load(after) or {})
+    except yaml.YAMLError:
+        return []
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    return [f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
 
 
 def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) -> Any:
@@ -84,7 +155,7 @@ def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) ->
     path = cfg.model.path
     if path is None:
         if cfg.model.build_tiny is None:
-            raise ValueError("config: set model.path to a local Qwen2.5-VL directory, or model.build_tiny to tiny|small")
+            raise ConfigError("config: set model.path to a local Qwen2.5-VL directory, or model.build_tiny to tiny|small")
         path = run.root / "base-model"
         if dist.is_main and not (path / "config.json").exists():
             build_tiny(path, size=cfg.model.build_tiny, seed=cfg.seed)
@@ -112,11 +183,12 @@ def stage_samples(store: SampleStore, cfg: RunConfig, stage: Stage, question_sta
 
 
 def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progress: bool = True,
-        inputs: dict[str, Path] | None = None) -> RunDir:
+        inputs: dict[str, Path] | None = None, allow_config_change: bool = False) -> RunDir:
     """Run (or resume) the whole VerIPO loop; returns the run directory.
 
     ``inputs`` seeds the files later stages read (``{"pairs": PATH}`` for a DPO-only run); they are kept in
-    ``state.json`` so a resumed run sees them too.
+    ``state.json`` so a resumed run sees them too. A resumed run whose ``config.yaml`` was edited since it
+    started is refused (RunStateError) unless ``allow_config_change`` (the diff is then recorded).
     """
     dist = init_distributed()
     console = Console(stderr=True)
@@ -124,84 +196,102 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         check_algorithm_names(cfg)
         make_strategy(cfg.distributed, os.environ, dist)
     run_dir = open_run(cfg, resume, dist)
-    if resume is not None:
-        from veripo.config import load
+    try:
+        state = run_dir.read_state()
+        if resume is not None:
+            from veripo.config import load
 
-        cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
-        check_algorithm_names(cfg)
-    parallel = make_strategy(cfg.distributed, os.environ, dist)
-    state = run_dir.read_state()
-    if inputs:
-        state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
-    done = {entry["index"]: entry for entry in state.get("completed", [])}
-    policy = load_base_policy(cfg, run_dir, parallel)
-    store = SampleStore(cfg, run_dir, console)
-    if dist.is_main:  # synthetic data first, by one rank
-        for source in (*cfg.data, *cfg.eval.heldout, *(d for s in (*cfg.stages, *cfg.loop) for d in s.data)):
-            store.generate(source)
-    barrier(dist)
-    encode = store.encoder(policy)
-    inputs = {k: Path(v) for k, v in state.get("inputs", {}).items()}
-    question_stats: dict[str, tuple[int, int]] = {}
-    global_step = 0
-    last_training_dir: Path | None = None
-    stages = plan(cfg)
-    if dist.is_main:
-        console.print(f"[bold]veripo run[/bold] {run_dir.root}  ({len(stages)} stages)")
-    for index, stage in enumerate(stages):
-        stage_dir = run_dir.stage_dir(index, stage.name)
-        if index in done:
-            entry = done[index]
-            inputs.update({k: run_dir.path_of(v) for k, v in entry.get("outputs", {}).items()})
-            global_step = entry.get("global_step", global_step)
-            if stage.kind in TRAINING and entry.get("steps", 0) > 0:
-                last_training_dir = stage_dir
-            if stage.kind == "grpo":
-                question_stats.update(read_question_stats(stage_dir))
-            continue
-        if last_training_dir is not None and latest_checkpoint(stage_dir) is None:
-            # resuming after finished stages: start from the newest finished weights
-            load_model_weights(policy.model, latest_checkpoint(last_training_dir), parallel)
-            last_training_dir = None
-        if stage.kind in ("verify", "dpo"):
-            # the questions of every rollout so far, also those of stages finished before a resume (loaded once)
-            for source in (d for earlier in stages[: index + 1] for d in (earlier.data or cfg.data)):
-                store.load(source)
-            samples = store.all_samples()
-        else:
-            samples = stage_samples(store, cfg, stage, question_stats, index)
-        ctx = StageContext(cfg=cfg, stage=stage, index=index, stage_dir=stage_dir, policy=policy, samples=samples,
-                           encode=encode, parallel=parallel, global_step=global_step, console=console,
-                           show_progress=show_progress, inputs=dict(inputs))
-        state["current"] = {"index": index, "name": stage.name, "kind": stage.kind}
+            cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
+            check_config_drift(run_dir, state, allow_config_change, console, dist.is_main)
+            check_algorithm_names(cfg)
+            check_resumable(run_dir, plan(cfg), state)
+            if dist.is_main:
+                run_dir.write_state(state)
         if dist.is_main:
-            run_dir.write_state(state)
-        clock = Stopwatch()
-        result = PHASES[stage.kind](ctx)
-        wall = result.numbers.get("wall_time_s", clock.elapsed())
-        global_step += result.steps
-        if stage.kind == "grpo":
-            inputs["rollouts"] = stage_dir / "rollouts.jsonl"
-            question_stats.update(read_question_stats(stage_dir))
-        inputs.update({k: v for k, v in result.outputs.items() if k in ("pairs", "verdicts")})
-        entry: dict[str, Any] = {"index": index, "name": stage.name, "kind": stage.kind, "steps": result.steps,
-                                 "global_step": global_step, "wall_time_s": wall,
-                                 "outputs": {k: run_dir.name_of(v) for k, v in inputs.items()}}
-        summary = {"index": index, "name": stage.name, "kind": stage.kind, "wall_time_s": wall,
-                   "steps": result.steps, **{k: v for k, v in result.numbers.items() if k != "wall_time_s"}}
-        if stage.kind in TRAINING and cfg.eval.heldout:
-            summary["eval"] = evaluate_stage(ctx, store)
-        if dist.is_main:
-            run_dir.update_summary(summary)
-            state.setdefault("completed", []).append(entry)
-            state["current"] = None
-            run_dir.write_state(state)
+            for warning in cfg.warnings():
+                console.print(f"[yellow]warning[/yellow]: {warning}")
+        parallel = make_strategy(cfg.distributed, os.environ, dist)
+        if inputs:
+            state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
+        done = {entry["index"]: entry for entry in state.get("completed", [])}
+        policy = load_base_policy(cfg, run_dir, parallel)
+        store = SampleStore(cfg, run_dir, console)
+        if dist.is_main:  # synthetic data first, by one rank
+            for source in (*cfg.data, *cfg.eval.heldout, *(d for s in (*cfg.stages, *cfg.loop) for d in s.data)):
+                store.generate(source)
         barrier(dist)
-    if dist.is_main:
-        from veripo.report import write_report
+        encode = store.encoder(policy)
+        inputs = {k: Path(v) for k, v in state.get("inputs", {}).items()}
+        question_stats: dict[str, tuple[int, int]] = {}
+        global_step = 0
+        last_training_dir: Path | None = None
+        stages = plan(cfg)
+        if dist.is_main:
+            console.print(f"[bold]veripo run[/bold] {run_dir.root}  ({len(stages)} stages)")
+        for index, stage in enumerate(stages):
+            stage_dir = run_dir.stage_dir(index, stage.name)
+            if index in done:
+                entry = done[index]
+                inputs.update({k: run_dir.path_of(v) for k, v in entry.get("outputs", {}).items()})
+                global_step = entry.get("global_step", global_step)
+                if stage.kind in TRAINING and entry.get("steps", 0) > 0:
+                    last_training_dir = stage_dir
+                if stage.kind == "grpo":
+                    question_stats.update(read_question_stats(stage_dir))
+                continue
+            if last_training_dir is not None and latest_checkpoint(stage_dir) is None:
+                # resuming after finished stages: start from the newest finished weights
+                finished = latest_checkpoint(last_training_dir)
+                if finished is None:
+                    raise RunStateError(f"{last_training_dir}: this finished stage's checkpoint is gone (no "
+                                        f"{last_training_dir.name}/latest.json naming a complete checkpoints/ckpt-*); "
+                                        "the run cannot continue from its weights: restore the folder or start a new run")
+                load_model_weights(policy.model, finished, parallel)
+                last_training_dir = None
+            if stage.kind in ("verify", "dpo"):
+                # the questions of every rollout so far, also those of stages finished before a resume (loaded once)
+                for source in (d for earlier in stages[: index + 1] for d in (earlier.data or cfg.data)):
+                    store.load(source)
+                samples = store.all_samples()
+            else:
+                samples = stage_samples(store, cfg, stage, question_stats, index)
+            ctx = StageContext(cfg=cfg, stage=stage, index=index, stage_dir=stage_dir, policy=policy, samples=samples,
+                               encode=encode, parallel=parallel, global_step=global_step, console=console,
+                               show_progress=show_progress, inputs=dict(inputs))
+            if stage.kind == "sft":  # SFT uses every question; GRPO checks those it draws, DPO those of its pairs
+                ctx.samples = drop_unusable(samples, encode, stage=stage.name, max_share=cfg.max_bad_share, log=ctx.log,
+                                            record=stage_dir / SKIPPED_FILE if dist.is_main else None)
+            state["current"] = {"index": index, "name": stage.name, "kind": stage.kind}
+            if dist.is_main:
+                run_dir.write_state(state)
+            clock = Stopwatch()
+            result = PHASES[stage.kind](ctx)
+            wall = result.numbers.get("wall_time_s", clock.elapsed())
+            global_step += result.steps
+            if stage.kind == "grpo":
+                inputs["rollouts"] = stage_dir / "rollouts.jsonl"
+                question_stats.update(read_question_stats(stage_dir))
+            inputs.update({k: v for k, v in result.outputs.items() if k in ("pairs", "verdicts")})
+            entry: dict[str, Any] = {"index": index, "name": stage.name, "kind": stage.kind, "steps": result.steps,
+                                     "global_step": global_step, "wall_time_s": wall,
+                                     "outputs": {k: run_dir.name_of(v) for k, v in inputs.items()}}
+            summary = {"index": index, "name": stage.name, "kind": stage.kind, "wall_time_s": wall,
+                       "steps": result.steps, **{k: v for k, v in result.numbers.items() if k != "wall_time_s"}}
+            if stage.kind in TRAINING and cfg.eval.heldout:
+                summary["eval"] = evaluate_stage(ctx, store)
+            if dist.is_main:
+                run_dir.update_summary(summary)
+                state.setdefault("completed", []).append(entry)
+                state["current"] = None
+                run_dir.write_state(state)
+            barrier(dist)
+        if dist.is_main:
+            from veripo.report import write_report
 
-        report = write_report(run_dir.root)
-        console.print(f"[bold green]done[/bold green]: report at {report}")
+            report = write_report(run_dir.root)
+            console.print(f"[bold green]done[/bold green]: report at {report}")
+    finally:
+        run_dir.unlock()
     return run_dir
 
 

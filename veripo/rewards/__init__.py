@@ -17,7 +17,7 @@ from veripo.rewards.parsing import (
     parse_completion,
 )
 from veripo.rewards.profiles import PROFILES, ScoringProfile, build_profile, get_profile
-from veripo.rewards.registry import REWARDS, RewardFn, get_reward, register_reward
+from veripo.rewards.registry import REWARDS, RewardFn, get_reward, gold_problem, register_reward
 
 __all__ = [
     "PROFILES",
@@ -33,6 +33,7 @@ __all__ = [
     "extract_number",
     "get_profile",
     "get_reward",
+    "gold_problem",
     "parse_completion",
     "register_reward",
     "score_batch",

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from veripo.data.records import Rollout, Sample
+from veripo.errors import UserError
 from veripo.rewards.golden import inner_answer
 
 
-class PredictionsError(ValueError):
+class PredictionsError(UserError, ValueError):
     """A predictions file that cannot be read; the message says where and why."""
 
 
@@ -28,13 +29,17 @@ def load_predictions(path: str | Path, samples_path: str | Path | None = None) -
     path = Path(path)
     if not path.exists():
         raise PredictionsError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise PredictionsError(f"{path}: is a folder; pass a predictions file")
+    text = _read_text(path)
     stripped = text.lstrip()
     if path.suffix == ".jsonl" or (stripped.startswith("{") and "\n{" in stripped and not _is_json(stripped)):
         rows = _jsonl_rows(path, text)
     else:
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise PredictionsError(f"{path}: JSON nested too deeply to read") from None
         except json.JSONDecodeError as e:
             raise PredictionsError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}); expected a JSON or JSONL file") from None
         rows = data.get("results") if isinstance(data, dict) else data
@@ -46,14 +51,27 @@ def load_predictions(path: str | Path, samples_path: str | Path | None = None) -
         where = f"{path}: record {index}"
         if not isinstance(row, dict):
             raise PredictionsError(f"{where}: expected an object, got {type(row).__name__}")
-        out.append(_pair(row, where, path, samples))
+        try:
+            out.append(_pair(row, where, path, samples))
+        except TypeError as e:  # a field of the wrong type (veripo.data.records.RecordFieldError)
+            raise PredictionsError(f"{where}: {e}") from None
     return out
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise PredictionsError(f"{path}: line {line}: not valid UTF-8 (byte offset {e.start}); re-encode the file "
+                               "as UTF-8") from None
 
 
 def _is_json(text: str) -> bool:
     try:
         json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return False
     return True
 
@@ -65,6 +83,8 @@ def _jsonl_rows(path: Path, text: str) -> list[Any]:
             continue
         try:
             rows.append(json.loads(line))
+        except RecursionError:
+            raise PredictionsError(f"{path}: line {line_no}: JSON nested too deeply to read") from None
         except json.JSONDecodeError as e:
             raise PredictionsError(f"{path}: line {line_no}: not valid JSON ({e.msg})") from None
     return rows
@@ -72,10 +92,13 @@ def _jsonl_rows(path: Path, text: str) -> list[Any]:
 
 def _samples_by_id(path: Path) -> dict[str, Sample]:
     samples = {}
-    for index, row in enumerate(_jsonl_rows(path, path.read_text(encoding="utf-8"))):
+    for index, row in enumerate(_jsonl_rows(path, _read_text(path))):
         if not isinstance(row, dict) or "id" not in row:
             raise PredictionsError(f"{path}: record {index}: expected a Sample object with field 'id'")
-        samples[str(row["id"])] = Sample.from_dict(row)
+        try:
+            samples[str(row["id"])] = Sample.from_dict(row)
+        except TypeError as e:
+            raise PredictionsError(f"{path}: record {index}: {e}") from None
     return samples
 
 

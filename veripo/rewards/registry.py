@@ -19,7 +19,7 @@ from veripo.rewards.metrics import (
     relative_accuracy,
     rouge_mean_f1,
 )
-from veripo.rewards.parsing import extract_choice, extract_number, parse_completion
+from veripo.rewards.parsing import extract_choice, extract_number, option_letters, parse_completion
 from veripo.rewards.text_checks import repetition_ratio, word_count
 
 
@@ -120,6 +120,21 @@ def math_accuracy(completion: str, sample: Sample) -> float:
     if not answer:
         return 0.0
     return 1.0 if math_equal(answer, sample.answer) else 0.0
+
+
+def gold_problem(sample: Sample) -> tuple[str, str] | None:
+    """``(field, reason)`` when no accuracy reward can ever score ``sample`` above 0 (training on it would
+    push every response down), else None: an empty gold answer, or a multiple-choice gold that is not one of
+    the option letters ``multiple_choice_accuracy`` compares with."""
+    gold = sample.answer.strip()
+    if not gold:
+        return "answer", "the gold answer is empty"
+    if sample.problem_type == "multiple choice":
+        letters = option_letters(sample.options)
+        if gold.upper() not in letters or len(gold) != 1:
+            return "answer", (f"multiple-choice gold {gold[:40]!r} is not one of the option letters {', '.join(letters)}; "
+                              "no answer could ever be scored correct")
+    return None
 
 
 ACCURACY_BY_TYPE: dict[str, RewardFn] = {

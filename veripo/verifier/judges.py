@@ -97,15 +97,14 @@ class OpenAIJudge:
     def __init__(self, url: str, model: str, *, api_key_env: str = "VERIPO_JUDGE_API_KEY", timeout_s: float = 30.0,
                  retries: int = 3, concurrency: int = 8, template: str | None = None, max_tokens: int = 32,
                  down_after: int = 3) -> None:
-        import httpx
-
         self.url = url.rstrip("/") + "/chat/completions"
         self.model = self.model_name = model
         self.retries, self.concurrency, self.max_tokens = retries, max(1, concurrency), max_tokens
         self.template = template or DEFAULT_PROMPT.read_text(encoding="utf-8")
         key = os.environ.get(api_key_env)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.client = httpx.Client(timeout=timeout_s, headers=headers)
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.timeout_s = timeout_s
+        self.closed = False
         self.stats: Counter = Counter()
         self._lock = threading.Lock()
         self._consecutive_failures = 0
@@ -125,7 +124,7 @@ class OpenAIJudge:
         error = ""
         for attempt in range(self.retries + 1):
             try:
-                response = self.client.post(self.url, json=body)
+                response = self._post(body)
                 if response.status_code >= 500 or response.status_code == 429:
                     error = f"HTTP {response.status_code}"
                 elif response.status_code >= 400:  # a wrong model name, URL or key: retrying will not help
@@ -160,8 +159,26 @@ class OpenAIJudge:
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(self._ask, items))
 
+    def _post(self, body: dict[str, Any]) -> Any:
+        """POST ``body`` under a total deadline of ``timeout_s``: connecting, sending and reading the whole reply.
+        httpx's timeouts bound each network operation, so a server dripping one byte a second never trips
+        them; ``asyncio.wait_for`` cancels the request (and closes its connection) when the deadline passes.
+        Each request has its own client and event loop (the judge's threads each run one at a time)."""
+        import asyncio
+
+        import httpx
+
+        async def post() -> httpx.Response:
+            async with httpx.AsyncClient(timeout=self.timeout_s, headers=self._headers) as client:
+                return await client.post(self.url, json=body)
+
+        try:
+            return asyncio.run(asyncio.wait_for(post(), self.timeout_s))
+        except TimeoutError:
+            raise httpx.TimeoutException(f"no complete reply within {self.timeout_s:g} s") from None
+
     def close(self) -> None:
-        self.client.close()
+        self.closed = True  # every request closed its own connection
 
 
 def _reply_text(payload: Any) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from veripo.data.jsonl import JsonlWriter, read_jsonl
+from veripo.data.jsonl import JsonlWriter, check_unique_ids, read_jsonl
 from veripo.data.records import Rollout, Sample, Verdict
 from veripo.rewards import parse_completion
 from veripo.rewards.profiles import build_profile
@@ -196,4 +196,7 @@ def _rewrite(path: Path, records: list[Any]) -> None:
 
 
 def load_rollouts(path: Path) -> list[Rollout]:
-    return read_jsonl(path, Rollout)
+    """The rollouts of a file; JsonlError for a malformed record or a repeated rollout id."""
+    rollouts = read_jsonl(path, Rollout)
+    check_unique_ids(rollouts, path)
+    return rollouts
