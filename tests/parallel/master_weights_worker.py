@@ -38,7 +38,7 @@ def train(backend: str, model_dir: str, compute: str, master: str) -> tuple[dict
     """STEPS steps; (whole master weights, dtypes) on rank 0, ({}, {}) elsewhere."""
     from veripo.config.schema import DistributedConfig
     from veripo.models import load_policy
-    from veripo.models.grouped_forward import backward_group
+    from veripo.models.grouped_forward import backward_group, response_log_probs
     from veripo.parallel import Precision, init_distributed, make_strategy
     from veripo.recipes.common import build_scheduler
 
@@ -66,6 +66,12 @@ def train(backend: str, model_dir: str, compute: str, master: str) -> tuple[dict
         backward_group(model, prompt, ids, mask, loss_fn, passes=strategy.passes)
         strategy.step(optimizer, scheduler, 0.0)
     hook.remove()
+    gathered: set[str] = set()  # sampling, evaluation and old/reference log-probs run inside gathered_weights
+    hook = model.lm_head.register_forward_hook(lambda _m, _i, out: gathered.add(str(out.dtype)))
+    with strategy.gathered_weights():
+        logp = response_log_probs(model, prompt, ids, mask).log_probs
+    hook.remove()
+    assert bool(torch.isfinite(logp).all()), "gathered forward: non-finite log-probs"
     weights, moments = strategy.full_state(optimizer)
     if weights is None:
         weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -82,7 +88,7 @@ def train(backend: str, model_dir: str, compute: str, master: str) -> tuple[dict
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
     moment_dtypes = sorted({str(m["exp_avg"].dtype) for m in moments["state"].values()})
     dtypes = {"weights": sorted({str(weights[k].dtype) for k in weights if k in trained}), "moments": moment_dtypes,
-              "compute": sorted(seen)}
+              "compute": sorted(seen), "gathered": sorted(gathered)}
     return {k: v.float() for k, v in weights.items() if k in trained}, dtypes
 
 

@@ -13,7 +13,8 @@ checked. With float32 masters at least 97% of them must move by 1e-5 within 10%,
 expected total movement may survive (measured: 2.8%): a bf16 weight of 0.02 has an ulp of 1.2e-4, and a 1e-6
 step rounds away. The issue reported the same on the tiny model: 2.2% of the parameters changed in bf16.
 
-The bf16 runs must really compute in bf16 (the lm_head's output dtype during training), and the masters and
+The bf16 runs must really compute in bf16 (the lm_head's output dtype during training, and in a forward inside
+``gathered_weights``, where sampling, evaluation and old/reference log-probs run), and the masters and
 AdamW moments must be float32 (with masters) or bf16 (pure), as each backend stores them. DeepSpeed builds its
 float32 masters from the bf16 weights it is handed, so its mixed run starts from their bf16 rounding (released
 Qwen2.5-VL checkpoints are bf16: nothing is lost there); the worker also checks that a next stage's optimizer
@@ -82,11 +83,11 @@ def test_float32_masters_keep_small_updates_that_pure_bf16_loses(tiny_model_dir,
 
     mixed, pure = runs["bf16-master-fp32"], runs["bf16-pure"]
     assert runs["fp32"]["dtypes"] == {"weights": ["torch.float32"], "moments": ["torch.float32"],
-                                      "compute": ["torch.float32"]}
+                                      "compute": ["torch.float32"], "gathered": ["torch.float32"]}
     assert mixed["dtypes"] == {"weights": ["torch.float32"], "moments": ["torch.float32"],
-                               "compute": ["torch.bfloat16"]}
+                               "compute": ["torch.bfloat16"], "gathered": ["torch.bfloat16"]}
     assert pure["dtypes"] == {"weights": ["torch.bfloat16"], "moments": ["torch.bfloat16"],
-                              "compute": ["torch.bfloat16"]}
+                              "compute": ["torch.bfloat16"], "gathered": ["torch.bfloat16"]}
 
     within, kept, count = update_kept(reference, reference, init, init)
     total = sum(v.numel() for v in reference.values())
