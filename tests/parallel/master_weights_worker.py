@@ -61,11 +61,15 @@ def train(backend: str, model_dir: str, compute: str, master: str) -> tuple[dict
 
     seen: set[str] = set()  # the dtype the layers compute in: bf16 for both bf16 runs
     hook = model.lm_head.register_forward_hook(lambda _m, _i, out: seen.add(str(out.dtype)))
+    held: set[str] = set()  # a decoder layer's weights as its forward sees them (FSDP2: all-gathered in bf16)
+    projection = model.model.language_model.layers[0].self_attn.q_proj
+    layer_hook = projection.register_forward_pre_hook(lambda module, _i: held.add(str(module.weight.dtype)))
     for _ in range(STEPS):
         optimizer.zero_grad(set_to_none=True)
         backward_group(model, prompt, ids, mask, loss_fn, passes=strategy.passes)
         strategy.step(optimizer, scheduler, 0.0)
     hook.remove()
+    layer_hook.remove()
     gathered: set[str] = set()  # sampling, evaluation and old/reference log-probs run inside gathered_weights
     hook = model.lm_head.register_forward_hook(lambda _m, _i, out: gathered.add(str(out.dtype)))
     with strategy.gathered_weights():
@@ -88,7 +92,7 @@ def train(backend: str, model_dir: str, compute: str, master: str) -> tuple[dict
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
     moment_dtypes = sorted({str(m["exp_avg"].dtype) for m in moments["state"].values()})
     dtypes = {"weights": sorted({str(weights[k].dtype) for k in weights if k in trained}), "moments": moment_dtypes,
-              "compute": sorted(seen), "gathered": sorted(gathered)}
+              "compute": sorted(seen), "gathered": sorted(gathered), "layer_weights": sorted(held)}
     return {k: v.float() for k, v in weights.items() if k in trained}, dtypes
 
 

@@ -82,12 +82,18 @@ def test_float32_masters_keep_small_updates_that_pure_bf16_loses(tiny_model_dir,
     reference = runs["fp32"]["weights"]
 
     mixed, pure = runs["bf16-master-fp32"], runs["bf16-pure"]
+    # what a decoder layer's forward holds: the fp32 masters cast op by op under autocast, FSDP2's layers
+    # all-gathered in bf16 (MixedPrecisionPolicy), DeepSpeed's bf16 partitions
+    layer_weights = "torch.bfloat16" if backend in ("fsdp2", "deepspeed") else "torch.float32"
     assert runs["fp32"]["dtypes"] == {"weights": ["torch.float32"], "moments": ["torch.float32"],
-                                      "compute": ["torch.float32"], "gathered": ["torch.float32"]}
+                                      "compute": ["torch.float32"], "gathered": ["torch.float32"],
+                                      "layer_weights": ["torch.float32"]}
     assert mixed["dtypes"] == {"weights": ["torch.float32"], "moments": ["torch.float32"],
-                               "compute": ["torch.bfloat16"], "gathered": ["torch.bfloat16"]}
+                               "compute": ["torch.bfloat16"], "gathered": ["torch.bfloat16"],
+                               "layer_weights": [layer_weights]}
     assert pure["dtypes"] == {"weights": ["torch.bfloat16"], "moments": ["torch.bfloat16"],
-                              "compute": ["torch.bfloat16"], "gathered": ["torch.bfloat16"]}
+                              "compute": ["torch.bfloat16"], "gathered": ["torch.bfloat16"],
+                              "layer_weights": ["torch.bfloat16"]}
 
     within, kept, count = update_kept(reference, reference, init, init)
     total = sum(v.numel() for v in reference.values())
