@@ -298,3 +298,30 @@ def test_killed_and_resumed_deepspeed_run_equals_uninterrupted(tmp_path: Path, d
     for rel in ("stages/00-sft/metrics.jsonl", "stages/01-grpo/rollouts.jsonl", "stages/02-verify/pairs.jsonl",
                 "stages/03-dpo/metrics.jsonl"):
         assert _records(deepspeed_clean_run / rel) == _records(resumed / rel), rel
+
+
+def test_a_killed_bf16_run_over_fp32_masters_resumes_exactly(tmp_path: Path):
+    """bf16 compute over float32 master weights (model.dtype, model.master_dtype): checkpoints hold the float32
+    masters, so a run killed mid-GRPO (old log-probs recomputed by the trainer) and mid-DPO ends bit-identical to
+    the uninterrupted one."""
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    mixed = ["model.dtype=bfloat16", "model.master_dtype=float32", "eval.heldout=[]", "grpo.rollout_batches=2"]
+    clean = _finish(_start(["cfg.yaml", "output_dir=clean", *mixed], tmp_path))
+    out = tmp_path / "killed"
+    proc = _start(["cfg.yaml", f"output_dir={out}", *mixed], tmp_path)
+    kills = 0
+    for pattern in ("*/stages/01-grpo/checkpoints/ckpt-000001", "*/stages/03-dpo/reference_logps.json"):
+        if not _kill_when(proc, out, pattern):
+            break
+        kills += 1
+        proc = _start(["--resume", str(next(out.iterdir()))], tmp_path)
+    resumed = _finish(proc)
+    assert kills == 2, f"the run finished before a kill point ({kills} kills)"
+    a, b = _final_weights(tmp_path / clean), _final_weights(resumed)
+    assert {str(t.dtype) for t in a.values()} == {"torch.float32"}  # the masters, not their bf16 rounding
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    for rel in ("stages/01-grpo/metrics.jsonl", "stages/01-grpo/rollouts.jsonl", "stages/03-dpo/metrics.jsonl"):
+        assert _records(tmp_path / clean / rel) == _records(resumed / rel), rel
+    grpo_rows = [row for row in _records(resumed / "stages/01-grpo/metrics.jsonl") if row.get("kind") == "grpo"]
+    assert grpo_rows and {row["old_logprobs"] for row in grpo_rows} == {"trainer"}

@@ -18,7 +18,15 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 class ModelConfig:
     path: str | None = None  # a local Qwen2.5-VL / Qwen2-VL directory (from_pretrained)
     build_tiny: Literal["tiny", "small"] | None = None  # build a random tiny model when path is missing
+    # The COMPUTE dtype: what rollouts, the training forward/backward and evaluation run in. 16-bit compute
+    # with float32 master weights runs the matmuls under torch.autocast (FSDP2: MixedPrecisionPolicy for the
+    # sharded layers; DeepSpeed: its bf16 config). float16 is refused: it needs loss scaling, not implemented.
     dtype: Dtype = "float32"
+    # The MASTER dtype: the dtype of the weights the optimizer updates and of the AdamW state (and of the
+    # weights in checkpoints). float32 (the default) keeps small updates: at lr 1e-6 most of a bf16 weight's
+    # updates round away (tests/parallel/test_master_weights_on_cpu.py). Equal to a 16-bit `dtype`: pure 16-bit
+    # training, weights and AdamW state in 16 bits (a negative control; loses most updates at the paper's lrs).
+    master_dtype: Dtype = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
@@ -27,6 +35,15 @@ class ModelConfig:
     # (training and evaluation); Qwen2.5-VL at the media defaults (16 frames of 256 x 28 x 28 pixels) needs
     # about 2,100 tokens plus the question
     max_prompt_tokens: int = 16384
+
+    def validate(self, prefix: str) -> None:
+        if self.dtype == "float16":
+            raise ConfigError(f"config key '{prefix}.dtype': float16 training needs loss scaling, which veripo does "
+                              "not implement; use bfloat16 (same speed on GPUs since Ampere) or float32.")
+        if self.master_dtype != "float32" and self.master_dtype != self.dtype:
+            raise ConfigError(f"config key '{prefix}.master_dtype': {self.master_dtype!r} with model.dtype "
+                              f"{self.dtype!r}; expected float32 (master weights for {self.dtype} compute) or "
+                              f"{self.dtype!r} itself (pure {self.dtype} training).")
 
 
 @dataclass(frozen=True)
@@ -115,6 +132,13 @@ class GRPOConfig:
     accuracy_band: tuple[float, float] | None = None  # keep groups whose mean accuracy lies in [lo, hi]
     save_every: int = 1  # rollout batches between checkpoints (the unit a killed run resumes from)
     save_every_s: float | None = None  # also checkpoint after the first rollout batch this many seconds past the last
+    # GRPO's old log-probs (the ratio's denominator): true recomputes them with the trainer's own forward
+    # (no grad, right after sampling, same weights); false takes the sampler's. "auto": recompute whenever the
+    # sampler is not the trainer's own forward in the same dtype, i.e. unless the rollout engine is the
+    # transformers one and the compute dtype (model.dtype) is float32; in 16-bit compute the sampler's
+    # KV-cached decoding and the trainer's teacher-forced pass round differently. Every step logs the
+    # sampler/trainer gap either way (logprob_gap_mean/max in metrics.jsonl; veripo.recipes.grpo).
+    recompute_old_logprobs: bool | Literal["auto"] = "auto"
     # stop after the rollout batch that passes this many seconds (for equal-time comparisons; a run with a
     # time budget is not reproducible across machines or resumes)
     time_budget_s: float | None = None

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from torch import nn
 
 from veripo.models.grouped_forward import PLAIN_PASSES, TrainingPasses
+from veripo.parallel.precision import AutocastPasses, Precision
 
 T = TypeVar("T")
 
@@ -131,15 +132,31 @@ class ParallelStrategy:
 
     Every method is one operation a recipe, the checkpoint code or evaluation asks for; a strategy for
     several processes overrides what differs. Methods marked *collective* must be called by every rank.
-    ``prepare`` hands the strategy its model once, after loading.
+    ``prepare`` hands the strategy its model once, after loading. ``precision`` is the run's compute and master
+    dtypes (``veripo.parallel.precision``): here the parameters are the masters and forwards run under autocast.
     """
 
     shards_weights = False  # whether no rank holds the whole policy while training (so no frozen whole copy)
     _passes: TrainingPasses = PLAIN_PASSES
 
-    def __init__(self, info: DistInfo | None = None) -> None:
+    def __init__(self, info: DistInfo | None = None, precision: Precision | None = None) -> None:
         self.info = info or DistInfo()
+        self.precision = precision or Precision()
         self.model: nn.Module | None = None
+        self._autocast_passes: AutocastPasses | None = None
+
+    # -- precision --------------------------------------------------------------------------------------------
+    @property
+    def load_dtype(self) -> torch.dtype:
+        """The dtype to load the policy in before ``prepare``: the master dtype (the parameters are the masters)."""
+        return self.precision.master
+
+    @contextmanager
+    def compute(self) -> Iterator[None]:
+        """Forwards in the compute dtype (autocast over master weights when they differ)."""
+        device = next(self.model.parameters()).device.type if self.model is not None else "cpu"
+        with self.precision.autocast(device):
+            yield
 
     # -- the model --------------------------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> str | None:
@@ -149,8 +166,13 @@ class ParallelStrategy:
 
     @property
     def passes(self) -> TrainingPasses:
-        """How ``backward_group`` runs forwards and backwards under this strategy."""
-        return self._passes
+        """How ``backward_group`` runs forwards and backwards under this strategy (forwards in the compute dtype)."""
+        if not self.precision.mixed:
+            return self._passes
+        if self._autocast_passes is None or self._autocast_passes.inner is not self._passes:
+            self._autocast_passes = AutocastPasses(self._passes, self.precision,
+                                                   lambda: next(self.model.parameters()).device.type)
+        return self._autocast_passes
 
     # -- training ---------------------------------------------------------------------------------------------
     def optimizer(self, lr: float, weight_decay: float, max_grad_norm: float) -> tuple[torch.optim.Optimizer, str | None]:
@@ -206,8 +228,10 @@ class ParallelStrategy:
     @contextmanager
     def gathered_weights(self) -> Iterator[None]:
         """*Collective.* The whole policy on every rank for the duration (sampling, evaluation, reference
-        log-probs): inside, any rank may run any number of forwards without a collective."""
-        yield
+        log-probs), forwards in the compute dtype: inside, any rank may run any number of forwards without a
+        collective."""
+        with self.compute():
+            yield
 
     # -- checkpoints: whole tensors in the plain formats, whatever the strategy --------------------------------
     def full_state(self, optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:

@@ -23,6 +23,7 @@ from torch import nn
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from veripo.parallel.base import DistInfo, ParallelStrategy
+from veripo.parallel.precision import Precision
 
 # Gradients are summed in flat buckets of at most this many elements: one collective per bucket instead
 # of one per parameter (hundreds for Qwen2.5-VL), with a bounded extra buffer.
@@ -32,8 +33,8 @@ BUCKET_ELEMENTS = 1 << 24
 class DataParallel(ParallelStrategy):
     """Whole policy on every rank, gradients summed; ``shard_optimizer``: AdamW state split over the ranks."""
 
-    def __init__(self, info: DistInfo, shard_optimizer: bool = False) -> None:
-        super().__init__(info)
+    def __init__(self, info: DistInfo, shard_optimizer: bool = False, precision: Precision | None = None) -> None:
+        super().__init__(info, precision)
         self.shard_optimizer = shard_optimizer and info.world > 1
 
     def optimizer(self, lr: float, weight_decay: float, max_grad_norm: float) -> tuple[torch.optim.Optimizer, str | None]:

@@ -44,6 +44,7 @@ from torch import nn
 from veripo.models.grouped_forward import TrainingPasses
 from veripo.parallel.base import DistInfo
 from veripo.parallel.data_parallel import DataParallel
+from veripo.parallel.precision import Precision
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -154,11 +155,35 @@ class DeepSpeedZero3(DataParallel):
 
     shards_weights = True
 
-    def __init__(self, info: DistInfo, zero_settings: Mapping[str, Any]) -> None:
-        super().__init__(info)
+    def __init__(self, info: DistInfo, zero_settings: Mapping[str, Any], precision: Precision | None = None) -> None:
+        super().__init__(info, precision=precision)
+        if self.precision.compute == torch.float16:
+            raise ValueError("DeepSpeed ZeRO-3: model.dtype float16 is not supported; use bfloat16 or float32")
         self.zero_settings = dict(zero_settings)
         self.engine: Any = None
         self._passes = _EnginePasses(self)
+
+    # -- precision: the parameters are in the compute dtype; the engine keeps the masters ---------------------
+    @property
+    def load_dtype(self) -> torch.dtype:
+        return self.precision.compute
+
+    @contextmanager
+    def compute(self) -> Iterator[None]:
+        yield  # the parameters are in the compute dtype already
+
+    @property
+    def passes(self) -> TrainingPasses:
+        return self._passes
+
+    def precision_config(self) -> dict[str, Any]:
+        """DeepSpeed's ``bf16`` section: bf16 compute keeps float32 master partitions and AdamW state (DeepSpeed's
+        default); pure bf16 (``model.master_dtype: bfloat16``) keeps both in bf16 as well."""
+        if self.precision.compute != torch.bfloat16:
+            return {"enabled": False}
+        if self.precision.mixed:
+            return {"enabled": True}
+        return {"enabled": True, "bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
 
     def prepare(self, model: nn.Module) -> str:
         super().prepare(model)
@@ -206,13 +231,15 @@ class DeepSpeedZero3(DataParallel):
     # -- one engine per stage -----------------------------------------------------------------------------
     def new_optimizer(self, lr: float, weight_decay: float, max_grad_norm: float) -> "DeepSpeedAdamW":
         import deepspeed
+        from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
 
-        if self.engine is not None:
-            self.engine.destroy()
-        dtype = next(self.model.parameters()).dtype
-        if dtype == torch.float16:
-            raise ValueError("DeepSpeed ZeRO-3: model.dtype float16 is not supported; use bfloat16 or float32")
         params = [p for p in self.model.parameters() if p.requires_grad]
+        masters: list[torch.Tensor] = []
+        if self.engine is not None:
+            # the previous stage's master partitions (float32 under bf16 compute): a new engine would build its
+            # masters from the bf16 weights, rounding away what the last stage's updates added below bf16's ulp
+            masters = [safe_get_local_fp32_param(p).detach().clone() for p in params]
+            self.engine.destroy()
         # foreach=False: the same arithmetic order as the other engines (equivalence tests, exact resume)
         client = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=False)
         config = {
@@ -220,11 +247,13 @@ class DeepSpeedZero3(DataParallel):
             "gradient_accumulation_steps": 1,  # veripo decides when a step ends (engine.step per optimizer step)
             "gradient_clipping": max(0.0, float(max_grad_norm)),
             "zero_optimization": self.zero_settings,
-            "bf16": {"enabled": dtype == torch.bfloat16},
+            "bf16": self.precision_config(),
             "steps_per_print": 1 << 62,
             "wall_clock_breakdown": False,
         }
         self.engine, *_ = deepspeed.initialize(model=self.wrapper, optimizer=client, config=config)
+        for p, master in zip(params, masters):
+            safe_set_local_fp32_param(p, master)
         return DeepSpeedAdamW(self, client, params, lr, weight_decay)
 
     # -- whole weights --------------------------------------------------------------------------------------
@@ -245,14 +274,22 @@ class DeepSpeedZero3(DataParallel):
                 offload.setup_zero_stage3_hooks()
 
     def full_model_state(self) -> dict[str, torch.Tensor]:
-        """Every weight whole on rank 0 (on CPU; other ranks get an empty dict). A collective."""
+        """Every weight whole on rank 0 (on CPU; other ranks get an empty dict). A collective. Trained weights
+        come from the engine's master partitions (float32 under bf16 compute), so a checkpoint resumes the
+        masters exactly rather than their bf16 rounding."""
         import deepspeed
+        from deepspeed.utils import safe_get_full_fp32_param
 
         state: dict[str, torch.Tensor] = {}
         for name, tensor in self.model.state_dict(keep_vars=True).items():
             if not hasattr(tensor, "ds_id"):
                 if self.info.is_main:
                     state[name] = tensor.detach().cpu().clone()
+                continue
+            if self.engine is not None and tensor.requires_grad:
+                master = safe_get_full_fp32_param(tensor)  # a collective: every rank
+                if self.info.is_main:
+                    state[name] = master.detach().cpu().reshape(tensor.ds_shape).clone()
                 continue
             with deepspeed.zero.GatheredParameters([tensor]):
                 if self.info.is_main:

@@ -44,13 +44,14 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
 
 from veripo.models.grouped_forward import TrainingPasses, decoder_layers
 from veripo.parallel.base import DistInfo
 from veripo.parallel.data_parallel import DataParallel
+from veripo.parallel.precision import Precision
 
 
 
@@ -125,10 +126,13 @@ def shard_group_size(configured: int | None, env: Mapping[str, str], world: int)
     return size
 
 
-def shard_decoder_layers(model: nn.Module, info: DistInfo, group_size: int | None = None) -> int:
+def shard_decoder_layers(model: nn.Module, info: DistInfo, group_size: int | None = None,
+                         precision: Precision | None = None) -> int:
     """Make every decoder layer an FSDP2 unit (gradients summed); returns the number of layers. The layers are
     sharded over all ranks, or with ``group_size`` over each group of that many consecutive ranks, the groups
-    holding replicas (HSDP: a 2-D mesh, replicas x group)."""
+    holding replicas (HSDP: a 2-D mesh, replicas x group). With mixed ``precision`` the shards stay the
+    master dtype and each layer is all-gathered in the compute dtype, its gradients reduce-scattered in the
+    master dtype (``MixedPrecisionPolicy``)."""
     from torch.distributed.device_mesh import init_device_mesh
 
     device = next(model.parameters()).device
@@ -138,8 +142,11 @@ def shard_decoder_layers(model: nn.Module, info: DistInfo, group_size: int | Non
     else:
         mesh = init_device_mesh(device.type, (info.world // group, group), mesh_dim_names=("replicate", "shard"))
     layers = decoder_layers(model)
+    policy = MixedPrecisionPolicy()  # whatever dtype the parameters have
+    if precision is not None and precision.mixed:
+        policy = MixedPrecisionPolicy(param_dtype=precision.compute, reduce_dtype=precision.master)
     for layer in layers:
-        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True, mp_policy=policy)
         layer.set_gradient_divide_factor(1.0)  # sum, as data parallel does: losses carry global normalisers
         layer.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no pre-multiplied sum)
     return len(layers)
@@ -195,14 +202,15 @@ class FullyShardedLayers(DataParallel):
 
     shards_weights = True
 
-    def __init__(self, info: DistInfo, group_size: int, shard_optimizer: bool = False) -> None:
-        super().__init__(info, shard_optimizer)
+    def __init__(self, info: DistInfo, group_size: int, shard_optimizer: bool = False,
+                 precision: Precision | None = None) -> None:
+        super().__init__(info, shard_optimizer, precision)
         self.group_size = group_size
         self._passes = _CollectiveLayers()
 
     def prepare(self, model: nn.Module) -> str:
         super().prepare(model)
-        layers = shard_decoder_layers(model, self.info, self.group_size)
+        layers = shard_decoder_layers(model, self.info, self.group_size, self.precision)
         how = (f"sharded over {self.info.world} ranks (FSDP2)" if self.group_size == self.info.world else
                f"sharded over groups of {self.group_size} ranks, {self.info.world // self.group_size} replicas "
                "(HSDP, FSDP2)")
@@ -228,7 +236,7 @@ class FullyShardedLayers(DataParallel):
 
     @contextmanager
     def gathered_weights(self) -> Iterator[None]:
-        with gathered_layers(self.model):
+        with gathered_layers(self.model), self.compute():
             yield
 
     def full_state(self, optimizer: torch.optim.Optimizer | None) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:

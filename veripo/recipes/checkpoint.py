@@ -113,8 +113,7 @@ def load_model_weights(model: torch.nn.Module, ckpt: Path, parallel: ParallelStr
     if parallel is None:
         parallel = ParallelStrategy()
         parallel.prepare(model)
-    param = next(model.parameters())
-    fresh = type(model).from_pretrained(ckpt, dtype=param.dtype)
+    fresh = type(model).from_pretrained(ckpt, dtype=parallel.precision.master)  # the masters, not their rounding
     parallel.load_weights(fresh.state_dict(), ckpt)
     del fresh
 

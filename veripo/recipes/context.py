@@ -11,7 +11,7 @@ from rich.console import Console
 
 from veripo.config import RunConfig, Stage
 from veripo.data.records import Sample
-from veripo.parallel import DistInfo, ParallelStrategy
+from veripo.parallel import DistInfo, ParallelStrategy, Precision
 
 
 @dataclass
@@ -31,7 +31,7 @@ class StageContext:
 
     def __post_init__(self) -> None:
         if self.parallel is None:
-            self.parallel = ParallelStrategy()
+            self.parallel = ParallelStrategy(precision=Precision.of(self.cfg.model))
             self.parallel.prepare(self.policy.model)
 
     @property

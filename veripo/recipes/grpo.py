@@ -14,8 +14,17 @@ Per rollout batch of Q questions:
      baseline), ``grpo.micro_batch_size`` responses per forward/backward.
 
 What it is not: no value model, no reference model unless ``grpo.kl_coef > 0`` (then the policy at the
-start of the stage is kept frozen), old log-probs come from the sampler (exact for the transformers
-engine in fp32; they equal a teacher-forced forward to ~1e-6).
+start of the stage is kept frozen).
+
+Old log-probs (the ratio's denominator): the sampler's, or with ``grpo.recompute_old_logprobs`` the trainer's
+own no-grad forward of every response right after sampling, with the weights that sampled them (as verl's
+actor recomputes ``old_log_prob`` after rollout: verl/trainer/ppo/ray_trainer.py, ``compute_log_prob``).
+"auto" recomputes unless the sampler is the trainer's own forward in the same dtype: the transformers engine
+in float32 compute, where the sampler's log-probs equal a teacher-forced forward to ~1e-6. In bf16 its KV-cached
+decoding rounds differently from the training pass. Every optimizer step logs the sampler/trainer gap,
+``logprob_gap_mean`` and ``logprob_gap_max`` (absolute difference over the step's response tokens; the
+trainer's side is the recomputed log-prob, or without recomputation the step's own forward, which equals the
+sampling policy only at a rollout batch's first step), next to ``clip_frac``, the share of clipped tokens.
 
 Resume: a checkpoint after every ``save_every`` rollout batches; every random draw is seeded from the run
 seed, the stage and the batch index, so a resumed stage redoes exactly the work that was lost.
@@ -61,6 +70,15 @@ class ScoredGroup:
     prompt_tokens: int
     advantages: list[float] | None = None
     kept: bool = True
+    trainer_logprobs: list[list[float]] | None = None  # the trainer's recomputed old log-probs, when recomputed
+
+
+def recomputes_old_logprobs(setting: bool | str, engine: str, compute_dtype: str) -> bool:
+    """``grpo.recompute_old_logprobs`` resolved: "auto" is on unless the sampler is the trainer's own forward in
+    the same dtype (the transformers engine in float32 compute)."""
+    if setting == "auto":
+        return not (engine == "hf" and compute_dtype == "float32")
+    return bool(setting)
 
 
 def batch_questions(samples: list[Sample], unit: int, size: int, seed: int, stage: str) -> list[Sample]:
@@ -228,6 +246,8 @@ class GRPOStage:
         self.ref_model: torch.nn.Module | None = None
         self.engine: HFRolloutEngine | None = None
         self.bad: dict[str, str] = {}  # sample id -> why its prompt could not be built
+        self.recompute = recomputes_old_logprobs(grpo.recompute_old_logprobs, self.rollout.engine,
+                                                 ctx.cfg.model.dtype)
 
     def numbers(self) -> dict[str, Any]:
         return {}
@@ -248,6 +268,18 @@ class GRPOStage:
         path = ctx.stage_dir / SKIPPED_FILE
         rows = read_jsonl(path) if ctx.dist.is_main and path.exists() else []
         self.bad = ctx.parallel.broadcast({row["sample_id"]: row["reason"] for row in rows})
+        if loop.progress.unit == 0:
+            source = "recomputed by the trainer" if self.recompute else "the sampler's"
+            ctx.log(f"old log-probs: {source} "
+                    f"(grpo.recompute_old_logprobs={grpo.recompute_old_logprobs}, model.dtype={ctx.cfg.model.dtype})")
+
+    def trainer_log_probs(self, group: ScoredGroup) -> list[list[float]]:
+        """The trainer's log-probs of a group's responses (no grad, the weights that sampled them)."""
+        ids, mask = _padded(group.token_ids, torch.long)
+        logp = response_log_probs(self.ctx.policy.model, self.ctx.encode(self.by_id[group.sample_id]), ids, mask,
+                                  shared_prefix=self.grpo.shared_prefix, micro_batch=self.grpo.micro_batch_size,
+                                  temperature=self.rollout.temperature).log_probs
+        return [row[: len(tokens)].tolist() for row, tokens in zip(logp, group.token_ids)]
 
     def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:
         ctx, grpo = self.ctx, self.grpo
@@ -256,6 +288,9 @@ class GRPOStage:
         skipped: list[dict[str, Any]] = []
         with ctx.parallel.gathered_weights():
             scored = sample_and_score(ctx, self.engine, mine, unit, skipped)
+            if self.recompute:
+                for g in scored:
+                    g.trainer_logprobs = self.trainer_log_probs(g)
         groups = ctx.parallel.gather(scored)
         self.count_skipped(ctx.parallel.gather(skipped), loop)
         groups.sort(key=lambda g: g.question)
@@ -275,7 +310,10 @@ class GRPOStage:
             loop.metrics_row(
                 "grpo", rollout_batch=unit, lr=lr, loss=sum(t["loss"] for t in totals), grad_norm=grad_norm,
                 kl=sum(t["kl"] for t in totals) / tokens, clip_frac=sum(t["clip"] for t in totals) / tokens,
-                entropy=sum(t["entropy"] for t in totals) / tokens, **batch)
+                entropy=sum(t["entropy"] for t in totals) / tokens,
+                logprob_gap_mean=sum(t["gap"] for t in totals) / tokens,
+                logprob_gap_max=max(t["gap_max"] for t in totals),
+                old_logprobs="trainer" if self.recompute else "sampler", **batch)
         return {"acc": batch["accuracy_mean"], "reward": batch["reward_mean"], "len": batch["response_len"]}
 
     def count_skipped(self, skipped: list[dict[str, Any]], loop: StageLoop) -> None:
@@ -301,7 +339,7 @@ class GRPOStage:
         for gi, r in chunk:
             if groups[gi].question in mine:
                 by_group.setdefault(gi, []).append(r)
-        sums = {"clip": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0.0, "loss": 0.0}
+        sums = {"clip": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0.0, "loss": 0.0, "gap": 0.0, "gap_max": 0.0}
         calls = list(by_group.items())
 
         def backward(call: tuple[int, list[int]], micro_batches: int) -> None:
@@ -309,7 +347,9 @@ class GRPOStage:
             g = groups[gi]
             prompt = ctx.encode(self.by_id[g.sample_id])
             ids, mask = _padded([g.token_ids[r] for r in rows], torch.long)
-            old, _ = _padded([g.logprobs[r] for r in rows], torch.float32)
+            sampler, _ = _padded([g.logprobs[r] for r in rows], torch.float32)
+            old = sampler if g.trainer_logprobs is None else _padded([g.trainer_logprobs[r] for r in rows],
+                                                                      torch.float32)[0]
             adv = torch.tensor([g.advantages[r] for r in rows], dtype=torch.float32)
             ref = None
             if self.ref_model is not None:
@@ -318,6 +358,10 @@ class GRPOStage:
 
             def loss_fn(logp: torch.Tensor, entropy: torch.Tensor | None, sel: torch.Tensor) -> torch.Tensor:
                 m = mask[sel]
+                trainer = logp.detach() if g.trainer_logprobs is None else old[sel]
+                gap = (sampler[sel] - trainer).abs() * m
+                sums["gap"] += float(gap.sum())
+                sums["gap_max"] = max(sums["gap_max"], float(gap.max()))
                 share, metric_sums = group_policy_loss(logp, old[sel], adv[sel], m,
                                                        None if ref is None else ref[sel], grpo, norms)
                 for key, value in metric_sums.items():

@@ -32,7 +32,15 @@ from veripo.config import ConfigError, RunConfig, Stage, dump_yaml
 from veripo.data.curriculum import discard_easy
 from veripo.data.jsonl import read_jsonl
 from veripo.data.records import Sample
-from veripo.parallel import DistInfo, ParallelStrategy, barrier, broadcast_object, init_distributed, make_strategy
+from veripo.parallel import (
+    DistInfo,
+    ParallelStrategy,
+    Precision,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    make_strategy,
+)
 from veripo.recipes.checkpoint import latest_checkpoint, load_model_weights
 from veripo.recipes.common import Stopwatch, pick_device
 from veripo.recipes.context import StageContext, StageResult
@@ -160,13 +168,14 @@ def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) ->
         if dist.is_main and not (path / "config.json").exists():
             build_tiny(path, size=cfg.model.build_tiny, seed=cfg.seed)
         barrier(dist)
-    policy = load_policy(path, dtype=cfg.model.dtype, device=str(pick_device(cfg.model.device)),
-                         attn_implementation=cfg.model.attn_implementation)
+    # the parameters are the master weights, except where the strategy keeps them itself (DeepSpeed)
+    policy = load_policy(path, dtype=str(parallel.load_dtype).removeprefix("torch."),
+                         device=str(pick_device(cfg.model.device)), attn_implementation=cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     note = parallel.prepare(policy.model)
-    if note and dist.is_main:
-        Console(stderr=True).print(note)
+    if dist.is_main:
+        Console(stderr=True).print(f"precision: {parallel.precision.describe()}" + (f"\n{note}" if note else ""))
     return policy
 
 
@@ -194,7 +203,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
     console = Console(stderr=True)
     if cfg is not None:  # a setting that cannot work fails before anything is written
         check_algorithm_names(cfg)
-        make_strategy(cfg.distributed, os.environ, dist)
+        make_strategy(cfg.distributed, os.environ, dist, Precision.of(cfg.model))
     run_dir = open_run(cfg, resume, dist)
     try:
         state = run_dir.read_state()
@@ -210,7 +219,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         if dist.is_main:
             for warning in cfg.warnings():
                 console.print(f"[yellow]warning[/yellow]: {warning}")
-        parallel = make_strategy(cfg.distributed, os.environ, dist)
+        parallel = make_strategy(cfg.distributed, os.environ, dist, Precision.of(cfg.model))
         if inputs:
             state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
         done = {entry["index"]: entry for entry in state.get("completed", [])}
