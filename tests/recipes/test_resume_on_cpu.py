@@ -35,7 +35,7 @@ eval:
   heldout:
     - {path: synthetic/heldout, name: heldout, synthetic: {n: 4, seed: 9, kinds: [video], frames: [4, 4], size: 56}}
 sft: {lr: 3.0e-3, batch_size: 4, epochs: 1, save_every: 1}
-grpo: {lr: 1.0e-3, rollout_batch_size: 2, global_batch_size: 8, rollout_batches: 3, save_every: 1}
+grpo: {lr: 1.0e-3, rollout_batch_size: 2, global_batch_size: 8, max_steps: 3, save_every: 1}
 dpo: {lr: 1.0e-3, global_batch_size: 2, epochs: 2}
 verifier: {max_pairs_per_question: 2, construct_reflective: true, reference_chosen: true}
 iterations: 0

@@ -15,7 +15,6 @@ resumed stage redoes exactly the lost work.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -36,6 +35,7 @@ from veripo.recipes.checkpoint import (
 )
 from veripo.recipes.common import Stopwatch, build_scheduler, generator, progress_bar
 from veripo.recipes.context import StageContext, StageResult
+from veripo.recipes.sizing import StageSize
 
 T = TypeVar("T")
 
@@ -64,6 +64,7 @@ class TrainingStage(Protocol):
     title: str  # the progress bar's
     units: int  # work units of the stage
     steps: int  # optimizer steps of the whole stage (for the schedule)
+    size: StageSize  # how units and steps follow from the stage's data (veripo.recipes.sizing)
     time_budget_s: float | None  # end the stage after the unit that passes this many seconds
 
     def start(self, loop: StageLoop) -> None:
@@ -130,6 +131,11 @@ def run_training_stage(ctx: StageContext, stage: TrainingStage, settings: Optimi
     scheduler = build_scheduler(optimizer, settings.lr_schedule, settings.warmup_steps, stage.steps)
     progress = resume_stage(ctx, optimizer, scheduler, stage.outputs)
     outputs = {name: ctx.stage_dir / name for name in stage.outputs}
+    what = "pairs" if ctx.stage.kind == "dpo" else "questions"
+    ctx.log(f"{stage.size.units} units, {stage.steps} optimizer steps: {stage.size.drawn} {what} drawn from "
+            f"{stage.size.items} ({stage.size.passes:.3g} passes; {stage.size.basis})")
+    if (small := stage.size.warning(ctx.stage.name, what)) and ctx.dist.is_main:
+        ctx.console.print(f"[bold yellow]{small}[/bold yellow]")
     if progress.done:
         return StageResult(steps=progress.step, outputs=outputs,
                            numbers={**stage.numbers(), "wall_time_s": progress.extra.get("time_s", 0.0)})
@@ -202,8 +208,4 @@ def epoch_batch(items: list[Any], unit: int, batch_size: int, seed: int, stage: 
     return epoch, [items[i] for i in order[b * batch_size : (b + 1) * batch_size]]
 
 
-def epoch_units(items: int, batch_size: int, epochs: int, max_steps: int | None = None) -> int:
-    """Batches of ``batch_size`` over ``epochs`` passes, at most ``max_steps``."""
-    total = math.ceil(items / batch_size) * epochs
-    return total if max_steps is None else min(max_steps, total)
 
