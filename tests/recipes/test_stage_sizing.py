@@ -104,3 +104,14 @@ def test_the_7b_config_covers_every_grpo_stage():
     sizes = [[d.size for d in s.data] for s in (*cfg.stages, *cfg.loop) if s.kind == "grpo"]
     assert sizes == [[1000, 30000, 39000], [4000, 9000, 10000, 24000], [24000]]
     assert math.isclose(grpo_size(cfg.section_for(cfg.stages[1], "grpo"), 8, 47_000).steps, 735 * 8)
+
+
+def test_eval_every_needs_a_heldout_set(tmp_path):
+    with pytest.raises(ConfigError, match=r"'grpo.eval_every': 5 with no eval.heldout"):
+        load(RunConfig, None, ["grpo.eval_every=5"])
+    path = tmp_path / "c.yaml"
+    path.write_text("stages:\n  - {name: d, kind: dpo, dpo: {eval_every: 2}}\n")
+    with pytest.raises(ConfigError, match=r"'stages\[0\].dpo.eval_every': 2 with no eval.heldout"):
+        load(RunConfig, path)
+    path.write_text("eval: {heldout: [{path: h.json}]}\nstages:\n  - {name: d, kind: dpo, dpo: {eval_every: 2}}\n")
+    assert load(RunConfig, path).section_for(load(RunConfig, path).stages[0], "dpo").eval_every == 2

@@ -360,6 +360,14 @@ class RunConfig:
                                       "frozen reference would be a whole copy of the policy on every rank; use "
                                       "kl_coef 0 (VerIPO's setting) or run without weight sharding.")
         check_grpo_batches(self.grpo, self.rollout, "grpo")
+        if not self.eval.heldout:  # eval_every evaluates on eval.heldout: without it there is nothing to do
+            sections = [(kind, getattr(self, kind)) for kind in ("sft", "grpo", "dpo")]
+            sections += [(f"{where}.{stage.kind}", self.section_for(stage, stage.kind)) for where, stage in named
+                         if stage.kind in ("sft", "grpo", "dpo")]
+            for key, section in sections:
+                if section.eval_every is not None:
+                    raise ConfigError(f"config key '{key}.eval_every': {section.eval_every} with no eval.heldout to "
+                                      "evaluate on; add eval.heldout or remove eval_every")
 
     def section_for(self, stage: Stage, section: str, prefix: str | None = None) -> Any:
         """The base ``section`` (e.g. ``grpo``) with ``stage``'s overrides applied, validated."""

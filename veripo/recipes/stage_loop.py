@@ -30,6 +30,7 @@ from veripo.recipes.checkpoint import (
     load_progress,
     load_training_state,
     output_sizes,
+    save_best,
     save_checkpoint,
     truncate_outputs,
 )
@@ -50,11 +51,12 @@ class Optimization:
     lr_schedule: str
     warmup_steps: int
     save_every: int  # units between checkpoints
+    eval_every: int | None = None  # optimizer steps between held-out evaluations (the best weights are kept)
 
     @classmethod
     def of(cls, section: Any) -> Optimization:
         return cls(section.lr, getattr(section, "weight_decay", 0.0), section.max_grad_norm, section.lr_schedule,
-                   section.warmup_steps, section.save_every)
+                   section.warmup_steps, section.save_every, section.eval_every)
 
 
 class TrainingStage(Protocol):
@@ -158,6 +160,7 @@ def run_training_stage(ctx: StageContext, stage: TrainingStage, settings: Optimi
                 over_budget = stage.time_budget_s is not None and clock.elapsed() >= stage.time_budget_s
                 last = progress.unit == stage.units or (
                     stage.time_budget_s is not None and any(ctx.parallel.gather([over_budget])))
+                evaluate_if_due(ctx, loop, settings.eval_every)
                 save_if_due(ctx, loop, last=last, every=settings.save_every)
                 if last:
                     break
@@ -165,6 +168,37 @@ def run_training_stage(ctx: StageContext, stage: TrainingStage, settings: Optimi
         for writer in writers.values():
             writer.close()
     return StageResult(steps=progress.step, outputs=outputs, numbers={**stage.numbers(), "wall_time_s": clock.elapsed()})
+
+
+def evaluate_if_due(ctx: StageContext, loop: StageLoop, every: int | None) -> None:
+    """Every ``every`` optimizer steps (checked after each unit): evaluate on the held-out set into
+    ``<stage>/eval-steps/step-<n>/``, write an ``eval`` row to metrics.jsonl, and when the mean accuracy over the
+    benchmarks beats the best so far, save the weights to ``<stage>/best/``. The best so far and the step of the
+    last evaluation live in the checkpoint's counters, so a resumed stage evaluates exactly where the
+    uninterrupted one did."""
+    progress = loop.progress
+    done = progress.extra.get("eval_step", 0)
+    if not every or ctx.evaluate is None or progress.step // every == done // every:
+        return
+    metrics = ctx.evaluate(ctx.stage_dir / "eval-steps" / f"step-{progress.step:06d}")
+    ctx.policy.model.train()
+    accuracies = [m.get("accuracy") for m in metrics.values()]
+    score = sum(a or 0.0 for a in accuracies) / len(accuracies) if accuracies else None
+    score = ctx.parallel.broadcast(score)  # rank 0 judged: every rank takes the same decision
+    loop.metrics_row("eval", score=score, accuracy={name: m.get("accuracy") for name, m in metrics.items()})
+    best = progress.extra.get("best")
+    if score is not None and (best is None or score > best["score"]):
+        record = {"step": progress.step, "global_step": progress.global_step, "unit": progress.unit, "score": score,
+                  "accuracy": {name: m.get("accuracy") for name, m in metrics.items()}}
+        # a collective: every rank (the optimizer is gathered too: not every strategy can gather weights alone)
+        model_state, _ = ctx.parallel.full_state(loop.optimizer)
+        if ctx.dist.is_main:
+            save_best(ctx.stage_dir, ctx.policy.model, ctx.policy.processor, record, model_state=model_state)
+        progress.extra["best"] = {"step": progress.step, "score": score}
+        ctx.log(f"step {progress.step}: held-out score {score:.4f}, the best so far: saved to best/")
+    elif score is not None:
+        ctx.log(f"step {progress.step}: held-out score {score:.4f} (best {best['score']:.4f} at step {best['step']})")
+    progress.extra["eval_step"] = progress.step
 
 
 def resume_stage(ctx: StageContext, optimizer: Any, scheduler: Any, outputs: list[str]) -> Progress:

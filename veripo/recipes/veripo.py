@@ -173,6 +173,8 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         ctx = StageContext(cfg=cfg, stage=stage, index=index, stage_dir=stage_dir, policy=policy, samples=samples,
                            encode=encode, parallel=parallel, global_step=global_step, console=console,
                            show_progress=show_progress, inputs=dict(inputs))
+        if cfg.eval.heldout:
+            ctx.evaluate = lambda out_root, ctx=ctx: evaluate_stage(ctx, store, out_root)
         state["current"] = {"index": index, "name": stage.name, "kind": stage.kind}
         if dist.is_main:
             run_dir.write_state(state)
