@@ -87,3 +87,39 @@ def test_without_a_heldout_set_or_eval_every_nothing_is_evaluated(stage):
     loop.progress.step = 5
     evaluate_if_due(ctx, loop, 1)
     assert not (ctx.stage_dir / "best").exists()
+
+
+def test_a_stage_using_under_5_percent_of_its_data_warns_by_name(tiny_model_dir: Path, tmp_path: Path):
+    """run_training_stage says how a stage was sized and warns, naming it, when it uses under 5% of its data."""
+    from rich.console import Console
+
+    from veripo.config.core import build
+    from veripo.config.schema import GRPOConfig
+    from veripo.recipes.sizing import grpo_size
+    from veripo.recipes.stage_loop import Optimization, run_training_stage
+
+    console = Console(record=True, width=300)
+    ctx = StageContext(cfg=RunConfig(), stage=Stage(name="reasoning-activation", kind="grpo"), index=0,
+                       stage_dir=tmp_path, policy=load_policy(tiny_model_dir), samples=[], encode=lambda s: {},
+                       console=console, show_progress=False)
+
+    class OneUnit:  # a stage whose one unit does no work: only the sizing and the loop around it matter here
+        outputs = ["metrics.jsonl"]
+        title, time_budget_s = "t", None
+        size = grpo_size(build(GRPOConfig, {"max_steps": 1}), 8, 70_000)
+        units, steps = size.units, size.steps
+
+        def start(self, loop):
+            pass
+
+        def run_unit(self, unit, loop):
+            return {}
+
+        def numbers(self):
+            return {}
+
+    result = run_training_stage(ctx, OneUnit(), Optimization(1e-6, 0.0, 1.0, "constant", 0, 1))
+    text = console.export_text()
+    assert "1 units, 8 optimizer steps: 64 questions drawn from 70000 (0.000914 passes; max_steps 1)" in text
+    assert "warning: stage 'reasoning-activation' uses 64 of its 70000 questions (0.09%" in text
+    assert result.numbers == {"wall_time_s": result.numbers["wall_time_s"]}
