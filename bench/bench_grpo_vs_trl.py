@@ -101,7 +101,7 @@ def run_veripo(args: argparse.Namespace) -> dict:
             f"rollout.num_generations={args.group}", f"rollout.max_new_tokens={args.max_new_tokens}",
             "rollout.stop_at_answer=false", "rollout.temperature=1.0", "rollout.top_p=1.0",
             f"grpo.rollout_batch_size={args.questions}", f"grpo.global_batch_size={args.questions * args.group}",
-            f"grpo.rollout_batches={batches}", f"grpo.save_every={batches + 1}", f"grpo.lr={args.lr}",
+            f"grpo.max_steps={batches}", f"grpo.save_every={batches + 1}", f"grpo.lr={args.lr}",
             "grpo.loss_agg=token-mean", "grpo.kl_coef=0.0", "model.gradient_checkpointing=false",
         ])
         stage = next(s for s in cfg.stages if s.kind == "grpo")

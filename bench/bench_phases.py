@@ -117,7 +117,7 @@ def main() -> None:
 
     transformers.logging.set_verbosity_error()
     console = Console(stderr=True)
-    overrides = [f"grpo.rollout_batches={max(1, args.questions // 8)}", "grpo.rollout_batch_size=8"]
+    overrides = [f"grpo.max_steps={max(1, args.questions // 8)}", "grpo.rollout_batch_size=8"]  # 1 step per batch
     if args.sft_epochs is not None:
         overrides.append(f"sft.epochs={args.sft_epochs}")
     cfg = load(RunConfig, DEMO_CONFIG, overrides)

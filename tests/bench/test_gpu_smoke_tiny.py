@@ -9,7 +9,6 @@ import math
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_smoke.py"

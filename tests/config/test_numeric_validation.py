@@ -34,9 +34,9 @@ def numeric_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any
 
 
 # keys whose range edge another key's check refuses (min_frames <= max_frames, min_pixels <= max_pixels, top_p
-# above 0, a rollout batch's responses divisible by the optimizer batch)
+# above 0, a rollout batch's responses divisible by the optimizer batch, eval_every needs eval.heldout)
 CROSS_CHECKED = {"media.max_frames", "media.max_pixels", "rollout.top_p", "grpo.rollout_batch_size",
-                 "grpo.global_batch_size"}
+                 "grpo.global_batch_size", "sft.eval_every", "grpo.eval_every", "dpo.eval_every"}
 KEYS = numeric_keys()
 RULED = [(k, tp) for k, tp in KEYS if number_rule(k.rsplit(".", 1)[-1]) is not None]
 

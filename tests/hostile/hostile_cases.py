@@ -67,8 +67,8 @@ for key, value, says in [
     ("sft.batch_size", "0", "expected a count of at least 1"),
     ("sft.batch_size", "-8", "expected a count of at least 1"),
     ("sft.max_steps", "0", "expected a count of at least 1"),
-    ("sft.epochs", "0", "expected a count of at least 1"),
-    ("grpo.rollout_batches", "0", "expected a count of at least 1"),
+    ("sft.epochs", "0", "expected a number above 0"),
+    ("grpo.max_steps", "0", "expected a count of at least 1"),
     ("grpo.global_batch_size", "0", "expected a count of at least 1"),
     ("grpo.rollout_batch_size", "-1", "expected a count of at least 1"),
     ("dpo.global_batch_size", "0", "expected a count of at least 1"),
@@ -627,7 +627,7 @@ case("verify-set-out-of-range", "config values",
 def _grpo(env: Env) -> list[str]:
     data = _training_data(env, [BAD_VIDEO])
     body = (f"data: [{{path: {data}}}]\nmax_bad_share: 0.5\nrollout: {{num_generations: 2, max_new_tokens: 6}}\n"
-            "grpo: {rollout_batch_size: 7, global_batch_size: 7, rollout_batches: 1, lr: 1.0e-4}\n"
+            "grpo: {rollout_batch_size: 7, global_batch_size: 7, max_steps: 1, lr: 1.0e-4}\n"
             "stages:\n  - {name: grpo, kind: grpo}\n")
     return ["run", str(env.config(body, model=True))]
 

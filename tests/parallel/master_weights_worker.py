@@ -98,7 +98,6 @@ def train(backend: str, model_dir: str, compute: str, master: str) -> tuple[dict
 
 def main(backend: str, model_dir: str, out_dir: str) -> None:
     from veripo.parallel import finish_process
-    from veripo.parallel.base import DistInfo
 
     for name, (compute, master) in PRECISIONS.items():
         weights, dtypes = train(backend, model_dir, compute, master)

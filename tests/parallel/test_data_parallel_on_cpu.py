@@ -75,7 +75,7 @@ rewards: {{extra: [digit_share]}}  # registered by dp_worker.py
 data:
   - {{path: {data}}}
 sft: {{lr: 1.0e-3, batch_size: 5, max_steps: 2, weight_decay: 0.5}}
-grpo: {{lr: 1.0e-4, rollout_batch_size: 3, global_batch_size: 6, rollout_batches: 1, weight_decay: 0.1}}
+grpo: {{lr: 1.0e-4, rollout_batch_size: 3, global_batch_size: 6, max_steps: 2, weight_decay: 0.1}}
 dpo: {{lr: 1.0e-4, global_batch_size: 3, epochs: 1, beta: 0.1}}
 eval: {{max_new_tokens: 12, batch_size: 1, heldout: [{{path: {heldout}, name: heldout}}]}}
 stages:

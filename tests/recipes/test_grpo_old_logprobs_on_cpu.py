@@ -58,7 +58,7 @@ def _first_step(tmp_path: Path, name: str, *overrides: str) -> dict:
     cfg = load(RunConfig, None, [
         f"output_dir={tmp_path / name}", "model.build_tiny=tiny", "model.device=cpu", "rollout.num_generations=4",
         "rollout.max_new_tokens=8", "grpo.lr=1e-4", "grpo.rollout_batch_size=2", "grpo.global_batch_size=8",
-        "grpo.rollout_batches=1", "grpo.clip_high=0.2", "rewards.extra=[test_old_logprobs_digit_share]", *overrides,
+        "grpo.max_steps=1", "grpo.clip_high=0.2", "rewards.extra=[test_old_logprobs_digit_share]", *overrides,
     ])
     cfg = dataclasses.replace(cfg, data=(DataSource(path=str(data)),), stages=(Stage(name="grpo", kind="grpo"),))
     root = run(cfg, show_progress=False).root

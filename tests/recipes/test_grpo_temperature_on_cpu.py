@@ -24,7 +24,7 @@ def _first_step_kl(tmp_path: Path, name: str) -> float:
     cfg = load(RunConfig, None, [
         f"output_dir={tmp_path / name}", "model.build_tiny=tiny", "model.device=cpu", "rollout.temperature=0.6",
         "rollout.num_generations=4", "rollout.max_new_tokens=8", "grpo.lr=1e-4", "grpo.rollout_batch_size=2",
-        "grpo.global_batch_size=8", "grpo.rollout_batches=1",
+        "grpo.global_batch_size=8", "grpo.max_steps=1",
     ])
     cfg = dataclasses.replace(cfg, data=(DataSource(path=str(data)),), stages=(Stage(name="grpo", kind="grpo"),))
     root = run(cfg, show_progress=False).root

@@ -22,7 +22,7 @@ def test_time_budget_ends_the_stage_after_the_batch_that_passes_it(tmp_path: Pat
     cfg = load(RunConfig, None, [
         f"output_dir={tmp_path / 'runs'}", "model.build_tiny=tiny", "model.device=cpu",
         "rollout.num_generations=2", "rollout.max_new_tokens=6", "grpo.lr=1e-4", "grpo.rollout_batch_size=2",
-        "grpo.global_batch_size=4", "grpo.rollout_batches=10000", "grpo.time_budget_s=1e-6",
+        "grpo.global_batch_size=4", "grpo.max_steps=10000", "grpo.time_budget_s=1e-6",
     ])
     cfg = dataclasses.replace(cfg, data=(DataSource(path=str(data)),), stages=(Stage(name="grpo", kind="grpo"),))
     root = run(cfg, show_progress=True).root

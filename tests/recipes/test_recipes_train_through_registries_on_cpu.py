@@ -81,7 +81,7 @@ def test_a_grpo_step_is_the_registry_policy_loss(tmp_path, data_dir, monkeypatch
     monkeypatch.setattr(grpo_recipe, "sample_and_score", stale_sampler)
     cfg = base_config(tmp_path, "rollout.num_generations=4", f"rollout.max_new_tokens={MAX_NEW_TOKENS}",
                       "rollout.temperature=1.0", "rewards.extra=[test_digit_share]", "grpo.rollout_batch_size=2",
-                      "grpo.global_batch_size=8", "grpo.rollout_batches=1", "grpo.lr=1e-3",
+                      "grpo.global_batch_size=8", "grpo.max_steps=1", "grpo.lr=1e-3",
                       f"grpo.policy_loss={loss_type}", f"grpo.loss_agg={loss_agg}", "grpo.micro_batch_size=3")
     cfg = dataclasses.replace(cfg, data=(DataSource(path=str(data_dir)),), stages=(Stage(name="grpo", kind="grpo"),))
     root = run(cfg, show_progress=False).root

@@ -35,7 +35,7 @@ eval:
   heldout:
     - {path: synthetic/heldout, name: heldout, synthetic: {n: 4, seed: 9, kinds: [video], frames: [4, 4], size: 56}}
 sft: {lr: 3.0e-3, batch_size: 4, epochs: 1, save_every: 1}
-grpo: {lr: 1.0e-3, rollout_batch_size: 2, global_batch_size: 8, rollout_batches: 3, save_every: 1}
+grpo: {lr: 1.0e-3, rollout_batch_size: 2, global_batch_size: 8, max_steps: 3, save_every: 1, eval_every: 2}
 dpo: {lr: 1.0e-3, global_batch_size: 2, epochs: 2}
 verifier: {max_pairs_per_question: 2, construct_reflective: true, reference_chosen: true}
 iterations: 0
@@ -124,6 +124,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path, clean_run: 
     kill_points = [
         "*/stages/00-sft/checkpoints/ckpt-000001",      # mid SFT
         "*/stages/01-grpo/checkpoints/ckpt-000001",     # mid GRPO, after the first rollout batch
+        "*/stages/01-grpo/eval-steps/step-000002/heldout/predictions.jsonl",  # the stage's own eval_every
         "*/stages/01-grpo/eval/heldout/predictions.jsonl",  # during the held-out evaluation
         "*/stages/02-verify/verify_summary.json",      # right after the verifier
         "*/stages/03-dpo/reference_logps.json",        # DPO, before its first step
@@ -143,6 +144,10 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path, clean_run: 
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+    best = "stages/01-grpo/best"  # grpo.eval_every: 2 kept the weights of its evaluation at step 2
+    assert json.loads((clean / best / "best.json").read_text()) == json.loads((resumed / best / "best.json").read_text())
+    best_a, best_b = load_file(str(clean / best / "model.safetensors")), load_file(str(resumed / best / "model.safetensors"))
+    assert all(torch.equal(best_a[name], best_b[name]) for name in best_a)
     for rel in ("stages/00-sft/metrics.jsonl", "stages/01-grpo/metrics.jsonl", "stages/01-grpo/rollouts.jsonl",
                 "stages/01-grpo/question_stats.jsonl", "stages/02-verify/pairs.jsonl", "stages/03-dpo/metrics.jsonl",
                 "stages/03-dpo/eval/heldout/predictions.jsonl"):
@@ -305,7 +310,8 @@ def test_a_killed_bf16_run_over_fp32_masters_resumes_exactly(tmp_path: Path):
     masters, so a run killed mid-GRPO (old log-probs recomputed by the trainer) and mid-DPO ends bit-identical to
     the uninterrupted one."""
     (tmp_path / "cfg.yaml").write_text(CONFIG)
-    mixed = ["model.dtype=bfloat16", "model.master_dtype=float32", "eval.heldout=[]", "grpo.rollout_batches=2"]
+    mixed = ["model.dtype=bfloat16", "model.master_dtype=float32", "eval.heldout=[]", "grpo.eval_every=null",
+             "grpo.max_steps=2"]
     clean = _finish(_start(["cfg.yaml", "output_dir=clean", *mixed], tmp_path))
     out = tmp_path / "killed"
     proc = _start(["cfg.yaml", f"output_dir={out}", *mixed], tmp_path)

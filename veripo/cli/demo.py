@@ -47,7 +47,10 @@ def grpo_only_config(cfg, veripo_run: Path):
     warm = [s for s in summary["stages"] if s["kind"] == "sft"]
     stages = list(cfg.stages) + list(cfg.loop)
     data = tuple({d.path: d for s in stages if s.kind == "grpo" for d in (s.data or cfg.data)}.values())
-    grpo = dataclasses.replace(cfg.grpo, rollout_batches=10_000, time_budget_s=after_warm_start)
+    # the time budget ends the stage; the step cap (10,000 rollout batches) only has to be out of reach
+    per_batch = cfg.grpo.rollout_batch_size * cfg.rollout.num_generations // cfg.grpo.global_batch_size
+    grpo = dataclasses.replace(cfg.grpo, epochs=None, max_steps=10_000 * per_batch, rollout_batches=None,
+                               time_budget_s=after_warm_start)
     stage = Stage(name="grpo-only", kind="grpo", data=data)
     model = cfg.model
     if warm:

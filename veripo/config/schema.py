@@ -6,6 +6,8 @@ frames) the default follows the paper's framework lineage and the comment says s
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,10 +73,22 @@ class DataSource:
     on_error: Literal["skip", "fail"] = "skip"
     weight: float = 1.0
     limit: int | None = None
+    # questions in the file, as declared (e.g. the paper's dataset sizes): `veripo plan` counts the file when it
+    # is there and uses this when it is not
+    size: int | None = None
     # generate a synthetic dataset folder at `path` (relative: under the run directory) when it is missing;
     # keys are veripo.data.synthetic.make_synthetic arguments: n, seed, kinds, size, frames, difficulties, tasks,
     # chain
     synthetic: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, prefix: str) -> None:
+        for key in ("size", "limit"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"config key '{prefix}.{key}': got {value}; expected a positive number of questions "
+                                  "or null.")
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ConfigError(f"config key '{prefix}.weight': got {self.weight}; expected a finite weight >= 0.")
 
 
 @dataclass(frozen=True)
@@ -111,7 +125,14 @@ class GRPOConfig:
     # responses per forward/backward within a question's group (null: all G at once); the group's prompt
     # still runs once (veripo.models.grouped_forward.backward_group)
     micro_batch_size: int | None = None
-    rollout_batches: int = 1  # rollout batches in this phase
+    # how long the stage runs (veripo.recipes.sizing): `epochs` passes over its questions (may be fractional)
+    # or `max_steps` optimizer steps (rounded up to whole rollout batches), whichever is given (both: the
+    # shorter; neither: one epoch). A stage using under 5% of its questions is warned about.
+    epochs: float | None = None
+    max_steps: int | None = None
+    rollout_batches: int | None = None  # deprecated: a fixed number of rollout batches (use epochs/max_steps)
+    # evaluate on eval.heldout every this many optimizer steps, keeping the best checkpoint beside the last
+    eval_every: int | None = None
     # algorithms by their registered names (veripo.algos registries; checked when a run starts)
     advantage: str = "grpo"  # grpo | drgrpo | rloo
     policy_loss: str = "clipped"  # veripo.algos.policy_loss.POLICY_LOSSES
@@ -150,6 +171,39 @@ class GRPOConfig:
         if self.accuracy_band is not None and not 0 <= self.accuracy_band[0] <= self.accuracy_band[1] <= 1:
             raise ConfigError(f"config key '{prefix}.accuracy_band': got {list(self.accuracy_band)}; expected "
                               "[low, high] with 0 <= low <= high <= 1.")
+        if self.lr <= 0:
+            raise ConfigError(f"config key '{prefix}.lr': got {self.lr}; expected a positive learning rate.")
+        check_micro_batch(self.micro_batch_size, prefix)
+        check_length(self, prefix)
+        if self.rollout_batches is not None:
+            if self.epochs is not None or self.max_steps is not None:
+                raise ConfigError(f"config key '{prefix}.rollout_batches' (deprecated) with epochs or max_steps: "
+                                  "give only epochs and/or max_steps")
+            warnings.warn(f"config key '{prefix}.rollout_batches' is deprecated: a stage is sized by its data; use "
+                          f"{prefix}.epochs (passes over the stage's questions) or {prefix}.max_steps (optimizer "
+                          f"steps; {self.rollout_batches} rollout batches = max_steps "
+                          f"{self.rollout_batches} x rollout_batch_size x num_generations / global_batch_size)",
+                          FutureWarning, stacklevel=2)
+
+
+def check_length(section: Any, prefix: str) -> None:
+    """``epochs`` (finite, positive), ``max_steps``, ``rollout_batches`` and ``eval_every`` (positive) of a
+    training section."""
+    epochs = section.epochs
+    if epochs is not None and not (math.isfinite(epochs) and epochs > 0):
+        raise ConfigError(f"config key '{prefix}.epochs': got {epochs}; expected a positive finite number of passes "
+                          "over the stage's data (may be fractional) or null.")
+    for key in ("max_steps", "rollout_batches", "eval_every", "save_every"):
+        value = getattr(section, key, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"config key '{prefix}.{key}': got {value}; expected a positive whole number"
+                              f"{'' if key == 'save_every' else ' or null'}.")
+
+
+def check_micro_batch(size: int | None, prefix: str) -> None:
+    if size is not None and size < 1:
+        raise ConfigError(f"config key '{prefix}.micro_batch_size': got {size}; expected a positive number or null "
+                          "(all at once).")
 
 
 def check_grpo_batches(grpo: GRPOConfig, rollout: RolloutConfig, prefix: str) -> None:
@@ -166,14 +220,18 @@ def check_grpo_batches(grpo: GRPOConfig, rollout: RolloutConfig, prefix: str) ->
 class SFTConfig:
     lr: float = 1e-4
     batch_size: int = 8
-    epochs: int = 1
-    max_steps: int | None = None
+    epochs: float | None = None  # passes over the samples (may be fractional); with neither this nor max_steps: 1
+    max_steps: int | None = None  # optimizer steps (with epochs too: the shorter)
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     weight_decay: float = 0.0
     save_every: int = 10  # optimizer steps between checkpoints (the unit a killed run resumes from)
     save_every_s: float | None = None  # also checkpoint after the first step this many seconds past the last one
+    eval_every: int | None = None  # optimizer steps between held-out evaluations (best checkpoint kept)
+
+    def validate(self, prefix: str) -> None:
+        check_length(self, prefix)
 
 
 @dataclass(frozen=True)
@@ -205,7 +263,9 @@ class DPOConfig:
     # pairs per forward/backward within a question (null: all of its pairs at once; one prompt pass either way)
     micro_batch_size: int | None = None
     loss_type: str = "sigmoid"  # veripo.algos.dpo.DPO_LOSSES
-    epochs: int = 1
+    epochs: float | None = None  # passes over the pairs (may be fractional); with neither this nor max_steps: 1
+    max_steps: int | None = None  # optimizer steps (with epochs too: the shorter)
+    eval_every: int | None = None  # optimizer steps between held-out evaluations (best checkpoint kept)
     nll_coef: float = 0.0  # optional NLL term on the chosen response
     save_every: int = 1  # optimizer steps between checkpoints (the unit a killed run resumes from)
     save_every_s: float | None = None  # also checkpoint after the first step this many seconds past the last one
@@ -213,6 +273,9 @@ class DPOConfig:
     warmup_steps: int = 0
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
 
+    def validate(self, prefix: str) -> None:
+        check_micro_batch(self.micro_batch_size, prefix)
+        check_length(self, prefix)
 
 
 @dataclass(frozen=True)
@@ -245,6 +308,22 @@ class DistributedConfig:
         if self.deepspeed_zero3 and (self.shard_weights or self.shard_optimizer):
             raise ConfigError(f"config key '{prefix}.deepspeed_zero3' with shard_weights or shard_optimizer: ZeRO-3 "
                               "already partitions weights and optimizer state; set only one of them")
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """The machines a config is meant for; ``veripo plan`` checks the per-rank memory against them (a run
+    itself takes its ranks from the launcher)."""
+
+    gpus: int = 1  # data-parallel ranks (all nodes together)
+    gpu_memory_gib: float | None = None  # memory of one GPU; null: the plan gives no fits / does not fit verdict
+
+    def validate(self, prefix: str) -> None:
+        if self.gpus < 1:
+            raise ConfigError(f"config key '{prefix}.gpus': got {self.gpus}; expected a positive number of GPUs.")
+        mem = self.gpu_memory_gib
+        if mem is not None and not (math.isfinite(mem) and mem > 0):
+            raise ConfigError(f"config key '{prefix}.gpu_memory_gib': got {mem}; expected a positive number of GiB.")
 
 
 @dataclass(frozen=True)
@@ -287,6 +366,7 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
     data: tuple[DataSource, ...] = ()
     stages: tuple[Stage, ...] = ()  # run once, in order (e.g. sft -> grpo -> grpo -> verify -> dpo)
     loop: tuple[Stage, ...] = ()  # then repeated `iterations` times (e.g. video grpo -> verify -> dpo)
@@ -309,6 +389,14 @@ class RunConfig:
                                       "frozen reference would be a whole copy of the policy on every rank; use "
                                       "kl_coef 0 (VerIPO's setting) or run without weight sharding.")
         check_grpo_batches(self.grpo, self.rollout, "grpo")
+        if not self.eval.heldout:  # eval_every evaluates on eval.heldout: without it there is nothing to do
+            sections = [(kind, getattr(self, kind)) for kind in ("sft", "grpo", "dpo")]
+            sections += [(f"{where}.{stage.kind}", self.section_for(stage, stage.kind)) for where, stage in named
+                         if stage.kind in ("sft", "grpo", "dpo")]
+            for key, section in sections:
+                if section.eval_every is not None:
+                    raise ConfigError(f"config key '{key}.eval_every': {section.eval_every} with no eval.heldout to "
+                                      "evaluate on; add eval.heldout or remove eval_every")
 
     def warnings(self) -> list[str]:
         """Settings that are valid but rarely what is meant (printed when a run starts)."""

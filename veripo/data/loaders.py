@@ -206,7 +206,11 @@ def _from_veripo_eval(row: dict[str, Any], index: int, source: str) -> Sample:
     question, options = parse_options(processed) if processed else (_text(row, "question"), [])
     answer = _text(row, "answer").strip()
     video = _text(row, "video_path", required=False) or None
-    return Sample(id=f"{source}:{row.get('question_id', index)}", problem=_text(row, "question") or question,
+    # LVBench's `question` already lists its options ("(A) ..."): keep them in `options` only, so a prompt
+    # that prints the problem and then the options shows them once
+    problem, listed = parse_options(_text(row, "question"))
+    return Sample(id=f"{source}:{row.get('question_id', index)}",
+                  problem=(problem if options and listed else _text(row, "question")) or question,
                   problem_type=_problem_type(row.get("problem_type"), options), answer=answer, options=options,
                   video=video, data_type="video" if video else "text", source=source,
                   extra={"processed_question": processed} if processed else {})

@@ -146,7 +146,8 @@ def load_image(path: str | os.PathLike[str], *, min_pixels: int = MIN_PIXELS, ma
 # ---------------------------------------------------------------------------------------------- video
 
 
-def _video_max_pixels(nframes: int, min_pixels: int, max_pixels: int | None) -> int:
+def video_frame_budget(nframes: int, min_pixels: int, max_pixels: int | None) -> int:
+    """Per-frame pixel budget of a video of ``nframes`` frames (what its frames are resized to at most)."""
     # qwen-vl-utils fetch_video: per-frame budget from a total budget, never below min_pixels * 1.05.
     budget = max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / nframes * FRAME_FACTOR), int(min_pixels * 1.05))
     return int(min(max_pixels, budget)) if max_pixels is not None else int(budget)
@@ -300,7 +301,7 @@ def decode_video(path: str | os.PathLike[str], *, fps: float = 2.0, max_frames: 
         times.append(times[-1])
     h0, w0 = kept[0].shape[:2]
     try:
-        h, w = smart_resize(h0, w0, min_pixels=min_pixels, max_pixels=_video_max_pixels(len(kept), min_pixels, max_pixels))
+        h, w = smart_resize(h0, w0, min_pixels=min_pixels, max_pixels=video_frame_budget(len(kept), min_pixels, max_pixels))
     except ValueError as e:
         raise MediaError(f"{path}: {e}") from None
     frames = np.stack([_resize_rgb(f, h, w) for f in kept])

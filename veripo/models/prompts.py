@@ -5,10 +5,14 @@ Two prompt styles, in a registry (``PROMPT_STYLES``):
 - ``"videor1"``: Video-R1's training/eval prompt, verbatim from ``src/r1-v/src/open_r1/grpo.py``
   (``QUESTION_TEMPLATE`` + ``TYPE_TEMPLATE[problem_type]``; for multiple choice the question is
   ``problem + "Options:\\n" + one option per line``, exactly as ``make_conversation_image_and_video``).
-- ``"veripo"``: VerIPO's released evaluation prompt as described in its evaluation code: reasoning in
-  ``<think> </think>``, then ``<answer> $X$ </answer>`` with the answer in LaTeX dollars; the numeric
-  variant says the answer must be a number. The exact released wording was not available to us offline;
-  the text below follows that description (see ../shared/reference/VERIPO.md, "Evaluation").
+- ``"veripo"``: for a question from the authors' VerIPO-format evaluation files (it carries
+  ``processed_question``), the released evaluation prompt verbatim: ``OPTION_QUESTION_TEMPLATE`` when the
+  gold answer is a letter, ``NUMBER_QUESTION_TEMPLATE`` otherwise, around ``processed_question`` with the
+  "Answer with the option's letter ..." line removed, exactly as ``eval_model`` in
+  ``evaluation/evaluation_vllm.py`` of github HITsz-TMG/VerIPO (commit 75cb2f7) builds it. Every other
+  question (training data, Video-R1-format files) gets the training prompt, unchanged: reasoning in
+  ``<think> </think>``, then ``<answer> $X$ </answer>`` with the answer in LaTeX dollars, and a
+  must-be-a-number sentence for numeric problem types.
 
 Media parts come first in the user turn (images, then the video), then the text, as Video-R1 does.
 """
@@ -42,7 +46,36 @@ VIDEOR1_TYPE_TEMPLATE: dict[str, str] = {
     "regression": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
 }
 
-# --- VerIPO evaluation prompt (from the description of the released evaluation code) ---------------------
+# --- VerIPO's released evaluation prompt, verbatim ----------------------------------------------------------
+# github HITsz-TMG/VerIPO, evaluation/evaluation_vllm.py (commit 75cb2f7b36dbd5d43fd1efc4e002e5bf32b700ec):
+# OPTION_QUESTION_TEMPLATE, NUMBER_QUESTION_TEMPLATE and the instruction line eval_model() removes from
+# processed_question before formatting (the authors' typo "thinks" and the missing space after "$...$." are theirs).
+VERIPO_EVAL_PREAMBLE = (
+    "You should first thinks about the reasoning process in the mind and then provides the user with the answer. "
+    "Your answer must be in latex format and wrapped in $...$.The reasoning process and answer are enclosed "
+    "within <think> </think> and <answer> </answer> tags, respectively, i.e., <think> Since ...., so the answer "
+)
+VERIPO_EVAL_OPTION_TEMPLATE = (
+    VERIPO_EVAL_PREAMBLE + "is B. </think><answer> $B$ </answer>, which means your output should start with "
+    "<think> and end with </answer>.\nQuestion:\n{Question}"
+)
+VERIPO_EVAL_NUMBER_TEMPLATE = (
+    VERIPO_EVAL_PREAMBLE + "is $2$. </think><answer> $2$ </answer>, which means your output should start with "
+    "<think> and end with </answer>.\nQuestion:\n{Question}\nYou must provide the answer in the <answer> "
+    "</answer> tag, and the answer must be a number."
+)
+VERIPO_EVAL_REMOVED_LINE = "\nAnswer with the option's letter from the given choices directly."
+
+
+def veripo_eval_prompt(processed_question: str, answer: str) -> str:
+    """The user text VerIPO's ``eval_model`` builds for one question of its evaluation files: the option
+    template when the gold answer is alphabetic (``answer.isalpha()``, as theirs), else the number template."""
+    question = processed_question.replace(VERIPO_EVAL_REMOVED_LINE, "")
+    template = VERIPO_EVAL_OPTION_TEMPLATE if answer.isalpha() else VERIPO_EVAL_NUMBER_TEMPLATE
+    return template.format(Question=question)
+
+
+# --- VerIPO-style training prompt (our own wording of the same answer format) -----------------------------
 VERIPO_TEMPLATE = (
     "{Question}\n"
     "Answer the question by first thinking about the reasoning process and then giving the final answer. "
@@ -69,7 +102,12 @@ def videor1_prompt(sample: Sample) -> str:
 
 
 def veripo_prompt(sample: Sample) -> str:
-    """VerIPO's user text for ``sample``; numeric problem types get the must-be-a-number sentence."""
+    """VerIPO's user text for ``sample``: the released evaluation prompt for a question of the authors'
+    evaluation files (``processed_question``), else the training prompt, whose numeric problem types get the
+    must-be-a-number sentence."""
+    processed = sample.extra.get("processed_question")
+    if isinstance(processed, str):
+        return veripo_eval_prompt(processed, sample.answer)
     question = sample.problem
     if sample.problem_type == "multiple choice" and sample.options:
         question = sample.problem + "\n" + "\n".join(sample.options)

@@ -23,6 +23,7 @@ from veripo.parallel import ParallelStrategy
 from veripo.recipes.run_dir import atomic_write_json, read_json
 
 LATEST = "latest.json"
+BEST = "best"  # the best checkpoint by held-out accuracy, beside checkpoints/ (weights and processor only)
 
 
 @dataclass
@@ -129,3 +130,23 @@ def load_training_state(ckpt: Path, optimizer: torch.optim.Optimizer | None, sch
             parallel.load_optimizer_state(optimizer, state)
     if scheduler is not None and (ckpt / "scheduler.pt").exists():
         scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+
+
+def save_best(stage_dir: Path, model: torch.nn.Module, processor: Any, record: dict[str, Any], *,
+              model_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the weights (and processor) of the best evaluation so far to ``<stage>/best/`` with ``best.json``
+    (``record``: step, score, metrics): complete in a temporary folder first, then swapped in, so a kill leaves
+    the previous best (or none) whole."""
+    final, tmp, old = stage_dir / BEST, stage_dir / f".tmp-{BEST}", stage_dir / f".old-{BEST}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
+    if processor is not None and hasattr(processor, "save_pretrained"):
+        processor.save_pretrained(tmp)
+    atomic_write_json(tmp / "best.json", record)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -28,6 +28,9 @@ class StageContext:
     console: Console = field(default_factory=lambda: Console(stderr=True))
     show_progress: bool = True
     inputs: dict[str, Path] = field(default_factory=dict)  # files from earlier stages (rollouts, pairs)
+    # the held-out evaluation (``eval.heldout``) into a folder: metrics per benchmark on rank 0, {} elsewhere;
+    # None: the run has no held-out set (``eval_every`` then has nothing to evaluate)
+    evaluate: Callable[[Path], dict[str, dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         if self.parallel is None:

@@ -27,7 +27,8 @@ from veripo.recipes.common import progress_bar
 from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.run_dir import atomic_write_json, read_json
 from veripo.recipes.sources import SKIPPED_FILE, drop_unusable
-from veripo.recipes.stage_loop import Optimization, StageLoop, epoch_batch, epoch_units, run_training_stage
+from veripo.recipes.sizing import batch_size_of
+from veripo.recipes.stage_loop import Optimization, StageLoop, epoch_batch, run_training_stage
 
 
 def pair_token_ids(tokenizer: Any, pair: Pair) -> tuple[list[int], list[int]]:
@@ -108,7 +109,8 @@ class DPOStage:
     def __init__(self, ctx: StageContext, pairs: list[Pair]) -> None:
         self.ctx, self.pairs, self.dpo = ctx, pairs, ctx.section("dpo")
         self.title = f"DPO {ctx.stage.name}"
-        self.units = self.steps = epoch_units(len(pairs), self.dpo.global_batch_size, self.dpo.epochs)
+        self.size = batch_size_of(len(pairs), self.dpo.global_batch_size, self.dpo.epochs, self.dpo.max_steps)
+        self.units = self.steps = self.size.units
         self.tokens = {p.id: pair_token_ids(ctx.policy.tokenizer, p) for p in pairs}
         self.by_id = {s.id: s for s in ctx.samples}
         self.ref: dict[str, list[float]] = {}

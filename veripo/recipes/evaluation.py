@@ -16,10 +16,11 @@ SUMMARY_KEYS = ("accuracy", "response_len", "thinking_len", "inconsistency_rate"
                 "n", "n_missing_media", "by_type", "by_task", "wall_time_s")
 
 
-def evaluate_stage(ctx: StageContext, store: SampleStore) -> dict[str, dict[str, Any]]:
-    """Metrics per held-out benchmark. Every rank decodes its share of the items; rank 0 judges, writes and
-    returns the metrics (other ranks get an empty dict)."""
+def evaluate_stage(ctx: StageContext, store: SampleStore, out_root: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Metrics per held-out benchmark, written under ``out_root`` (default ``<stage>/eval``). Every rank decodes
+    its share of the items; rank 0 judges, writes and returns the metrics (other ranks get an empty dict)."""
     cfg = ctx.cfg.eval
+    out_root = out_root or ctx.stage_dir / "eval"
     judge, judge_name = consistency_judge(ctx) if ctx.dist.is_main else (None, cfg.judge)
     results: dict[str, dict[str, Any]] = {}
     for source in cfg.heldout:
@@ -28,7 +29,7 @@ def evaluate_stage(ctx: StageContext, store: SampleStore) -> dict[str, dict[str,
         with ctx.parallel.gathered_weights():  # each rank decodes its share for as long as it needs
             metrics = evaluate(
                 ctx.policy.model, ctx.policy.tokenizer, ctx.encode, samples,
-                out_dir=ctx.stage_dir / "eval" / name, benchmark=name, profile=cfg.profile,
+                out_dir=out_root / name, benchmark=name, profile=cfg.profile,
                 max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
                 repetition_penalty=cfg.repetition_penalty, judge=judge, judge_name=judge_name,
                 settings={"prompt": ctx.cfg.model.prompt, "media": vars(ctx.cfg.media).copy()},

@@ -50,6 +50,7 @@ from veripo.models.grouped_forward import backward_group, micro_batch_count, res
 from veripo.recipes.common import derive_seed, generator
 from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.sources import SKIPPED_FILE, check_bad_share
+from veripo.recipes.sizing import grpo_size
 from veripo.recipes.stage_loop import Optimization, StageLoop, run_training_stage
 from veripo.rewards import parse_completion
 from veripo.rewards.profiles import build_profile
@@ -226,7 +227,8 @@ def group_policy_loss(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, 
 
 class GRPOStage:
     """A rollout batch of ``grpo.rollout_batch_size`` questions is one unit: sampled, scored, written, then cut
-    into optimizer steps of ``grpo.global_batch_size`` responses."""
+    into optimizer steps of ``grpo.global_batch_size`` responses; ``grpo.epochs`` / ``grpo.max_steps`` say how
+    many (``veripo.recipes.sizing``)."""
 
     # skipped.jsonl: the questions drawn into a rollout batch whose prompt could not be built (checked as they are
     # drawn: a GRPO stage samples a share of its questions, so checking them all first could cost more than
@@ -236,9 +238,10 @@ class GRPOStage:
     def __init__(self, ctx: StageContext) -> None:
         self.ctx, self.grpo, self.rollout = ctx, ctx.section("grpo"), ctx.section("rollout")
         grpo = self.grpo
-        self.units = grpo.rollout_batches
-        self.steps = grpo.rollout_batches * (grpo.rollout_batch_size * self.rollout.num_generations
-                                             // grpo.global_batch_size)
+        if not ctx.samples:
+            raise ValueError(f"stage '{ctx.stage.name}': no questions to sample (its data loaded none)")
+        self.size = grpo_size(grpo, self.rollout.num_generations, len(ctx.samples))
+        self.units, self.steps = self.size.units, self.size.steps
         self.time_budget_s = grpo.time_budget_s
         self.title = (f"GRPO {ctx.stage.name} ({grpo.time_budget_s:.0f} s budget)" if grpo.time_budget_s
                       else f"GRPO {ctx.stage.name}")

@@ -19,7 +19,8 @@ from veripo.data.loaders import DataError
 from veripo.data.records import Sample
 from veripo.models.grouped_forward import backward_group
 from veripo.recipes.context import StageContext, StageResult
-from veripo.recipes.stage_loop import Optimization, StageLoop, epoch_batch, epoch_units, run_training_stage
+from veripo.recipes.sizing import batch_size_of
+from veripo.recipes.stage_loop import Optimization, StageLoop, epoch_batch, run_training_stage
 
 
 def reference_completion(sample: Sample) -> str:
@@ -42,7 +43,8 @@ class SFTStage:
     def __init__(self, ctx: StageContext, samples: list[Sample]) -> None:
         self.ctx, self.samples, self.sft = ctx, samples, ctx.section("sft")
         self.title = f"SFT {ctx.stage.name}"
-        self.units = self.steps = epoch_units(len(samples), self.sft.batch_size, self.sft.epochs, self.sft.max_steps)
+        self.size = batch_size_of(len(samples), self.sft.batch_size, self.sft.epochs, self.sft.max_steps)
+        self.units = self.steps = self.size.units
         self.targets = {s.id: target_ids(ctx.policy.tokenizer, s) for s in samples}
 
     def start(self, loop: StageLoop) -> None:

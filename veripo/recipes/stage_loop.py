@@ -15,7 +15,6 @@ resumed stage redoes exactly the lost work.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import threading
@@ -36,11 +35,13 @@ from veripo.recipes.checkpoint import (
     load_progress,
     load_training_state,
     output_sizes,
+    save_best,
     save_checkpoint,
     truncate_outputs,
 )
 from veripo.recipes.common import Stopwatch, build_scheduler, generator, progress_bar
 from veripo.recipes.context import StageContext, StageResult
+from veripo.recipes.sizing import StageSize
 
 T = TypeVar("T")
 
@@ -56,11 +57,13 @@ class Optimization:
     warmup_steps: int
     save_every: int  # units between checkpoints
     save_every_s: float | None = None  # also a checkpoint after the first unit this many seconds past the last
+    eval_every: int | None = None  # optimizer steps between held-out evaluations (the best weights are kept)
 
     @classmethod
     def of(cls, section: Any) -> Optimization:
         return cls(section.lr, getattr(section, "weight_decay", 0.0), section.max_grad_norm, section.lr_schedule,
-                   section.warmup_steps, section.save_every, getattr(section, "save_every_s", None))
+                   section.warmup_steps, section.save_every, getattr(section, "save_every_s", None),
+                   section.eval_every)
 
 
 class TrainingStage(Protocol):
@@ -70,6 +73,7 @@ class TrainingStage(Protocol):
     title: str  # the progress bar's
     units: int  # work units of the stage
     steps: int  # optimizer steps of the whole stage (for the schedule)
+    size: StageSize  # how units and steps follow from the stage's data (veripo.recipes.sizing)
     time_budget_s: float | None  # end the stage after the unit that passes this many seconds
 
     def start(self, loop: StageLoop) -> None:
@@ -137,6 +141,11 @@ def run_training_stage(ctx: StageContext, stage: TrainingStage, settings: Optimi
     scheduler = build_scheduler(optimizer, settings.lr_schedule, settings.warmup_steps, stage.steps)
     progress = resume_stage(ctx, optimizer, scheduler, stage.outputs)
     outputs = {name: ctx.stage_dir / name for name in stage.outputs}
+    what = "pairs" if ctx.stage.kind == "dpo" else "questions"
+    ctx.log(f"{stage.size.units} units, {stage.steps} optimizer steps: {stage.size.drawn} {what} drawn from "
+            f"{stage.size.items} ({stage.size.passes:.3g} passes; {stage.size.basis})")
+    if (small := stage.size.warning(ctx.stage.name, what)) and ctx.dist.is_main:
+        ctx.console.print(f"[bold yellow]{small}[/bold yellow]")
     if progress.done:
         return StageResult(steps=progress.step, outputs=outputs,
                            numbers={**stage.numbers(), "wall_time_s": progress.extra.get("time_s", 0.0)})
@@ -165,6 +174,7 @@ def run_training_stage(ctx: StageContext, stage: TrainingStage, settings: Optimi
                     stop.is_set())])
                 over_budget, save_by_clock, stopping = (any(f[i] for f in flags) for i in range(3))
                 last = progress.unit == stage.units or over_budget
+                evaluate_if_due(ctx, loop, settings.eval_every)
                 save_if_due(ctx, loop, last=last, every=settings.save_every, now=save_by_clock or stopping)
                 if last:
                     break
@@ -176,6 +186,37 @@ def run_training_stage(ctx: StageContext, stage: TrainingStage, settings: Optimi
         for writer in writers.values():
             writer.close()
     return StageResult(steps=progress.step, outputs=outputs, numbers={**stage.numbers(), "wall_time_s": clock.elapsed()})
+
+
+def evaluate_if_due(ctx: StageContext, loop: StageLoop, every: int | None) -> None:
+    """Every ``every`` optimizer steps (checked after each unit): evaluate on the held-out set into
+    ``<stage>/eval-steps/step-<n>/``, write an ``eval`` row to metrics.jsonl, and when the mean accuracy over the
+    benchmarks beats the best so far, save the weights to ``<stage>/best/``. The best so far and the step of the
+    last evaluation live in the checkpoint's counters, so a resumed stage evaluates exactly where the
+    uninterrupted one did."""
+    progress = loop.progress
+    done = progress.extra.get("eval_step", 0)
+    if not every or ctx.evaluate is None or progress.step // every == done // every:
+        return
+    metrics = ctx.evaluate(ctx.stage_dir / "eval-steps" / f"step-{progress.step:06d}")
+    ctx.policy.model.train()
+    accuracies = [m.get("accuracy") for m in metrics.values()]
+    score = sum(a or 0.0 for a in accuracies) / len(accuracies) if accuracies else None
+    score = ctx.parallel.broadcast(score)  # rank 0 judged: every rank takes the same decision
+    loop.metrics_row("eval", score=score, accuracy={name: m.get("accuracy") for name, m in metrics.items()})
+    best = progress.extra.get("best")
+    if score is not None and (best is None or score > best["score"]):
+        record = {"step": progress.step, "global_step": progress.global_step, "unit": progress.unit, "score": score,
+                  "accuracy": {name: m.get("accuracy") for name, m in metrics.items()}}
+        # a collective: every rank (the optimizer is gathered too: not every strategy can gather weights alone)
+        model_state, _ = ctx.parallel.full_state(loop.optimizer)
+        if ctx.dist.is_main:
+            save_best(ctx.stage_dir, ctx.policy.model, ctx.policy.processor, record, model_state=model_state)
+        progress.extra["best"] = {"step": progress.step, "score": score}
+        ctx.log(f"step {progress.step}: held-out score {score:.4f}, the best so far: saved to best/")
+    elif score is not None:
+        ctx.log(f"step {progress.step}: held-out score {score:.4f} (best {best['score']:.4f} at step {best['step']})")
+    progress.extra["eval_step"] = progress.step
 
 
 def resume_stage(ctx: StageContext, optimizer: Any, scheduler: Any, outputs: list[str]) -> Progress:
@@ -244,8 +285,4 @@ def epoch_batch(items: list[Any], unit: int, batch_size: int, seed: int, stage: 
     return epoch, [items[i] for i in order[b * batch_size : (b + 1) * batch_size]]
 
 
-def epoch_units(items: int, batch_size: int, epochs: int, max_steps: int | None = None) -> int:
-    """Batches of ``batch_size`` over ``epochs`` passes, at most ``max_steps``."""
-    total = math.ceil(items / batch_size) * epochs
-    return total if max_steps is None else min(max_steps, total)
 

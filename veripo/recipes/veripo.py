@@ -270,6 +270,8 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
             if stage.kind == "sft":  # SFT uses every question; GRPO checks those it draws, DPO those of its pairs
                 ctx.samples = drop_unusable(samples, encode, stage=stage.name, max_share=cfg.max_bad_share, log=ctx.log,
                                             record=stage_dir / SKIPPED_FILE if dist.is_main else None)
+            if cfg.eval.heldout:
+                ctx.evaluate = lambda out_root, ctx=ctx: evaluate_stage(ctx, store, out_root)
             state["current"] = {"index": index, "name": stage.name, "kind": stage.kind}
             if dist.is_main:
                 run_dir.write_state(state)
