@@ -6,6 +6,7 @@ frames) the default follows the paper's framework lineage and the comment says s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -99,10 +100,12 @@ class GRPOConfig:
     rollout_batches: int = 1  # rollout batches in this phase
     # algorithms by their registered names (veripo.algos registries; checked when a run starts)
     advantage: str = "grpo"  # grpo | drgrpo | rloo
-    policy_loss: str = "clipped"  # veripo.algos.policy_loss.POLICY_LOSSES
-    clip_low: float = 0.2  # lineage default (paper: not published)
-    clip_high: float = 0.2
-    dual_clip: float | None = None
+    policy_loss: str = "clipped"  # clipped | gspo | cispo (veripo.algos.policy_loss.POLICY_LOSSES)
+    # null: the loss's own range (clipped: 0.2/0.2, the lineage's, not published by the paper; gspo: 3e-4/4e-4,
+    # the GSPO paper's; cispo: 1.0/4.0, no lower bound and TRL's eps_max 5); docs/algorithms.md
+    clip_low: float | None = None
+    clip_high: float | None = None
+    dual_clip: float | None = None  # > 1: cap negative-advantage ratios (clipped, gspo) or weights (cispo) at c
     # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm (Dr. GRPO; its constant
     # is rollout.max_new_tokens)
     loss_agg: str = "token-mean"
@@ -124,6 +127,26 @@ class GRPOConfig:
         if self.lr <= 0:
             raise ConfigError(f"config key '{prefix}.lr': got {self.lr}; expected a positive learning rate.")
         check_micro_batch(self.micro_batch_size, prefix)
+        for key in ("clip_low", "clip_high"):
+            check_range(getattr(self, key), f"{prefix}.{key}", low=0.0, note="or null for the loss's own range")
+        if self.clip_low is not None and self.clip_low > 1.0:
+            raise ConfigError(f"config key '{prefix}.clip_low': got {self.clip_low}; expected at most 1 (the ratio's "
+                              "lower bound 1 - clip_low cannot go below 0).")
+        if self.dual_clip is not None and not (math.isfinite(self.dual_clip) and self.dual_clip > 1.0):
+            raise ConfigError(f"config key '{prefix}.dual_clip': got {self.dual_clip}; expected a number > 1 or null.")
+
+
+def check_range(value: float | None, key: str, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, note: str = "") -> None:
+    """A finite number within [low, high] (``low_open``: above ``low``); None passes (an optional key)."""
+    if value is None:
+        return
+    bad = not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) or (
+        high is not None and value > high)
+    if bad:
+        bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ConfigError(f"config key '{key}': got {value}; expected a finite number in {bounds}"
+                          f"{' ' + note if note else ''}.")
 
 
 def check_micro_batch(size: int | None, prefix: str) -> None:
