@@ -81,10 +81,46 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class LengthRewardConfig:
+    """Video-R1's length reward (veripo.rewards.group.length_band_bonus): ``bonus`` added to the total of a
+    correct response (accuracy >= rewards.correct_threshold) whose length lies in [min_tokens, max_tokens], when
+    at least ``min_correct`` responses of its group are correct. Video-R1: 0.2, 320..512, response, 2."""
+
+    bonus: float = 0.0  # 0: off
+    min_tokens: int = 320
+    max_tokens: int = 512
+    count: Literal["thinking", "response"] = "thinking"  # thinking tokens, or the whole response (Video-R1)
+    min_correct: int = 2
+
+    def validate(self, prefix: str) -> None:
+        check_range(self.bonus, f"{prefix}.bonus")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ConfigError(f"config key '{prefix}.min_tokens': need 0 <= min_tokens <= max_tokens, got "
+                              f"{self.min_tokens}..{self.max_tokens}.")
+        if self.min_correct < 1:
+            raise ConfigError(f"config key '{prefix}.min_correct': got {self.min_correct}; expected >= 1.")
+
+
+@dataclass(frozen=True)
 class RewardConfig:
     profile: str = "veripo"  # a scoring profile from veripo.rewards (videor1-train, videor1-eval, veripo-eval, veripo)
-    extra: tuple[str, ...] = ()  # extra reward functions by registry name, added to the profile's
-    weights: dict[str, float] = field(default_factory=dict)  # per-reward weight overrides
+    # extra rewards, by registry name or import path ("mypkg.rewards:my_reward", a function (completion, sample)
+    # -> float), added to the profile's
+    extra: tuple[str, ...] = ()
+    weights: dict[str, float] = field(default_factory=dict)  # per-reward weight overrides (accuracy, format, extras)
+    # format as a gate (accuracy counts only with a positive format reward) or an additive term; "profile": the
+    # profile's own rule (all shipped profiles: additive)
+    format: Literal["profile", "additive", "gate"] = "profile"
+    # accuracy reward at which a response counts as correct: the length and temporal bonuses, and the verifier
+    # (unless verifier.correct_threshold overrides it)
+    correct_threshold: float = 1.0
+    length: LengthRewardConfig = field(default_factory=LengthRewardConfig)
+
+    def validate(self, prefix: str) -> None:
+        for name, weight in self.weights.items():
+            check_range(weight, f"{prefix}.weights.{name}")
+        check_range(self.correct_threshold, f"{prefix}.correct_threshold", low=0.0, high=1.0, low_open=True,
+                    note="(accuracy rewards lie in [0, 1])")
 
 
 @dataclass(frozen=True)
@@ -196,7 +232,8 @@ class VerifierConfig:
     pair_types: tuple[str, ...] = ("consistency", "reflective", "penalty")  # tried in this order up to the cap
     construct_reflective: bool = False  # splice reflective chains when a group has none (veripo.verifier.pairs)
     reference_chosen: bool = False  # a group with no good rollout: its sample's reference chain is chosen
-    correct_threshold: float = 1.0  # accuracy reward at which a rollout counts as correct
+    # accuracy reward at which a rollout counts as correct; null: rewards.correct_threshold (GRPO's own)
+    correct_threshold: float | None = None
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from veripo.recipes.common import derive_seed, generator
 from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.stage_loop import Optimization, StageLoop, run_training_stage
 from veripo.rewards import parse_completion
-from veripo.rewards.profiles import build_profile
+from veripo.rewards.profiles import profile_for
 from veripo.rollout import HFRolloutEngine, SamplingParams
 
 @dataclass
@@ -55,6 +55,7 @@ class ScoredGroup:
     rewards: list[dict[str, float]]
     totals: list[float]
     prompt_tokens: int
+    thinking_tokens: list[int]
     advantages: list[float] | None = None
     kept: bool = True
 
@@ -76,8 +77,7 @@ def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list
     """G responses per question, ``rollout.batch_questions`` questions per engine call, each question with
     its own seed (from the run seed, stage, batch and sample id: independent of the rank), then scored."""
     rollout = ctx.section("rollout")
-    rewards = ctx.cfg.rewards
-    profile = build_profile(rewards.profile, rewards.extra, rewards.weights)
+    profile = profile_for(ctx.cfg.rewards)
     params = SamplingParams(
         num_generations=rollout.num_generations,
         temperature=rollout.temperature,
@@ -91,7 +91,9 @@ def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list
         seeds = [derive_seed(ctx.cfg.seed, ctx.stage.name, unit, sample.id) for _, sample in chunk]
         outputs = engine.generate([ctx.encode(sample) for _, sample in chunk], params, seeds=seeds)
         for (q, sample), out in zip(chunk, outputs):
-            scores = [profile.score(r.text, sample) for r in out.responses]
+            thinking = [thinking_token_count(ctx.policy.tokenizer, r.text) for r in out.responses]
+            scores = profile.score_group([r.text for r in out.responses], sample, thinking_tokens=thinking,
+                                         response_tokens=[len(r.token_ids) for r in out.responses])
             groups.append(
                 ScoredGroup(
                     sample_id=sample.id,
@@ -103,6 +105,7 @@ def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list
                     rewards=[{k: float(v) for k, v in s.items()} for s in scores],
                     totals=[float(s["total"]) for s in scores],
                     prompt_tokens=out.prompt_tokens,
+                    thinking_tokens=thinking,
                 )
             )
     return groups
@@ -119,13 +122,17 @@ def assign_advantages(groups: list[ScoredGroup], grpo: Any) -> None:
             g.kept = False
 
 
+def thinking_token_count(tokenizer: Any, text: str) -> int:
+    """Tokens of a response's thinking (0 without a think block)."""
+    thinking = parse_completion(text).thinking
+    return len(tokenizer(thinking, add_special_tokens=False)["input_ids"]) if thinking else 0
+
+
 def to_rollouts(ctx: StageContext, groups: list[ScoredGroup], unit: int, policy_version: int) -> list[Rollout]:
-    tokenizer = ctx.policy.tokenizer
     out = []
     for g in groups:
         for i, text in enumerate(g.texts):
             parsed = parse_completion(text)
-            thinking_tokens = len(tokenizer(parsed.thinking, add_special_tokens=False)["input_ids"]) if parsed.thinking else 0
             out.append(
                 Rollout(
                     id=f"{g.sample_id}/{ctx.stage.name}/{unit}/{i}",
@@ -136,7 +143,7 @@ def to_rollouts(ctx: StageContext, groups: list[ScoredGroup], unit: int, policy_
                     answer=parsed.answer,
                     prompt_tokens=g.prompt_tokens,
                     response_tokens=len(g.token_ids[i]),
-                    thinking_tokens=thinking_tokens,
+                    thinking_tokens=g.thinking_tokens[i],
                     truncated=g.finish[i] == "length",
                     rewards=g.rewards[i],
                     reward=g.totals[i],
