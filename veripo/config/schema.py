@@ -153,6 +153,16 @@ class GRPOConfig:
     weight_decay: float = 0.0
     shared_prefix: bool = True  # one prompt pass per group; False = per-sequence baseline
     filter_equal_groups: bool = False  # drop groups whose rewards are all equal (zero advantage)
+    # DAPO (Yu et al. 2025): dynamic sampling drops equal-reward groups and samples more questions until the
+    # rollout batch is full again, at most max_resample_rounds extra rounds of rollout_batch_size questions
+    # (resampled questions count as drawn from the stage's data); overlong shaping subtracts up to
+    # overlong_penalty over the last overlong_buffer tokens before rollout.max_new_tokens (0: off); the overlong
+    # filter leaves truncated responses out of the loss
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = 3
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+    overlong_filter: bool = False
     accuracy_band: tuple[float, float] | None = None  # keep groups whose mean accuracy lies in [lo, hi]
     save_every: int = 1  # rollout batches between checkpoints (the unit a killed run resumes from)
     # stop after the rollout batch that passes this many seconds (for equal-time comparisons; a run with a
@@ -170,6 +180,10 @@ class GRPOConfig:
                               "lower bound 1 - clip_low cannot go below 0).")
         if self.dual_clip is not None and not (math.isfinite(self.dual_clip) and self.dual_clip > 1.0):
             raise ConfigError(f"config key '{prefix}.dual_clip': got {self.dual_clip}; expected a number > 1 or null.")
+        for key in ("max_resample_rounds", "overlong_buffer"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key '{prefix}.{key}': got {getattr(self, key)}; expected >= 0.")
+        check_range(self.overlong_penalty, f"{prefix}.overlong_penalty", low=0.0)
 
 
 def check_range(value: float | None, key: str, *, low: float | None = None, high: float | None = None,
@@ -192,6 +206,9 @@ def check_micro_batch(size: int | None, prefix: str) -> None:
 
 
 def check_grpo_batches(grpo: GRPOConfig, rollout: RolloutConfig, prefix: str) -> None:
+    if grpo.overlong_buffer > rollout.max_new_tokens:
+        raise ConfigError(f"config key '{prefix}.overlong_buffer': {grpo.overlong_buffer} tokens is longer than "
+                          f"rollout.max_new_tokens {rollout.max_new_tokens}; expected a buffer before the cap.")
     responses = grpo.rollout_batch_size * rollout.num_generations
     if responses % grpo.global_batch_size:
         raise ConfigError(

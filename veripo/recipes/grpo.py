@@ -1,24 +1,28 @@
 """GRPO phase ("Group-Slow-Search" in the VerIPO paper): explore with G sampled rollouts per question.
 
-Per rollout batch of Q questions:
+Per rollout batch of Q questions (the next Q of the stage's seeded question stream, ``grpo_sampling``):
   1. sample G responses per question (prompt, video included, prefilled once per question);
-  2. score every response with the configured reward profile (rule rewards: accuracy + format);
+  2. score every response with the configured reward profile (rule rewards: accuracy + format, the gated
+     length bonus; ``rewards`` in the config) and DAPO's overlong penalty (``grpo.overlong_buffer``);
   3. group advantages ``(r_i - mean(r)) / (std(r) + eps)`` (or Dr. GRPO / RLOO), optionally dropping groups
-     whose rewards are all equal or whose accuracy is outside a band;
+     whose rewards are all equal or whose accuracy is outside a band; with ``grpo.dynamic_sampling`` (DAPO)
+     more questions are sampled until Q groups are kept (at most ``grpo.max_resample_rounds`` extra rounds);
   4. append every rollout (text, rewards, advantage, policy version) to ``rollouts.jsonl``: the verifier's
      input; per-question accuracy to ``question_stats.jsonl``: the easy-sample discard's input;
   5. ``Q*G / global_batch_size`` optimizer steps of the registered policy loss (``grpo.policy_loss``, aggregated
      by ``grpo.loss_agg``; ``veripo.algos.policy_loss.policy_loss``) against the sampling policy's log-probs,
      each group backpropagating its share of the step's loss (``BatchNorms``); each group's prompt runs once and
      its responses against the prompt's KV cache (``grpo.shared_prefix``; ``false`` is the per-sequence
-     baseline), ``grpo.micro_batch_size`` responses per forward/backward.
+     baseline), ``grpo.micro_batch_size`` responses per forward/backward; ``grpo.overlong_filter`` leaves
+     truncated responses out of the loss (DAPO).
 
 What it is not: no value model, no reference model unless ``grpo.kl_coef > 0`` (then the policy at the
 start of the stage is kept frozen), old log-probs come from the sampler (exact for the transformers
 engine in fp32; they equal a teacher-forced forward to ~1e-6).
 
-Resume: a checkpoint after every ``save_every`` rollout batches; every random draw is seeded from the run
-seed, the stage and the batch index, so a resumed stage redoes exactly the work that was lost.
+Resume: a checkpoint after every ``save_every`` rollout batches, with the count of questions drawn so far
+(``questions_drawn``, resampled ones included); every random draw is seeded from the run seed, the stage, the
+batch index and the resampling round, so a resumed stage redoes exactly the work that was lost.
 Several processes: questions are split over ranks; see ``veripo.parallel``.
 """
 
@@ -35,10 +39,12 @@ from veripo.algos.kl import kl_divergence
 from veripo.algos.policy_loss import BatchNorms, aggregate_loss, policy_loss
 from veripo.data.records import Rollout, Sample
 from veripo.models.grouped_forward import backward_group, micro_batch_count, response_log_probs
-from veripo.recipes.common import derive_seed, generator
+from veripo.recipes.common import derive_seed
 from veripo.recipes.context import StageContext, StageResult
+from veripo.recipes.grpo_sampling import draw_questions, fill_batch
 from veripo.recipes.stage_loop import Optimization, StageLoop, run_training_stage
 from veripo.rewards import parse_completion
+from veripo.rewards.group import overlong_penalty
 from veripo.rewards.profiles import profile_for
 from veripo.rollout import HFRolloutEngine, SamplingParams
 
@@ -58,25 +64,15 @@ class ScoredGroup:
     thinking_tokens: list[int]
     advantages: list[float] | None = None
     kept: bool = True
+    round: int = 0  # dynamic sampling's round that drew it (0: the batch's first)
 
 
-def batch_questions(samples: list[Sample], unit: int, size: int, seed: int, stage: str) -> list[Sample]:
-    """Questions of rollout batch ``unit``: epochs of seeded permutations, cut into batches of ``size``."""
-    n = len(samples)
-    start = unit * size
-    out: list[Sample] = []
-    while len(out) < size:
-        epoch, offset = divmod(start + len(out), n)
-        order = torch.randperm(n, generator=generator(seed, stage, "order", epoch)).tolist()
-        take = min(size - len(out), n - offset)
-        out.extend(samples[i] for i in order[offset : offset + take])
-    return out
-
-
-def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list[tuple[int, Sample]], unit: int) -> list[ScoredGroup]:
+def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list[tuple[int, Sample]], unit: int,
+                     round_: int = 0) -> list[ScoredGroup]:
     """G responses per question, ``rollout.batch_questions`` questions per engine call, each question with
-    its own seed (from the run seed, stage, batch and sample id: independent of the rank), then scored."""
-    rollout = ctx.section("rollout")
+    its own seed (from the run seed, stage, batch, dynamic-sampling round and sample id: independent of the
+    rank), then scored with the run's reward profile and DAPO's overlong penalty (``grpo.overlong_buffer``)."""
+    rollout, grpo = ctx.section("rollout"), ctx.section("grpo")
     profile = profile_for(ctx.cfg.rewards)
     params = SamplingParams(
         num_generations=rollout.num_generations,
@@ -88,12 +84,18 @@ def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list
     groups = []
     for start in range(0, len(questions), rollout.batch_questions):
         chunk = questions[start : start + rollout.batch_questions]
-        seeds = [derive_seed(ctx.cfg.seed, ctx.stage.name, unit, sample.id) for _, sample in chunk]
+        keys = (unit,) if round_ == 0 else (unit, f"round{round_}")
+        seeds = [derive_seed(ctx.cfg.seed, ctx.stage.name, *keys, sample.id) for _, sample in chunk]
         outputs = engine.generate([ctx.encode(sample) for _, sample in chunk], params, seeds=seeds)
         for (q, sample), out in zip(chunk, outputs):
             thinking = [thinking_token_count(ctx.policy.tokenizer, r.text) for r in out.responses]
             scores = profile.score_group([r.text for r in out.responses], sample, thinking_tokens=thinking,
                                          response_tokens=[len(r.token_ids) for r in out.responses])
+            if grpo.overlong_buffer:
+                for s, r in zip(scores, out.responses):
+                    s["overlong"] = overlong_penalty(len(r.token_ids), rollout.max_new_tokens, grpo.overlong_buffer,
+                                                     grpo.overlong_penalty)
+                    s["total"] += s["overlong"]
             groups.append(
                 ScoredGroup(
                     sample_id=sample.id,
@@ -106,17 +108,20 @@ def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list
                     totals=[float(s["total"]) for s in scores],
                     prompt_tokens=out.prompt_tokens,
                     thinking_tokens=thinking,
+                    round=round_,
                 )
             )
     return groups
 
 
 def assign_advantages(groups: list[ScoredGroup], grpo: Any) -> None:
-    """Group advantages, then the optional online filter (equal-reward groups, accuracy band)."""
+    """Group advantages, then the optional online filter (equal-reward groups, as dynamic sampling drops them;
+    accuracy band)."""
     for g in groups:
         g.advantages = group_advantages(torch.tensor([g.totals], dtype=torch.float64), estimator=grpo.advantage)[0].tolist()
         accuracy = sum(r.get("accuracy", 0.0) for r in g.rewards) / len(g.rewards)
-        if grpo.filter_equal_groups and max(g.totals) - min(g.totals) < 1e-9:
+        equal = max(g.totals) - min(g.totals) < 1e-9 and len(g.totals) > 1  # DAPO keeps a group of one (verl)
+        if (grpo.filter_equal_groups or grpo.dynamic_sampling) and equal:
             g.kept = False
         if grpo.accuracy_band is not None and not grpo.accuracy_band[0] <= accuracy <= grpo.accuracy_band[1]:
             g.kept = False
@@ -133,9 +138,10 @@ def to_rollouts(ctx: StageContext, groups: list[ScoredGroup], unit: int, policy_
     for g in groups:
         for i, text in enumerate(g.texts):
             parsed = parse_completion(text)
+            batch_key = unit if g.round == 0 else f"{unit}.{g.round}"  # a question drawn twice stays two groups
             out.append(
                 Rollout(
-                    id=f"{g.sample_id}/{ctx.stage.name}/{unit}/{i}",
+                    id=f"{g.sample_id}/{ctx.stage.name}/{batch_key}/{i}",
                     sample_id=g.sample_id,
                     group_index=i,
                     text=text,
@@ -173,9 +179,16 @@ def optimizer_chunks(groups: list[ScoredGroup], per_step: int) -> list[list[tupl
     return [items[i : i + per_step] for i in range(0, len(items), per_step)]
 
 
-def chunk_norms(groups: list[ScoredGroup], chunk: list[tuple[int, int]], norm_constant: float) -> BatchNorms:
-    """The normalisers of one optimizer step's responses (all ranks'), so each group's loss is its share."""
-    lengths = [len(groups[gi].token_ids[r]) for gi, r in chunk]
+def trains_on(group: ScoredGroup, response: int, overlong_filter: bool) -> bool:
+    """Whether a response's tokens enter the loss: DAPO's overlong filtering masks truncated ones."""
+    return not (overlong_filter and group.finish[response] == "length")
+
+
+def chunk_norms(groups: list[ScoredGroup], chunk: list[tuple[int, int]], norm_constant: float,
+                overlong_filter: bool = False) -> BatchNorms:
+    """The normalisers of one optimizer step's responses (all ranks'), so each group's loss is its share; a
+    response masked by the overlong filter counts as a row without tokens."""
+    lengths = [len(groups[gi].token_ids[r]) if trains_on(groups[gi], r, overlong_filter) else 0 for gi, r in chunk]
     return BatchNorms(tokens=float(sum(lengths)), sequences=float(sum(n > 0 for n in lengths)),
                       rows=float(len(chunk)), norm_constant=norm_constant)
 
@@ -215,9 +228,12 @@ class GRPOStage:
         self.by_id = {s.id: s for s in ctx.samples}
         self.ref_model: torch.nn.Module | None = None
         self.engine: HFRolloutEngine | None = None
+        self.counters = dict.fromkeys(("questions_drawn", "questions_resampled", "resample_rounds", "groups_dropped"), 0)
 
     def numbers(self) -> dict[str, Any]:
-        return {}
+        """The stage's question-stream counters: questions drawn (resampled ones included), dynamic sampling's
+        extra questions and rounds, and the groups it dropped."""
+        return dict(self.counters)
 
     def start(self, loop: StageLoop) -> None:
         ctx, grpo, model = self.ctx, self.grpo, self.ctx.policy.model
@@ -231,18 +247,36 @@ class GRPOStage:
             if loop.progress.unit > 0:
                 ctx.log("note: kl_coef > 0 on resume uses the resumed weights as the reference")
         self.engine = HFRolloutEngine(model, ctx.policy.tokenizer, max_batch_questions=self.rollout.batch_questions)
+        self.counters = {key: loop.progress.extra.get(key, 0) for key in self.counters}
 
     def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:
-        ctx, grpo = self.ctx, self.grpo
-        questions = batch_questions(ctx.samples, unit, grpo.rollout_batch_size, ctx.cfg.seed, ctx.stage.name)
-        mine = ctx.dist.shard(list(enumerate(questions)))
-        with ctx.parallel.gathered_weights():
-            scored = sample_and_score(ctx, self.engine, mine, unit)
-        groups = ctx.parallel.gather(scored)
-        groups.sort(key=lambda g: g.question)
-        assign_advantages(groups, grpo)
+        ctx, grpo, size = self.ctx, self.grpo, self.grpo.rollout_batch_size
+        counters = loop.progress.extra  # saved with every checkpoint, so a resumed stage continues the stream
+        start = counters.get("questions_drawn", unit * size)
+
+        def sample_round(round_: int, first: int) -> list[ScoredGroup]:
+            questions = draw_questions(ctx.samples, start + first, size, ctx.cfg.seed, ctx.stage.name)
+            mine = [(first + i, s) for i, s in enumerate(questions) if (first + i) % ctx.dist.world == ctx.dist.rank]
+            with ctx.parallel.gathered_weights():
+                scored = sample_and_score(ctx, self.engine, mine, unit, round_)
+            groups = ctx.parallel.gather(scored)
+            groups.sort(key=lambda g: g.question)
+            assign_advantages(groups, grpo)
+            return groups
+
+        filled = fill_batch(sample_round, size, dynamic=grpo.dynamic_sampling, max_rounds=grpo.max_resample_rounds)
+        groups = filled.groups
+        counters["questions_drawn"] = start + filled.drawn
+        for key, value in (("questions_resampled", filled.drawn - size), ("resample_rounds", filled.rounds),
+                           ("groups_dropped", filled.dropped)):
+            counters[key] = counters.get(key, 0) + value
+        self.counters = {key: counters.get(key, 0) for key in self.counters}
+        if grpo.dynamic_sampling and filled.shortfall:
+            ctx.log(f"rollout batch {unit}: {filled.shortfall} of {size} groups short after "
+                    f"{filled.rounds} resample rounds (grpo.max_resample_rounds)")
         rollouts = to_rollouts(ctx, groups, unit, policy_version=loop.progress.global_step)
-        batch = _batch_metrics(groups, rollouts)
+        batch = {**_batch_metrics(groups, rollouts), "questions_drawn": float(filled.drawn),
+                 "resample_rounds": float(filled.rounds), "groups_dropped": float(filled.dropped)}
         loop.write_many("rollouts.jsonl", rollouts)
         for g in groups:
             acc = [r.get("accuracy", 0.0) for r in g.rewards]
@@ -265,7 +299,7 @@ class GRPOStage:
         every rank's metric sums, the gradient norm and the lr."""
         ctx, grpo, model = self.ctx, self.grpo, self.ctx.policy.model
         temperature = self.rollout.temperature  # train the policy that sampled the rollouts (as TRL and verl do)
-        norms = chunk_norms(groups, chunk, float(self.rollout.max_new_tokens))
+        norms = chunk_norms(groups, chunk, float(self.rollout.max_new_tokens), grpo.overlong_filter)
         mine = {g.question for g in groups if g.question % ctx.dist.world == ctx.dist.rank}
         by_group: dict[int, list[int]] = {}
         for gi, r in chunk:
@@ -279,6 +313,9 @@ class GRPOStage:
             g = groups[gi]
             prompt = ctx.encode(self.by_id[g.sample_id])
             ids, mask = _padded([g.token_ids[r] for r in rows], torch.long)
+            # the loss's mask: the overlong filter leaves truncated responses out (the forward still runs them)
+            trains = torch.tensor([trains_on(g, r, grpo.overlong_filter) for r in rows], dtype=mask.dtype)
+            loss_mask = mask * trains[:, None]
             old, _ = _padded([g.logprobs[r] for r in rows], torch.float32)
             adv = torch.tensor([g.advantages[r] for r in rows], dtype=torch.float32)
             ref = None
@@ -287,7 +324,7 @@ class GRPOStage:
                                          temperature=temperature).log_probs
 
             def loss_fn(logp: torch.Tensor, entropy: torch.Tensor | None, sel: torch.Tensor) -> torch.Tensor:
-                m = mask[sel]
+                m = loss_mask[sel]
                 share, metric_sums = group_policy_loss(logp, old[sel], adv[sel], m,
                                                        None if ref is None else ref[sel], grpo, norms)
                 for key, value in metric_sums.items():

@@ -96,3 +96,15 @@ def length_band_bonus(accuracies: Sequence[float], lengths: Sequence[int], band:
     if sum(correct) < band.min_correct:
         return [0.0] * len(accuracies)
     return [band.bonus if ok and band.min_tokens <= n <= band.max_tokens else 0.0 for ok, n in zip(correct, lengths)]
+
+
+def overlong_penalty(length: int, max_tokens: int, buffer: int, factor: float = 1.0) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13; verl's ``DAPORewardManager``,
+    ``verl/workers/reward_manager/dapo.py``): 0 up to ``max_tokens - buffer`` tokens, then falling linearly to
+    ``-factor`` at ``max_tokens``: ``min(0, -(length - (max_tokens - buffer)) / buffer * factor)``. Added to the
+    reward of a response of ``length`` tokens; ``buffer`` 0 disables it."""
+    if buffer <= 0:
+        return 0.0
+    if buffer > max_tokens:
+        raise ValueError(f"overlong_penalty: buffer {buffer} is longer than max_tokens {max_tokens}")
+    return min(0.0, -(length - (max_tokens - buffer)) / buffer * factor)
