@@ -62,8 +62,8 @@ def register(app: typer.Typer) -> None:
             typer.secho(f"error: {message}", fg="red", err=True)
             raise typer.Exit(2)
 
-        if judge is not None and judge not in JUDGES:
-            fail(f"--judge {judge!r} is not one of {', '.join(JUDGES)}")
+        if judge is not None and judge not in JUDGES and ":" not in judge:
+            fail(f"--judge {judge!r} is not one of {', '.join(JUDGES)} or an import path 'package.module:JudgeClass'")
         if not rollouts.is_file():
             fail(f"{rollouts}: no such rollouts file")
         run_config = find_run_config(rollouts)

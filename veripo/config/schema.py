@@ -199,6 +199,16 @@ def check_range(value: float | None, key: str, *, low: float | None = None, high
                           f"{' ' + note if note else ''}.")
 
 
+BUILT_IN_JUDGES = ("rule", "hf", "openai")
+
+
+def check_judge_name(name: str, key: str) -> None:
+    """A built-in judge or an import path (checked by importing it when the run starts)."""
+    if name not in BUILT_IN_JUDGES and ":" not in name:
+        raise ConfigError(f"config key '{key}': got {name!r}; expected one of {', '.join(BUILT_IN_JUDGES)} or an "
+                          "import path 'package.module:JudgeClass'.")
+
+
 def check_micro_batch(size: int | None, prefix: str) -> None:
     if size is not None and size < 1:
         raise ConfigError(f"config key '{prefix}.micro_batch_size': got {size}; expected a positive number or null "
@@ -233,7 +243,7 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class VerifierConfig:
-    judge: Literal["rule", "hf", "openai"] = "rule"
+    judge: str = "rule"  # rule | hf | openai, or a judge class by import path ("mypkg.judges:MyJudge")
     judge_url: str | None = None  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
     judge_model: str | None = None
     api_key_env: str = "VERIPO_JUDGE_API_KEY"  # the key is read from this variable, never logged
@@ -251,6 +261,11 @@ class VerifierConfig:
     reference_chosen: bool = False  # a group with no good rollout: its sample's reference chain is chosen
     # accuracy reward at which a rollout counts as correct; null: rewards.correct_threshold (GRPO's own)
     correct_threshold: float | None = None
+
+    def validate(self, prefix: str) -> None:
+        check_judge_name(self.judge, f"{prefix}.judge")
+        check_range(self.correct_threshold, f"{prefix}.correct_threshold", low=0.0, high=1.0, low_open=True,
+                    note="or null for rewards.correct_threshold")
 
 
 @dataclass(frozen=True)
@@ -315,7 +330,10 @@ class EvalConfig:
     profile: str = "veripo-eval"
     prompt: Literal["veripo", "videor1"] = "veripo"
     heldout: tuple[DataSource, ...] = ()  # evaluated (greedy) after every training stage of a run
-    judge: Literal["rule", "hf", "openai"] = "rule"  # for the inconsistency rate in evaluations
+    judge: str = "rule"  # for the inconsistency rate in evaluations (as verifier.judge)
+
+    def validate(self, prefix: str) -> None:
+        check_judge_name(self.judge, f"{prefix}.judge")
 
 
 @dataclass(frozen=True)
