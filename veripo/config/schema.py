@@ -163,6 +163,13 @@ class GRPOConfig:
     overlong_buffer: int = 0
     overlong_penalty: float = 1.0
     overlong_filter: bool = False
+    # Video-R1's T-GRPO: each video question is also sampled on temporally shuffled frames (a second prompt,
+    # temporal_generations responses, default num_generations // 2 as Video-R1), not trained on; the ordered
+    # group's correct responses gain temporal_bonus when its accuracy >= temporal_ratio x the shuffled one's
+    temporal: bool = False
+    temporal_bonus: float = 0.3
+    temporal_ratio: float = 0.8
+    temporal_generations: int | None = None
     accuracy_band: tuple[float, float] | None = None  # keep groups whose mean accuracy lies in [lo, hi]
     save_every: int = 1  # rollout batches between checkpoints (the unit a killed run resumes from)
     # stop after the rollout batch that passes this many seconds (for equal-time comparisons; a run with a
@@ -184,6 +191,11 @@ class GRPOConfig:
             if getattr(self, key) < 0:
                 raise ConfigError(f"config key '{prefix}.{key}': got {getattr(self, key)}; expected >= 0.")
         check_range(self.overlong_penalty, f"{prefix}.overlong_penalty", low=0.0)
+        check_range(self.temporal_bonus, f"{prefix}.temporal_bonus", low=0.0)
+        check_range(self.temporal_ratio, f"{prefix}.temporal_ratio", low=0.0, low_open=True)
+        if self.temporal_generations is not None and self.temporal_generations < 1:
+            raise ConfigError(f"config key '{prefix}.temporal_generations': got {self.temporal_generations}; "
+                              "expected >= 1 or null (num_generations // 2).")
 
 
 def check_range(value: float | None, key: str, *, low: float | None = None, high: float | None = None,

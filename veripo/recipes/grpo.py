@@ -3,7 +3,8 @@
 Per rollout batch of Q questions (the next Q of the stage's seeded question stream, ``grpo_sampling``):
   1. sample G responses per question (prompt, video included, prefilled once per question);
   2. score every response with the configured reward profile (rule rewards: accuracy + format, the gated
-     length bonus; ``rewards`` in the config) and DAPO's overlong penalty (``grpo.overlong_buffer``);
+     length bonus; ``rewards`` in the config), DAPO's overlong penalty (``grpo.overlong_buffer``) and
+     Video-R1's temporal bonus (``grpo.temporal``: each video question is also sampled on shuffled frames);
   3. group advantages ``(r_i - mean(r)) / (std(r) + eps)`` (or Dr. GRPO / RLOO), optionally dropping groups
      whose rewards are all equal or whose accuracy is outside a band; with ``grpo.dynamic_sampling`` (DAPO)
      more questions are sampled until Q groups are kept (at most ``grpo.max_resample_rounds`` extra rounds);
@@ -29,6 +30,7 @@ Several processes: questions are split over ranks; see ``veripo.parallel``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +46,7 @@ from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.grpo_sampling import draw_questions, fill_batch
 from veripo.recipes.stage_loop import Optimization, StageLoop, run_training_stage
 from veripo.rewards import parse_completion
-from veripo.rewards.group import overlong_penalty
+from veripo.rewards.group import overlong_penalty, temporal_bonus
 from veripo.rewards.profiles import profile_for
 from veripo.rollout import HFRolloutEngine, SamplingParams
 
@@ -65,6 +67,7 @@ class ScoredGroup:
     advantages: list[float] | None = None
     kept: bool = True
     round: int = 0  # dynamic sampling's round that drew it (0: the batch's first)
+    shuffled_accuracy: float | None = None  # T-GRPO: mean accuracy on the shuffled frames
 
 
 def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list[tuple[int, Sample]], unit: int,
@@ -87,15 +90,13 @@ def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list
         keys = (unit,) if round_ == 0 else (unit, f"round{round_}")
         seeds = [derive_seed(ctx.cfg.seed, ctx.stage.name, *keys, sample.id) for _, sample in chunk]
         outputs = engine.generate([ctx.encode(sample) for _, sample in chunk], params, seeds=seeds)
+        shuffled = temporal_accuracies(ctx, engine, chunk, params, profile, keys) if grpo.temporal else {}
         for (q, sample), out in zip(chunk, outputs):
             thinking = [thinking_token_count(ctx.policy.tokenizer, r.text) for r in out.responses]
             scores = profile.score_group([r.text for r in out.responses], sample, thinking_tokens=thinking,
                                          response_tokens=[len(r.token_ids) for r in out.responses])
-            if grpo.overlong_buffer:
-                for s, r in zip(scores, out.responses):
-                    s["overlong"] = overlong_penalty(len(r.token_ids), rollout.max_new_tokens, grpo.overlong_buffer,
-                                                     grpo.overlong_penalty)
-                    s["total"] += s["overlong"]
+            add_grpo_shaping(scores, [len(r.token_ids) for r in out.responses], shuffled.get(sample.id), ctx,
+                             profile.correct_threshold)
             groups.append(
                 ScoredGroup(
                     sample_id=sample.id,
@@ -109,6 +110,8 @@ def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list
                     prompt_tokens=out.prompt_tokens,
                     thinking_tokens=thinking,
                     round=round_,
+                    shuffled_accuracy=(sum(shuffled[sample.id]) / len(shuffled[sample.id])
+                                       if shuffled.get(sample.id) else None),
                 )
             )
     return groups
@@ -125,6 +128,40 @@ def assign_advantages(groups: list[ScoredGroup], grpo: Any) -> None:
             g.kept = False
         if grpo.accuracy_band is not None and not grpo.accuracy_band[0] <= accuracy <= grpo.accuracy_band[1]:
             g.kept = False
+
+
+def add_grpo_shaping(scores: list[dict[str, float]], lengths: list[int], shuffled: list[float] | None,
+                     ctx: StageContext, correct_threshold: float) -> None:
+    """The GRPO stage's own reward terms, each a component added to the total: Video-R1's ``temporal`` bonus
+    (with the shuffled-frame accuracies of a video question) and DAPO's ``overlong`` penalty."""
+    grpo, rollout = ctx.section("grpo"), ctx.section("rollout")
+    if shuffled is not None:
+        bonus = temporal_bonus([s["accuracy"] for s in scores], shuffled, bonus=grpo.temporal_bonus,
+                               ratio=grpo.temporal_ratio, correct_threshold=correct_threshold)
+        for s, b in zip(scores, bonus):
+            s["temporal"] = b
+            s["total"] += b
+    if grpo.overlong_buffer:
+        for s, n in zip(scores, lengths):
+            s["overlong"] = overlong_penalty(n, rollout.max_new_tokens, grpo.overlong_buffer, grpo.overlong_penalty)
+            s["total"] += s["overlong"]
+
+
+def temporal_accuracies(ctx: StageContext, engine: HFRolloutEngine, chunk: list[tuple[int, Sample]],
+                        params: SamplingParams, profile: Any, keys: tuple) -> dict[str, list[float]]:
+    """T-GRPO's second prompt: each video question of ``chunk`` on its frames in a seeded shuffled order, sampled
+    ``grpo.temporal_generations`` times (prefilled once, like any prompt); the accuracy of every response, by
+    sample id. Questions without a video are left out (Video-R1 shuffles videos only)."""
+    grpo, num = ctx.section("grpo"), params.num_generations
+    videos = [sample for _, sample in chunk if sample.video is not None]
+    if not videos:
+        return {}
+    shuffled_params = dataclasses.replace(params, num_generations=grpo.temporal_generations or max(1, num // 2))
+    prompts = [ctx.encode(s, shuffle_seed=derive_seed(ctx.cfg.seed, ctx.stage.name, *keys, "frames", s.id))
+               for s in videos]
+    seeds = [derive_seed(ctx.cfg.seed, ctx.stage.name, *keys, "shuffled", s.id) for s in videos]
+    outputs = engine.generate(prompts, shuffled_params, seeds=seeds)
+    return {s.id: [profile.score(r.text, s)["accuracy"] for r in out.responses] for s, out in zip(videos, outputs)}
 
 
 def thinking_token_count(tokenizer: Any, text: str) -> int:
@@ -283,7 +320,8 @@ class GRPOStage:
             loop.write("question_stats.jsonl", {
                 "sample_id": g.sample_id, "stage": ctx.stage.name, "step": unit, "n": len(acc),
                 "correct": sum(a >= 1.0 - 1e-9 for a in acc), "accuracy_mean": sum(acc) / len(acc),
-                "reward_mean": sum(g.totals) / len(g.totals)})
+                "reward_mean": sum(g.totals) / len(g.totals),
+                **({} if g.shuffled_accuracy is None else {"shuffled_accuracy_mean": g.shuffled_accuracy})})
         for chunk in optimizer_chunks(groups, grpo.global_batch_size):
             totals, grad_norm, lr = self.optimizer_step(loop, groups, chunk)
             tokens = max(1.0, sum(t["tokens"] for t in totals))

@@ -108,3 +108,21 @@ def overlong_penalty(length: int, max_tokens: int, buffer: int, factor: float = 
     if buffer > max_tokens:
         raise ValueError(f"overlong_penalty: buffer {buffer} is longer than max_tokens {max_tokens}")
     return min(0.0, -(length - (max_tokens - buffer)) / buffer * factor)
+
+
+def temporal_bonus(ordered_accuracies: Sequence[float], shuffled_accuracies: Sequence[float], *, bonus: float = 0.3,
+                   ratio: float = 0.8, correct_threshold: float) -> list[float]:
+    """Video-R1's T-GRPO temporal reward (Feng et al. 2025, eq. 2; ``grpo_trainer.py``'s ``self.temporal``
+    branch): with ``p`` the mean accuracy of a question's responses on frames in order and ``p~`` on shuffled
+    frames, every correct ordered response gains ``bonus`` when ``p >= ratio * p~``; otherwise none does.
+
+    Video-R1's constants: bonus 0.3, ratio 0.8, correct meaning accuracy ``> 0.1``. Returns one value per
+    ordered response (the shuffled ones only measure the question, they are not trained on).
+    """
+    if not shuffled_accuracies:
+        return [0.0] * len(ordered_accuracies)
+    ordered = sum(ordered_accuracies) / max(1, len(ordered_accuracies))
+    shuffled = sum(shuffled_accuracies) / len(shuffled_accuracies)
+    if ordered < ratio * shuffled:
+        return [0.0] * len(ordered_accuracies)
+    return [bonus if a >= correct_threshold else 0.0 for a in ordered_accuracies]
