@@ -41,6 +41,7 @@ from veripo.algos.kl import kl_divergence
 from veripo.algos.policy_loss import BatchNorms, aggregate_loss, policy_loss
 from veripo.data.records import Rollout, Sample
 from veripo.models.grouped_forward import backward_group, micro_batch_count, response_log_probs
+from veripo.recipes.checkpoint import Progress
 from veripo.recipes.common import derive_seed
 from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.grpo_sampling import draw_questions, fill_batch
@@ -247,6 +248,10 @@ def group_policy_loss(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, 
     return loss, sums
 
 
+# the question stream's counters in the stage's progress (checkpointed; numbers() puts them in the summary)
+STREAM_COUNTERS = ("questions_drawn", "questions_resampled", "resample_rounds", "groups_dropped")
+
+
 class GRPOStage:
     """A rollout batch of ``grpo.rollout_batch_size`` questions is one unit: sampled, scored, written, then cut
     into optimizer steps of ``grpo.global_batch_size`` responses."""
@@ -265,12 +270,11 @@ class GRPOStage:
         self.by_id = {s.id: s for s in ctx.samples}
         self.ref_model: torch.nn.Module | None = None
         self.engine: HFRolloutEngine | None = None
-        self.counters = dict.fromkeys(("questions_drawn", "questions_resampled", "resample_rounds", "groups_dropped"), 0)
 
-    def numbers(self) -> dict[str, Any]:
-        """The stage's question-stream counters: questions drawn (resampled ones included), dynamic sampling's
-        extra questions and rounds, and the groups it dropped."""
-        return dict(self.counters)
+    def numbers(self, progress: Progress) -> dict[str, Any]:
+        """The stage's question-stream counters (kept in its checkpoints): questions drawn (resampled ones
+        included), dynamic sampling's extra questions and rounds, and the groups it dropped."""
+        return {key: progress.extra.get(key, 0) for key in STREAM_COUNTERS}
 
     def start(self, loop: StageLoop) -> None:
         ctx, grpo, model = self.ctx, self.grpo, self.ctx.policy.model
@@ -284,7 +288,6 @@ class GRPOStage:
             if loop.progress.unit > 0:
                 ctx.log("note: kl_coef > 0 on resume uses the resumed weights as the reference")
         self.engine = HFRolloutEngine(model, ctx.policy.tokenizer, max_batch_questions=self.rollout.batch_questions)
-        self.counters = {key: loop.progress.extra.get(key, 0) for key in self.counters}
 
     def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:
         ctx, grpo, size = self.ctx, self.grpo, self.grpo.rollout_batch_size
@@ -307,7 +310,6 @@ class GRPOStage:
         for key, value in (("questions_resampled", filled.drawn - size), ("resample_rounds", filled.rounds),
                            ("groups_dropped", filled.dropped)):
             counters[key] = counters.get(key, 0) + value
-        self.counters = {key: counters.get(key, 0) for key in self.counters}
         if grpo.dynamic_sampling and filled.shortfall:
             ctx.log(f"rollout batch {unit}: {filled.shortfall} of {size} groups short after "
                     f"{filled.rounds} resample rounds (grpo.max_resample_rounds)")

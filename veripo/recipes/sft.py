@@ -17,6 +17,7 @@ import torch
 
 from veripo.data.records import Sample
 from veripo.models.grouped_forward import backward_group
+from veripo.recipes.checkpoint import Progress
 from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.stage_loop import Optimization, StageLoop, epoch_batch, epoch_units, run_training_stage
 
@@ -47,7 +48,7 @@ class SFTStage:
     def start(self, loop: StageLoop) -> None:
         pass
 
-    def numbers(self) -> dict[str, Any]:
+    def numbers(self, progress: Progress) -> dict[str, Any]:
         return {}
 
     def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:
