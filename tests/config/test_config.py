@@ -14,7 +14,7 @@ def test_defaults_follow_paper_table1():
     assert cfg.rollout.num_generations == 8
     assert cfg.rollout.temperature == 1.0
     assert cfg.dpo.beta == 0.1 and cfg.dpo.lr == 5e-7 and cfg.dpo.global_batch_size == 32
-    assert cfg.grpo.kl_coef == 0.0 and cfg.grpo.clip_low == 0.2
+    assert cfg.grpo.kl_coef == 0.0 and cfg.grpo.clip_low is None  # the loss's own range (clipped: 0.2)
     assert cfg.discard_easy_prob == 0.8
 
 
@@ -116,7 +116,7 @@ def test_stage_sections_override_and_validate(tmp_path: Path):
     p.write_text("grpo:\n  lr: 1e-6\nstages:\n  - name: g\n    kind: grpo\n    grpo: {lr: 5e-7, global_batch_size: 32}\n")
     cfg = load(RunConfig, p)
     g = cfg.section_for(cfg.stages[0], "grpo")
-    assert g.lr == pytest.approx(5e-7) and g.global_batch_size == 32 and g.clip_low == 0.2
+    assert g.lr == pytest.approx(5e-7) and g.global_batch_size == 32 and g.clip_low is None
     p.write_text("stages:\n  - name: g\n    kind: grpo\n    grpo: {lrate: 5e-7}\n")
     with pytest.raises(ConfigError) as e:
         load(RunConfig, p)

@@ -15,7 +15,7 @@ from veripo.config import ConfigError, RunConfig, build, load
 from veripo.config.core import check_numbers, number_rule
 
 # numeric keys no name rule covers: checked for being finite, and by their section's own validate()
-FINITE_ONLY = {"rewards.weights", "grpo.dual_clip"}
+FINITE_ONLY = {"rewards.weights", "grpo.dual_clip", "rewards.length.bonus"}  # a negative bonus is a penalty
 
 
 def numeric_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any]]:
@@ -34,9 +34,11 @@ def numeric_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any
 
 
 # keys whose range edge another key's check refuses (min_frames <= max_frames, min_pixels <= max_pixels, top_p
-# above 0, a rollout batch's responses divisible by the optimizer batch, eval_every needs eval.heldout)
+# above 0, a rollout batch's responses divisible by the optimizer batch, eval_every needs eval.heldout, a
+# correctness threshold of 0 would count every response correct)
 CROSS_CHECKED = {"media.max_frames", "media.max_pixels", "rollout.top_p", "grpo.rollout_batch_size",
-                 "grpo.global_batch_size", "sft.eval_every", "grpo.eval_every", "dpo.eval_every"}
+                 "grpo.global_batch_size", "sft.eval_every", "grpo.eval_every", "dpo.eval_every",
+                 "rewards.correct_threshold", "verifier.correct_threshold", "rewards.length.max_tokens"}
 KEYS = numeric_keys()
 RULED = [(k, tp) for k, tp in KEYS if number_rule(k.rsplit(".", 1)[-1]) is not None]
 

@@ -115,7 +115,7 @@ def test_a_stage_using_under_5_percent_of_its_data_warns_by_name(tiny_model_dir:
         def run_unit(self, unit, loop):
             return {}
 
-        def numbers(self):
+        def numbers(self, progress=None):
             return {}
 
     result = run_training_stage(ctx, OneUnit(), Optimization(1e-6, 0.0, 1.0, "constant", 0, 1))

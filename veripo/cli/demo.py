@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+RECIPES = DEMO_CONFIG.parent / "recipes"  # one config per published method (docs/algorithms.md)
 
 
 def summary_table(run_dir: Path, title: str):
@@ -22,8 +23,12 @@ def summary_table(run_dir: Path, title: str):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     table = Table(title=title, caption="pairs: consistency/reflective/penalty; inconsistency: held-out after a "
-                  "training stage, the judged rollouts at a verify stage")
-    for column in ("stage", "kind", "accuracy", "tokens", "inconsist.", "pairs", "wall s"):
+                  "training stage, the judged rollouts at a verify stage; resampled: questions/rounds dynamic "
+                  "sampling added")
+    resampling = any(st.get("questions_resampled") for st in summary["stages"])
+    columns = ("stage", "kind", "accuracy", "tokens", "inconsist.", "pairs", *(("resampled",) if resampling else ()),
+               "wall s")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("stage", "kind") else "right", no_wrap=True)
     for st in summary["stages"]:
         ev = next(iter(st.get("eval", {}).values()), {})
@@ -31,8 +36,11 @@ def summary_table(run_dir: Path, title: str):
         inconsistency = ev.get("inconsistency_rate", st.get("inconsistency_rate"))
         counts = st.get("pairs") if isinstance(st.get("pairs"), dict) else None
         pairs = "/".join(str(counts.get(k, 0)) for k in ("consistency", "reflective", "penalty")) if counts else ""
+        # DAPO's dynamic sampling: questions resampled / extra rounds
+        resampled = ([f"{st['questions_resampled']}/{st.get('resample_rounds', 0)}" if "questions_resampled" in st
+                      else ""] if resampling else [])
         table.add_row(st["name"], st["kind"], fmt(ev.get("accuracy")), fmt(ev.get("response_len"), 1), fmt(inconsistency),
-                      pairs, fmt(st.get("wall_time_s"), 0))
+                      pairs, *resampled, fmt(st.get("wall_time_s"), 0))
     return table
 
 
@@ -75,6 +83,8 @@ def register(app: typer.Typer) -> None:
         compare: bool = typer.Option(False, "--compare", help="Also run GRPO alone for the same wall time and "
                                      "write a side-by-side comparison."),
         config: Path = typer.Option(DEMO_CONFIG, "--config", help="The demo config."),
+        recipe: Optional[str] = typer.Option(None, "--recipe", help="Run configs/recipes/RECIPE.yaml instead (dapo, "
+                                             "gspo, cispo, dr-grpo, grpo-only, video-r1, veripo, veripo-dapo)."),
     ) -> None:
         """The VerIPO loop on synthetic video tasks with the tiny model, on CPU (about 4 minutes on 2 cores)."""
         from rich.console import Console
@@ -82,6 +92,13 @@ def register(app: typer.Typer) -> None:
         from veripo.cli.train import _load, run_config
 
         console = Console()
+        if recipe is not None:
+            known = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+            if recipe not in known:
+                typer.secho(f"error: --recipe {recipe!r} is not one of {', '.join(known) or '(none found)'}", fg="red",
+                            err=True)
+                raise typer.Exit(2)
+            config = RECIPES / f"{recipe}.yaml"
         if not config.exists():
             typer.secho(f"error: demo config {config} not found (run from a source checkout, or pass --config)", fg="red", err=True)
             raise typer.Exit(2)

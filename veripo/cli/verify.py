@@ -55,14 +55,15 @@ def register(app: typer.Typer) -> None:
 
         from veripo.config import ConfigError, RunConfig, load
         from veripo.data.jsonl import JsonlError
+        from veripo.rewards.profiles import profile_for
         from veripo.verifier.run import load_rollouts, verify_rollouts
 
         def fail(message: str) -> None:
             typer.secho(f"error: {message}", fg="red", err=True)
             raise typer.Exit(2)
 
-        if judge is not None and judge not in JUDGES:
-            fail(f"--judge {judge!r} is not one of {', '.join(JUDGES)}")
+        if judge is not None and judge not in JUDGES and ":" not in judge:
+            fail(f"--judge {judge!r} is not one of {', '.join(JUDGES)} or an import path 'package.module:JudgeClass'")
         if not rollouts.is_file():
             fail(f"{rollouts}: no such rollouts file")
         run_config = find_run_config(rollouts)
@@ -98,7 +99,8 @@ def register(app: typer.Typer) -> None:
         console = Console()
         console.print(f"{len(by_id)} questions from {samples_from}{stage_note}")
         try:
-            summary = verify_rollouts(records, by_id, cfg, out_dir, profile_name=profile or run_cfg.rewards.profile,
+            rewards = dataclasses.replace(run_cfg.rewards, profile=profile) if profile else run_cfg.rewards
+            summary = verify_rollouts(records, by_id, cfg, out_dir, profile=profile_for(rewards),
                                       judge_name=cfg.judge, tokenizer=tok, show_progress=True, pairs_path=out)
         except (ValueError, KeyError) as e:
             fail(str(e.args[0] if e.args else e).replace("verifier.judge_url", "--judge-url")

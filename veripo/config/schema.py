@@ -109,10 +109,46 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class LengthRewardConfig:
+    """Video-R1's length reward (veripo.rewards.group.length_band_bonus): ``bonus`` added to the total of a
+    correct response (accuracy >= rewards.correct_threshold) whose length lies in [min_tokens, max_tokens], when
+    at least ``min_correct`` responses of its group are correct. Video-R1: 0.2, 320..512, response, 2."""
+
+    bonus: float = 0.0  # 0: off
+    min_tokens: int = 320
+    max_tokens: int = 512
+    count: Literal["thinking", "response"] = "thinking"  # thinking tokens, or the whole response (Video-R1)
+    min_correct: int = 2
+
+    def validate(self, prefix: str) -> None:
+        check_range(self.bonus, f"{prefix}.bonus")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise ConfigError(f"config key '{prefix}.min_tokens': need 0 <= min_tokens <= max_tokens, got "
+                              f"{self.min_tokens}..{self.max_tokens}.")
+        if self.min_correct < 1:
+            raise ConfigError(f"config key '{prefix}.min_correct': got {self.min_correct}; expected >= 1.")
+
+
+@dataclass(frozen=True)
 class RewardConfig:
     profile: str = "veripo"  # a scoring profile from veripo.rewards (videor1-train, videor1-eval, veripo-eval, veripo)
-    extra: tuple[str, ...] = ()  # extra reward functions by registry name, added to the profile's
-    weights: dict[str, float] = field(default_factory=dict)  # per-reward weight overrides
+    # extra rewards, by registry name or import path ("mypkg.rewards:my_reward", a function (completion, sample)
+    # -> float), added to the profile's
+    extra: tuple[str, ...] = ()
+    weights: dict[str, float] = field(default_factory=dict)  # per-reward weight overrides (accuracy, format, extras)
+    # format as a gate (accuracy counts only with a positive format reward) or an additive term; "profile": the
+    # profile's own rule (all shipped profiles: additive)
+    format: Literal["profile", "additive", "gate"] = "profile"
+    # accuracy reward at which a response counts as correct: the length and temporal bonuses, and the verifier
+    # (unless verifier.correct_threshold overrides it)
+    correct_threshold: float = 1.0
+    length: LengthRewardConfig = field(default_factory=LengthRewardConfig)
+
+    def validate(self, prefix: str) -> None:
+        for name, weight in self.weights.items():
+            check_range(weight, f"{prefix}.weights.{name}")
+        check_range(self.correct_threshold, f"{prefix}.correct_threshold", low=0.0, high=1.0, low_open=True,
+                    note="(accuracy rewards lie in [0, 1])")
 
 
 @dataclass(frozen=True)
@@ -135,10 +171,12 @@ class GRPOConfig:
     eval_every: int | None = None
     # algorithms by their registered names (veripo.algos registries; checked when a run starts)
     advantage: str = "grpo"  # grpo | drgrpo | rloo
-    policy_loss: str = "clipped"  # veripo.algos.policy_loss.POLICY_LOSSES
-    clip_low: float = 0.2  # lineage default (paper: not published)
-    clip_high: float = 0.2
-    dual_clip: float | None = None
+    policy_loss: str = "clipped"  # clipped | gspo | cispo (veripo.algos.policy_loss.POLICY_LOSSES)
+    # null: the loss's own range (clipped: 0.2/0.2, the lineage's, not published by the paper; gspo: 3e-4/4e-4,
+    # the GSPO paper's; cispo: 1.0/4.0, no lower bound and TRL's eps_max 5); docs/algorithms.md
+    clip_low: float | None = None
+    clip_high: float | None = None
+    dual_clip: float | None = None  # > 1: cap negative-advantage ratios (clipped, gspo) or weights (cispo) at c
     # token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm (Dr. GRPO; its constant
     # is rollout.max_new_tokens)
     loss_agg: str = "token-mean"
@@ -150,6 +188,23 @@ class GRPOConfig:
     weight_decay: float = 0.0
     shared_prefix: bool = True  # one prompt pass per group; False = per-sequence baseline
     filter_equal_groups: bool = False  # drop groups whose rewards are all equal (zero advantage)
+    # DAPO (Yu et al. 2025): dynamic sampling drops equal-reward groups and samples more questions until the
+    # rollout batch is full again, at most max_resample_rounds extra rounds of rollout_batch_size questions
+    # (resampled questions count as drawn from the stage's data); overlong shaping subtracts up to
+    # overlong_penalty over the last overlong_buffer tokens before rollout.max_new_tokens (0: off); the overlong
+    # filter leaves truncated responses out of the loss
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = 3
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+    overlong_filter: bool = False
+    # Video-R1's T-GRPO: each video question is also sampled on temporally shuffled frames (a second prompt,
+    # temporal_generations responses, default num_generations // 2 as Video-R1), not trained on; the ordered
+    # group's correct responses gain temporal_bonus when its accuracy >= temporal_ratio x the shuffled one's
+    temporal: bool = False
+    temporal_bonus: float = 0.3
+    temporal_ratio: float = 0.8
+    temporal_generations: int | None = None
     accuracy_band: tuple[float, float] | None = None  # keep groups whose mean accuracy lies in [lo, hi]
     save_every: int = 1  # rollout batches between checkpoints (the unit a killed run resumes from)
     save_every_s: float | None = None  # also checkpoint after the first rollout batch this many seconds past the last
@@ -184,6 +239,20 @@ class GRPOConfig:
                           f"steps; {self.rollout_batches} rollout batches = max_steps "
                           f"{self.rollout_batches} x rollout_batch_size x num_generations / global_batch_size)",
                           FutureWarning, stacklevel=2)
+        for key in ("clip_low", "clip_high"):
+            check_range(getattr(self, key), f"{prefix}.{key}", low=0.0, note="or null for the loss's own range")
+        if self.clip_low is not None and self.clip_low > 1.0:
+            raise ConfigError(f"config key '{prefix}.clip_low': got {self.clip_low}; expected at most 1 (the ratio's "
+                              "lower bound 1 - clip_low cannot go below 0).")
+        for key in ("max_resample_rounds", "overlong_buffer"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"config key '{prefix}.{key}': got {getattr(self, key)}; expected >= 0.")
+        check_range(self.overlong_penalty, f"{prefix}.overlong_penalty", low=0.0)
+        check_range(self.temporal_bonus, f"{prefix}.temporal_bonus", low=0.0)
+        check_range(self.temporal_ratio, f"{prefix}.temporal_ratio", low=0.0, low_open=True)
+        if self.temporal_generations is not None and self.temporal_generations < 1:
+            raise ConfigError(f"config key '{prefix}.temporal_generations': got {self.temporal_generations}; "
+                              "expected >= 1 or null (num_generations // 2).")
 
 
 def check_length(section: Any, prefix: str) -> None:
@@ -200,6 +269,29 @@ def check_length(section: Any, prefix: str) -> None:
                               f"{'' if key == 'save_every' else ' or null'}.")
 
 
+def check_range(value: float | None, key: str, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False, note: str = "") -> None:
+    """A finite number within [low, high] (``low_open``: above ``low``); None passes (an optional key)."""
+    if value is None:
+        return
+    bad = not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low)) or (
+        high is not None and value > high)
+    if bad:
+        bounds = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ConfigError(f"config key '{key}': got {value}; expected a finite number in {bounds}"
+                          f"{' ' + note if note else ''}.")
+
+
+BUILT_IN_JUDGES = ("rule", "hf", "openai")
+
+
+def check_judge_name(name: str, key: str) -> None:
+    """A built-in judge or an import path (checked by importing it when the run starts)."""
+    if name not in BUILT_IN_JUDGES and ":" not in name:
+        raise ConfigError(f"config key '{key}': got {name!r}; expected one of {', '.join(BUILT_IN_JUDGES)} or an "
+                          "import path 'package.module:JudgeClass'.")
+
+
 def check_micro_batch(size: int | None, prefix: str) -> None:
     if size is not None and size < 1:
         raise ConfigError(f"config key '{prefix}.micro_batch_size': got {size}; expected a positive number or null "
@@ -207,6 +299,9 @@ def check_micro_batch(size: int | None, prefix: str) -> None:
 
 
 def check_grpo_batches(grpo: GRPOConfig, rollout: RolloutConfig, prefix: str) -> None:
+    if grpo.overlong_buffer > rollout.max_new_tokens:
+        raise ConfigError(f"config key '{prefix}.overlong_buffer': {grpo.overlong_buffer} tokens is longer than "
+                          f"rollout.max_new_tokens {rollout.max_new_tokens}; expected a buffer before the cap.")
     responses = grpo.rollout_batch_size * rollout.num_generations
     if responses % grpo.global_batch_size:
         raise ConfigError(
@@ -236,7 +331,7 @@ class SFTConfig:
 
 @dataclass(frozen=True)
 class VerifierConfig:
-    judge: Literal["rule", "hf", "openai"] = "rule"
+    judge: str = "rule"  # rule | hf | openai, or a judge class by import path ("mypkg.judges:MyJudge")
     judge_url: str | None = None  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
     judge_model: str | None = None
     api_key_env: str = "VERIPO_JUDGE_API_KEY"  # the key is read from this variable, never logged
@@ -252,7 +347,13 @@ class VerifierConfig:
     pair_types: tuple[str, ...] = ("consistency", "reflective", "penalty")  # tried in this order up to the cap
     construct_reflective: bool = False  # splice reflective chains when a group has none (veripo.verifier.pairs)
     reference_chosen: bool = False  # a group with no good rollout: its sample's reference chain is chosen
-    correct_threshold: float = 1.0  # accuracy reward at which a rollout counts as correct
+    # accuracy reward at which a rollout counts as correct; null: rewards.correct_threshold (GRPO's own)
+    correct_threshold: float | None = None
+
+    def validate(self, prefix: str) -> None:
+        check_judge_name(self.judge, f"{prefix}.judge")
+        check_range(self.correct_threshold, f"{prefix}.correct_threshold", low=0.0, high=1.0, low_open=True,
+                    note="or null for rewards.correct_threshold")
 
 
 @dataclass(frozen=True)
@@ -334,7 +435,10 @@ class EvalConfig:
     profile: str = "veripo-eval"
     prompt: Literal["veripo", "videor1"] = "veripo"
     heldout: tuple[DataSource, ...] = ()  # evaluated (greedy) after every training stage of a run
-    judge: Literal["rule", "hf", "openai"] = "rule"  # for the inconsistency rate in evaluations
+    judge: str = "rule"  # for the inconsistency rate in evaluations (as verifier.judge)
+
+    def validate(self, prefix: str) -> None:
+        check_judge_name(self.judge, f"{prefix}.judge")
 
 
 @dataclass(frozen=True)

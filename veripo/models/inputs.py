@@ -44,10 +44,13 @@ class SampleEncoder:
         self.memo_size = memo_size
         self._memo: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
-    def __call__(self, sample: Sample) -> dict[str, Any]:
-        hit = self._memo.get(sample.id)
+    def __call__(self, sample: Sample, shuffle_seed: int | None = None) -> dict[str, Any]:
+        """The sample's prompt inputs; with ``shuffle_seed`` its video's frames in a seeded random order (the
+        temporally shuffled prompt of Video-R1's T-GRPO; timestamps stay in place, as there)."""
+        key = sample.id if shuffle_seed is None else f"{sample.id}#shuffled:{shuffle_seed}"
+        hit = self._memo.get(key)
         if hit is not None:
-            self._memo.move_to_end(sample.id)
+            self._memo.move_to_end(key)
             return hit
         frames, fps = None, None
         if sample.video is not None:
@@ -55,6 +58,8 @@ class SampleEncoder:
                                min_frames=self.media.min_frames, min_pixels=self.media.min_pixels,
                                max_pixels=self.media.max_pixels, cache_dir=self.cache_dir)
             frames, fps = video.frames, video.fps
+            if shuffle_seed is not None:
+                frames = frames[shuffled_order(len(frames), shuffle_seed)]
         images = [load_image(p, min_pixels=self.media.min_pixels, max_pixels=self.media.max_pixels)
                   for p in sample.images]
         encoded = encode_prompt(self.processor, sample, frames=frames, images=images, video_fps=fps, style=self.style)
@@ -62,7 +67,14 @@ class SampleEncoder:
         if length > self.max_prompt_tokens:
             raise PromptTooLong(f"sample {sample.id!r}: the prompt has {length} tokens, above the limit "
                                 f"{self.max_prompt_tokens} (model.max_prompt_tokens)")
-        self._memo[sample.id] = encoded
+        self._memo[key] = encoded
         if len(self._memo) > self.memo_size:
             self._memo.popitem(last=False)
         return encoded
+
+
+def shuffled_order(n: int, seed: int) -> list[int]:
+    """A seeded permutation of ``n`` frames (``torch.randperm``, as Video-R1 draws it)."""
+    import torch
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()

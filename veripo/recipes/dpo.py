@@ -23,6 +23,7 @@ from veripo.data.jsonl import check_unique_ids, read_jsonl
 from veripo.data.loaders import DataError
 from veripo.data.records import Pair
 from veripo.models.grouped_forward import backward_group, micro_batch_count, response_log_probs
+from veripo.recipes.checkpoint import Progress
 from veripo.recipes.common import progress_bar
 from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.run_dir import atomic_write_json, read_json
@@ -118,7 +119,7 @@ class DPOStage:
     def start(self, loop: StageLoop) -> None:
         self.ref = reference_logps(self.ctx, self.pairs, self.tokens)
 
-    def numbers(self) -> dict[str, Any]:
+    def numbers(self, progress: Progress) -> dict[str, Any]:
         return {"pairs": len(self.pairs)}
 
     def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:

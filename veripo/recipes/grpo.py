@@ -1,17 +1,21 @@
 """GRPO phase ("Group-Slow-Search" in the VerIPO paper): explore with G sampled rollouts per question.
 
-Per rollout batch of Q questions:
+Per rollout batch of Q questions (the next Q of the stage's seeded question stream, ``grpo_sampling``):
   1. sample G responses per question (prompt, video included, prefilled once per question);
-  2. score every response with the configured reward profile (rule rewards: accuracy + format);
+  2. score every response with the configured reward profile (rule rewards: accuracy + format, the gated
+     length bonus; ``rewards`` in the config), DAPO's overlong penalty (``grpo.overlong_buffer``) and
+     Video-R1's temporal bonus (``grpo.temporal``: each video question is also sampled on shuffled frames);
   3. group advantages ``(r_i - mean(r)) / (std(r) + eps)`` (or Dr. GRPO / RLOO), optionally dropping groups
-     whose rewards are all equal or whose accuracy is outside a band;
+     whose rewards are all equal or whose accuracy is outside a band; with ``grpo.dynamic_sampling`` (DAPO)
+     more questions are sampled until Q groups are kept (at most ``grpo.max_resample_rounds`` extra rounds);
   4. append every rollout (text, rewards, advantage, policy version) to ``rollouts.jsonl``: the verifier's
      input; per-question accuracy to ``question_stats.jsonl``: the easy-sample discard's input;
   5. ``Q*G / global_batch_size`` optimizer steps of the registered policy loss (``grpo.policy_loss``, aggregated
      by ``grpo.loss_agg``; ``veripo.algos.policy_loss.policy_loss``) against the sampling policy's log-probs,
      each group backpropagating its share of the step's loss (``BatchNorms``); each group's prompt runs once and
      its responses against the prompt's KV cache (``grpo.shared_prefix``; ``false`` is the per-sequence
-     baseline), ``grpo.micro_batch_size`` responses per forward/backward.
+     baseline), ``grpo.micro_batch_size`` responses per forward/backward; ``grpo.overlong_filter`` leaves
+     truncated responses out of the loss (DAPO).
 
 What it is not: no value model, no reference model unless ``grpo.kl_coef > 0`` (then the policy at the
 start of the stage is kept frozen).
@@ -26,14 +30,16 @@ decoding rounds differently from the training pass. Every optimizer step logs th
 trainer's side is the recomputed log-prob, or without recomputation the step's own forward, which equals the
 sampling policy only at a rollout batch's first step), next to ``clip_frac``, the share of clipped tokens.
 
-Resume: a checkpoint after every ``save_every`` rollout batches; every random draw is seeded from the run
-seed, the stage and the batch index, so a resumed stage redoes exactly the work that was lost.
+Resume: a checkpoint after every ``save_every`` rollout batches, with the count of questions drawn so far
+(``questions_drawn``, resampled ones included); every random draw is seeded from the run seed, the stage, the
+batch index and the resampling round, so a resumed stage redoes exactly the work that was lost.
 Several processes: questions are split over ranks; see ``veripo.parallel``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,13 +53,16 @@ from veripo.errors import UnusableSample
 from veripo.data.jsonl import read_jsonl
 from veripo.data.records import Rollout, Sample
 from veripo.models.grouped_forward import backward_group, micro_batch_count, response_log_probs
-from veripo.recipes.common import derive_seed, generator
+from veripo.recipes.checkpoint import Progress
+from veripo.recipes.common import derive_seed
 from veripo.recipes.context import StageContext, StageResult
-from veripo.recipes.sources import SKIPPED_FILE, check_bad_share
+from veripo.recipes.grpo_sampling import draw_questions, fill_batch
 from veripo.recipes.sizing import grpo_size
+from veripo.recipes.sources import SKIPPED_FILE, check_bad_share
 from veripo.recipes.stage_loop import Optimization, StageLoop, run_training_stage
 from veripo.rewards import parse_completion
-from veripo.rewards.profiles import build_profile
+from veripo.rewards.group import overlong_penalty, temporal_bonus
+from veripo.rewards.profiles import profile_for
 from veripo.rollout import HFRolloutEngine, SamplingParams
 
 @dataclass
@@ -69,8 +78,11 @@ class ScoredGroup:
     rewards: list[dict[str, float]]
     totals: list[float]
     prompt_tokens: int
+    thinking_tokens: list[int]
     advantages: list[float] | None = None
     kept: bool = True
+    round: int = 0  # dynamic sampling's round that drew it (0: the batch's first)
+    shuffled_accuracy: float | None = None  # T-GRPO: mean accuracy on the shuffled frames
     trainer_logprobs: list[list[float]] | None = None  # the trainer's recomputed old log-probs, when recomputed
 
 
@@ -82,28 +94,16 @@ def recomputes_old_logprobs(setting: bool | str, engine: str, compute_dtype: str
     return bool(setting)
 
 
-def batch_questions(samples: list[Sample], unit: int, size: int, seed: int, stage: str) -> list[Sample]:
-    """Questions of rollout batch ``unit``: epochs of seeded permutations, cut into batches of ``size``."""
-    n = len(samples)
-    start = unit * size
-    out: list[Sample] = []
-    while len(out) < size:
-        epoch, offset = divmod(start + len(out), n)
-        order = torch.randperm(n, generator=generator(seed, stage, "order", epoch)).tolist()
-        take = min(size - len(out), n - offset)
-        out.extend(samples[i] for i in order[offset : offset + take])
-    return out
-
 
 def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list[tuple[int, Sample]], unit: int,
-                     skipped: list[dict[str, Any]] | None = None) -> list[ScoredGroup]:
+                     round_: int = 0, skipped: list[dict[str, Any]] | None = None) -> list[ScoredGroup]:
     """G responses per question, ``rollout.batch_questions`` questions per engine call, each question with
-    its own seed (from the run seed, stage, batch and sample id: independent of the rank), then scored.
+    its own seed (from the run seed, stage, batch, dynamic-sampling round and sample id: independent of the
+    rank), then scored with the run's reward profile and DAPO's overlong penalty (``grpo.overlong_buffer``).
     A question whose prompt cannot be built (``UnusableSample``: unreadable media, a prompt over the token
     limit) gets no group; it is appended to ``skipped`` as ``{"sample_id", "reason", "rollout_batch"}``."""
-    rollout = ctx.section("rollout")
-    rewards = ctx.cfg.rewards
-    profile = build_profile(rewards.profile, rewards.extra, rewards.weights)
+    rollout, grpo = ctx.section("rollout"), ctx.section("grpo")
+    profile = profile_for(ctx.cfg.rewards)
     params = SamplingParams(
         num_generations=rollout.num_generations,
         temperature=rollout.temperature,
@@ -123,10 +123,16 @@ def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list
                     skipped.append({"sample_id": sample.id, "reason": str(e), "rollout_batch": unit})
         if not chunk:
             continue
-        seeds = [derive_seed(ctx.cfg.seed, ctx.stage.name, unit, sample.id) for _, sample in chunk]
+        keys = (unit,) if round_ == 0 else (unit, f"round{round_}")
+        seeds = [derive_seed(ctx.cfg.seed, ctx.stage.name, *keys, sample.id) for _, sample in chunk]
         outputs = engine.generate(prompts, params, seeds=seeds)
+        shuffled = temporal_accuracies(ctx, engine, chunk, params, profile, keys) if grpo.temporal else {}
         for (q, sample), out in zip(chunk, outputs):
-            scores = [profile.score(r.text, sample) for r in out.responses]
+            thinking = [thinking_token_count(ctx.policy.tokenizer, r.text) for r in out.responses]
+            scores = profile.score_group([r.text for r in out.responses], sample, thinking_tokens=thinking,
+                                         response_tokens=[len(r.token_ids) for r in out.responses])
+            add_grpo_shaping(scores, [len(r.token_ids) for r in out.responses], shuffled.get(sample.id), ctx,
+                             profile.correct_threshold)
             groups.append(
                 ScoredGroup(
                     sample_id=sample.id,
@@ -138,32 +144,77 @@ def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list
                     rewards=[{k: float(v) for k, v in s.items()} for s in scores],
                     totals=[float(s["total"]) for s in scores],
                     prompt_tokens=out.prompt_tokens,
+                    thinking_tokens=thinking,
+                    round=round_,
+                    shuffled_accuracy=(sum(shuffled[sample.id]) / len(shuffled[sample.id])
+                                       if shuffled.get(sample.id) else None),
                 )
             )
     return groups
 
 
 def assign_advantages(groups: list[ScoredGroup], grpo: Any) -> None:
-    """Group advantages, then the optional online filter (equal-reward groups, accuracy band)."""
+    """Group advantages, then the optional online filter (equal-reward groups, as dynamic sampling drops them;
+    accuracy band)."""
     for g in groups:
         g.advantages = group_advantages(torch.tensor([g.totals], dtype=torch.float64), estimator=grpo.advantage)[0].tolist()
         accuracy = sum(r.get("accuracy", 0.0) for r in g.rewards) / len(g.rewards)
-        if grpo.filter_equal_groups and max(g.totals) - min(g.totals) < 1e-9:
+        equal = max(g.totals) - min(g.totals) < 1e-9 and len(g.totals) > 1  # DAPO keeps a group of one (verl)
+        if (grpo.filter_equal_groups or grpo.dynamic_sampling) and equal:
             g.kept = False
         if grpo.accuracy_band is not None and not grpo.accuracy_band[0] <= accuracy <= grpo.accuracy_band[1]:
             g.kept = False
 
 
+def add_grpo_shaping(scores: list[dict[str, float]], lengths: list[int], shuffled: list[float] | None,
+                     ctx: StageContext, correct_threshold: float) -> None:
+    """The GRPO stage's own reward terms, each a component added to the total: Video-R1's ``temporal`` bonus
+    (with the shuffled-frame accuracies of a video question) and DAPO's ``overlong`` penalty."""
+    grpo, rollout = ctx.section("grpo"), ctx.section("rollout")
+    if shuffled is not None:
+        bonus = temporal_bonus([s["accuracy"] for s in scores], shuffled, bonus=grpo.temporal_bonus,
+                               ratio=grpo.temporal_ratio, correct_threshold=correct_threshold)
+        for s, b in zip(scores, bonus):
+            s["temporal"] = b
+            s["total"] += b
+    if grpo.overlong_buffer:
+        for s, n in zip(scores, lengths):
+            s["overlong"] = overlong_penalty(n, rollout.max_new_tokens, grpo.overlong_buffer, grpo.overlong_penalty)
+            s["total"] += s["overlong"]
+
+
+def temporal_accuracies(ctx: StageContext, engine: HFRolloutEngine, chunk: list[tuple[int, Sample]],
+                        params: SamplingParams, profile: Any, keys: tuple) -> dict[str, list[float]]:
+    """T-GRPO's second prompt: each video question of ``chunk`` on its frames in a seeded shuffled order, sampled
+    ``grpo.temporal_generations`` times (prefilled once, like any prompt); the accuracy of every response, by
+    sample id. Questions without a video are left out (Video-R1 shuffles videos only)."""
+    grpo, num = ctx.section("grpo"), params.num_generations
+    videos = [sample for _, sample in chunk if sample.video is not None]
+    if not videos:
+        return {}
+    shuffled_params = dataclasses.replace(params, num_generations=grpo.temporal_generations or max(1, num // 2))
+    prompts = [ctx.encode(s, shuffle_seed=derive_seed(ctx.cfg.seed, ctx.stage.name, *keys, "frames", s.id))
+               for s in videos]
+    seeds = [derive_seed(ctx.cfg.seed, ctx.stage.name, *keys, "shuffled", s.id) for s in videos]
+    outputs = engine.generate(prompts, shuffled_params, seeds=seeds)
+    return {s.id: [profile.score(r.text, s)["accuracy"] for r in out.responses] for s, out in zip(videos, outputs)}
+
+
+def thinking_token_count(tokenizer: Any, text: str) -> int:
+    """Tokens of a response's thinking (0 without a think block)."""
+    thinking = parse_completion(text).thinking
+    return len(tokenizer(thinking, add_special_tokens=False)["input_ids"]) if thinking else 0
+
+
 def to_rollouts(ctx: StageContext, groups: list[ScoredGroup], unit: int, policy_version: int) -> list[Rollout]:
-    tokenizer = ctx.policy.tokenizer
     out = []
     for g in groups:
         for i, text in enumerate(g.texts):
             parsed = parse_completion(text)
-            thinking_tokens = len(tokenizer(parsed.thinking, add_special_tokens=False)["input_ids"]) if parsed.thinking else 0
+            batch_key = unit if g.round == 0 else f"{unit}.{g.round}"  # a question drawn twice stays two groups
             out.append(
                 Rollout(
-                    id=f"{g.sample_id}/{ctx.stage.name}/{unit}/{i}",
+                    id=f"{g.sample_id}/{ctx.stage.name}/{batch_key}/{i}",
                     sample_id=g.sample_id,
                     group_index=i,
                     text=text,
@@ -171,7 +222,7 @@ def to_rollouts(ctx: StageContext, groups: list[ScoredGroup], unit: int, policy_
                     answer=parsed.answer,
                     prompt_tokens=g.prompt_tokens,
                     response_tokens=len(g.token_ids[i]),
-                    thinking_tokens=thinking_tokens,
+                    thinking_tokens=g.thinking_tokens[i],
                     truncated=g.finish[i] == "length",
                     rewards=g.rewards[i],
                     reward=g.totals[i],
@@ -201,9 +252,16 @@ def optimizer_chunks(groups: list[ScoredGroup], per_step: int) -> list[list[tupl
     return [items[i : i + per_step] for i in range(0, len(items), per_step)]
 
 
-def chunk_norms(groups: list[ScoredGroup], chunk: list[tuple[int, int]], norm_constant: float) -> BatchNorms:
-    """The normalisers of one optimizer step's responses (all ranks'), so each group's loss is its share."""
-    lengths = [len(groups[gi].token_ids[r]) for gi, r in chunk]
+def trains_on(group: ScoredGroup, response: int, overlong_filter: bool) -> bool:
+    """Whether a response's tokens enter the loss: DAPO's overlong filtering masks truncated ones."""
+    return not (overlong_filter and group.finish[response] == "length")
+
+
+def chunk_norms(groups: list[ScoredGroup], chunk: list[tuple[int, int]], norm_constant: float,
+                overlong_filter: bool = False) -> BatchNorms:
+    """The normalisers of one optimizer step's responses (all ranks'), so each group's loss is its share; a
+    response masked by the overlong filter counts as a row without tokens."""
+    lengths = [len(groups[gi].token_ids[r]) if trains_on(groups[gi], r, overlong_filter) else 0 for gi, r in chunk]
     return BatchNorms(tokens=float(sum(lengths)), sequences=float(sum(n > 0 for n in lengths)),
                       rows=float(len(chunk)), norm_constant=norm_constant)
 
@@ -223,6 +281,10 @@ def group_policy_loss(logp: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, 
     else:
         sums["kl"] = float(((old - logp.detach()) * mask).sum())  # approx KL to the sampler
     return loss, sums
+
+
+# the question stream's counters in the stage's progress (checkpointed; numbers() puts them in the summary)
+STREAM_COUNTERS = ("questions_drawn", "questions_resampled", "resample_rounds", "groups_dropped")
 
 
 class GRPOStage:
@@ -252,8 +314,10 @@ class GRPOStage:
         self.recompute = recomputes_old_logprobs(grpo.recompute_old_logprobs, self.rollout.engine,
                                                  ctx.cfg.model.dtype)
 
-    def numbers(self) -> dict[str, Any]:
-        return {}
+    def numbers(self, progress: Progress) -> dict[str, Any]:
+        """The stage's question-stream counters (kept in its checkpoints): questions drawn (resampled ones
+        included), dynamic sampling's extra questions and rounds, and the groups it dropped."""
+        return {key: progress.extra.get(key, 0) for key in STREAM_COUNTERS}
 
     def start(self, loop: StageLoop) -> None:
         ctx, grpo, model = self.ctx, self.grpo, self.ctx.policy.model
@@ -285,28 +349,45 @@ class GRPOStage:
         return [row[: len(tokens)].tolist() for row, tokens in zip(logp, group.token_ids)]
 
     def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:
-        ctx, grpo = self.ctx, self.grpo
-        questions = batch_questions(ctx.samples, unit, grpo.rollout_batch_size, ctx.cfg.seed, ctx.stage.name)
-        mine = ctx.dist.shard(list(enumerate(questions)))
-        skipped: list[dict[str, Any]] = []
-        with ctx.parallel.gathered_weights():
-            scored = sample_and_score(ctx, self.engine, mine, unit, skipped)
-            if self.recompute:
-                for g in scored:
-                    g.trainer_logprobs = self.trainer_log_probs(g)
-        groups = ctx.parallel.gather(scored)
-        self.count_skipped(ctx.parallel.gather(skipped), loop)
-        groups.sort(key=lambda g: g.question)
-        assign_advantages(groups, grpo)
+        ctx, grpo, size = self.ctx, self.grpo, self.grpo.rollout_batch_size
+        counters = loop.progress.extra  # saved with every checkpoint, so a resumed stage continues the stream
+        start = counters.get("questions_drawn", unit * size)
+
+        def sample_round(round_: int, first: int) -> list[ScoredGroup]:
+            questions = draw_questions(ctx.samples, start + first, size, ctx.cfg.seed, ctx.stage.name)
+            mine = [(first + i, s) for i, s in enumerate(questions) if (first + i) % ctx.dist.world == ctx.dist.rank]
+            skipped: list[dict[str, Any]] = []
+            with ctx.parallel.gathered_weights():
+                scored = sample_and_score(ctx, self.engine, mine, unit, round_, skipped)
+                if self.recompute:
+                    for g in scored:
+                        g.trainer_logprobs = self.trainer_log_probs(g)
+            groups = ctx.parallel.gather(scored)
+            self.count_skipped(ctx.parallel.gather(skipped), loop)
+            groups.sort(key=lambda g: g.question)
+            assign_advantages(groups, grpo)
+            return groups
+
+        filled = fill_batch(sample_round, size, dynamic=grpo.dynamic_sampling, max_rounds=grpo.max_resample_rounds)
+        groups = filled.groups
+        counters["questions_drawn"] = start + filled.drawn
+        for key, value in (("questions_resampled", filled.drawn - size), ("resample_rounds", filled.rounds),
+                           ("groups_dropped", filled.dropped)):
+            counters[key] = counters.get(key, 0) + value
+        if grpo.dynamic_sampling and filled.shortfall:
+            ctx.log(f"rollout batch {unit}: {filled.shortfall} of {size} groups short after "
+                    f"{filled.rounds} resample rounds (grpo.max_resample_rounds)")
         rollouts = to_rollouts(ctx, groups, unit, policy_version=loop.progress.global_step)
-        batch = _batch_metrics(groups, rollouts)
+        batch = {**_batch_metrics(groups, rollouts), "questions_drawn": float(filled.drawn),
+                 "resample_rounds": float(filled.rounds), "groups_dropped": float(filled.dropped)}
         loop.write_many("rollouts.jsonl", rollouts)
         for g in groups:
             acc = [r.get("accuracy", 0.0) for r in g.rewards]
             loop.write("question_stats.jsonl", {
                 "sample_id": g.sample_id, "stage": ctx.stage.name, "step": unit, "n": len(acc),
                 "correct": sum(a >= 1.0 - 1e-9 for a in acc), "accuracy_mean": sum(acc) / len(acc),
-                "reward_mean": sum(g.totals) / len(g.totals)})
+                "reward_mean": sum(g.totals) / len(g.totals),
+                **({} if g.shuffled_accuracy is None else {"shuffled_accuracy_mean": g.shuffled_accuracy})})
         for chunk in optimizer_chunks(groups, grpo.global_batch_size):
             totals, grad_norm, lr = self.optimizer_step(loop, groups, chunk)
             tokens = max(1.0, sum(t["tokens"] for t in totals))
@@ -336,7 +417,7 @@ class GRPOStage:
         every rank's metric sums, the gradient norm and the lr."""
         ctx, grpo, model = self.ctx, self.grpo, self.ctx.policy.model
         temperature = self.rollout.temperature  # train the policy that sampled the rollouts (as TRL and verl do)
-        norms = chunk_norms(groups, chunk, float(self.rollout.max_new_tokens))
+        norms = chunk_norms(groups, chunk, float(self.rollout.max_new_tokens), grpo.overlong_filter)
         mine = {g.question for g in groups if g.question % ctx.dist.world == ctx.dist.rank}
         by_group: dict[int, list[int]] = {}
         for gi, r in chunk:
@@ -350,6 +431,9 @@ class GRPOStage:
             g = groups[gi]
             prompt = ctx.encode(self.by_id[g.sample_id])
             ids, mask = _padded([g.token_ids[r] for r in rows], torch.long)
+            # the loss's mask: the overlong filter leaves truncated responses out (the forward still runs them)
+            trains = torch.tensor([trains_on(g, r, grpo.overlong_filter) for r in rows], dtype=mask.dtype)
+            loss_mask = mask * trains[:, None]
             sampler, _ = _padded([g.logprobs[r] for r in rows], torch.float32)
             old = sampler if g.trainer_logprobs is None else _padded([g.trainer_logprobs[r] for r in rows],
                                                                       torch.float32)[0]
@@ -360,9 +444,9 @@ class GRPOStage:
                                          temperature=temperature).log_probs
 
             def loss_fn(logp: torch.Tensor, entropy: torch.Tensor | None, sel: torch.Tensor) -> torch.Tensor:
-                m = mask[sel]
+                m = loss_mask[sel]
                 trainer = logp.detach() if g.trainer_logprobs is None else old[sel]
-                gap = (sampler[sel] - trainer).abs() * m
+                gap = (sampler[sel] - trainer).abs() * mask[sel]
                 sums["gap"] += float(gap.sum())
                 sums["gap_max"] = max(sums["gap_max"], float(gap.max()))
                 share, metric_sums = group_policy_loss(logp, old[sel], adv[sel], m,

@@ -18,6 +18,7 @@ import torch
 from veripo.data.loaders import DataError
 from veripo.data.records import Sample
 from veripo.models.grouped_forward import backward_group
+from veripo.recipes.checkpoint import Progress
 from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.sizing import batch_size_of
 from veripo.recipes.stage_loop import Optimization, StageLoop, epoch_batch, run_training_stage
@@ -50,7 +51,7 @@ class SFTStage:
     def start(self, loop: StageLoop) -> None:
         pass
 
-    def numbers(self) -> dict[str, Any]:
+    def numbers(self, progress: Progress) -> dict[str, Any]:
         return {}
 
     def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:

@@ -82,8 +82,9 @@ class TrainingStage(Protocol):
     def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:
         """Do unit ``unit`` (its optimizer steps go through ``loop.optimizer_step``); returns progress-bar fields."""
 
-    def numbers(self) -> dict[str, Any]:
-        """Numbers for the run summary besides the wall time."""
+    def numbers(self, progress: Progress) -> dict[str, Any]:
+        """Numbers for the run summary besides the wall time (``progress``: the stage's counters, restored from
+        its checkpoint when a resumed stage had already finished)."""
 
 
 @dataclass
@@ -148,7 +149,7 @@ def run_training_stage(ctx: StageContext, stage: TrainingStage, settings: Optimi
         ctx.console.print(f"[bold yellow]{small}[/bold yellow]")
     if progress.done:
         return StageResult(steps=progress.step, outputs=outputs,
-                           numbers={**stage.numbers(), "wall_time_s": progress.extra.get("time_s", 0.0)})
+                           numbers={**stage.numbers(progress), "wall_time_s": progress.extra.get("time_s", 0.0)})
     clock = Stopwatch(progress.extra.get("time_s", 0.0))
     writers = {name: JsonlWriter(path, fsync="batch") for name, path in outputs.items()} if ctx.dist.is_main else {}
     loop = StageLoop(ctx, optimizer, scheduler, progress, clock, settings.max_grad_norm, writers,
@@ -185,7 +186,7 @@ def run_training_stage(ctx: StageContext, stage: TrainingStage, settings: Optimi
     finally:
         for writer in writers.values():
             writer.close()
-    return StageResult(steps=progress.step, outputs=outputs, numbers={**stage.numbers(), "wall_time_s": clock.elapsed()})
+    return StageResult(steps=progress.step, outputs=outputs, numbers={**stage.numbers(progress), "wall_time_s": clock.elapsed()})
 
 
 def evaluate_if_due(ctx: StageContext, loop: StageLoop, every: int | None) -> None:

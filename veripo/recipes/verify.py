@@ -6,6 +6,7 @@ from veripo.data.loaders import DataError
 from veripo.recipes.common import Stopwatch
 from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.run_dir import read_json
+from veripo.rewards.profiles import profile_for
 from veripo.verifier.run import load_rollouts, verify_rollouts
 
 
@@ -26,8 +27,9 @@ def run_verify(ctx: StageContext) -> StageResult:
     if unknown:  # a run knows every question it sampled: verifying without them would silently build no pairs
         raise DataError(f"stage '{ctx.stage.name}': {len(unknown)} of {len(rollouts)} rollouts in {rollouts_path} "
                            f"refer to questions this run has not loaded (first: sample_id {unknown[0].sample_id!r})")
-    summary = verify_rollouts(rollouts, samples, ctx.section("verifier"),
-                              ctx.stage_dir, profile_name=ctx.cfg.rewards.profile)
+    # the rewards GRPO scored with (format gate, correct threshold): both judge a response the same way
+    summary = verify_rollouts(rollouts, samples, ctx.section("verifier"), ctx.stage_dir,
+                              profile=profile_for(ctx.cfg.rewards))
     data = summary.to_dict()
     ctx.log(f"{data['rollouts']} rollouts: failed {data['failed']}; pairs {data['pairs']}; "
             f"inconsistency rate {data['inconsistency_rate']}")

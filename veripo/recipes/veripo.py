@@ -29,6 +29,7 @@ from typing import Any, Callable
 from rich.console import Console
 
 from veripo.config import ConfigError, RunConfig, Stage, dump_yaml
+from veripo.config.plugins import is_import_path
 from veripo.data.curriculum import discard_easy
 from veripo.data.jsonl import read_jsonl
 from veripo.data.records import Sample
@@ -49,6 +50,9 @@ from veripo.recipes.evaluation import evaluate_stage
 from veripo.recipes.grpo import run_grpo
 from veripo.errors import RunStateError
 from veripo.recipes.run_dir import RunDir, atomic_write_text, config_drift, config_sha256
+from veripo.rewards.profiles import profile_for
+from veripo.rewards.registry import get_reward
+from veripo.verifier.judges import load_judge
 from veripo.recipes.sft import run_sft
 from veripo.recipes.sources import SKIPPED_FILE, SampleStore, drop_unusable
 from veripo.recipes.verify import run_verify
@@ -308,7 +312,8 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
 
 def check_algorithm_names(cfg: RunConfig) -> None:
     """Every algorithm a stage names (advantage estimator, policy loss and its aggregation, KL estimator, DPO
-    loss) is registered in ``veripo.algos``; a ``ConfigError`` names the key and the choices otherwise."""
+    loss) is registered in ``veripo.algos``, and every reward and judge named by import path imports and has the
+    right signature; a ``ConfigError`` names the key (and the choices) otherwise."""
     from veripo.algos.advantages import ADVANTAGES
     from veripo.algos.dpo import DPO_LOSSES
     from veripo.algos.kl import KL_ESTIMATORS
@@ -328,6 +333,25 @@ def check_algorithm_names(cfg: RunConfig) -> None:
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise ConfigError(f"config key '{where}{section}.{key}': {value!r} is not a registered "
                                   f"{registry.kind}; expected one of {registry.names()}.{hint}")
+        judge = (cfg.verifier if stage is None else cfg.section_for(stage, "verifier")).judge
+        if is_import_path(judge):  # a built-in judge is made when it is used (the hf one loads a model)
+            _load_named(f"{where}verifier.judge", lambda judge=judge: load_judge(judge))
+    if is_import_path(cfg.eval.judge):
+        _load_named("eval.judge", lambda: load_judge(cfg.eval.judge))
+    for i, name in enumerate(cfg.rewards.extra):
+        _load_named(f"rewards.extra[{i}]", lambda name=name: get_reward(name))
+    _load_named("rewards", lambda: profile_for(cfg.rewards))
+
+
+def _load_named(key: str, load: Callable[[], object]) -> None:
+    """Load what a config key names (a user's reward or judge by import path is imported here, at the start of
+    a run); its error becomes a ``ConfigError`` naming the key."""
+    from veripo.config import ConfigError
+
+    try:
+        load()
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"config key '{key}': {e.args[0] if e.args else e}") from None
 
 
 def read_question_stats(stage_dir: Path) -> dict[str, tuple[int, int]]:

@@ -19,6 +19,8 @@ from typing import Any
 from veripo.data.jsonl import HEADER_KEY
 
 STAGE_DIR = re.compile(r"^(\d+)-(.+)$")
+# a GRPO stage's question-stream counters in summary.json (veripo.recipes.grpo.GRPOStage.numbers)
+SAMPLING_COUNTS = ("questions_drawn", "questions_resampled", "resample_rounds", "groups_dropped")
 
 
 @dataclass
@@ -35,6 +37,7 @@ class StageData:
     pairs: dict[str, int] = field(default_factory=dict)  # verify stages: pairs per type
     verify: dict[str, Any] = field(default_factory=dict)  # verify_summary.json as written
     inconsistency_rate: float | None = None  # verify stages: share of judged rollouts found inconsistent
+    sampling: dict[str, float] = field(default_factory=dict)  # GRPO stages: questions drawn, resampled, ...
 
     @property
     def label(self) -> str:
@@ -259,6 +262,7 @@ def load_run(run_dir: str | Path) -> RunData:
         stage.eval = {str(k): v for k, v in evals.items() if isinstance(v, dict)} if isinstance(evals, dict) else {}
         stage.pairs = _pair_counts(entry.get("pairs"))
         stage.inconsistency_rate = as_number(entry.get("inconsistency_rate"))
+        stage.sampling = {key: value for key in SAMPLING_COUNTS if (value := as_number(entry.get(key))) is not None}
     if not stages:
         notes.append(f"{root}: no stages found (neither stages/NN-<name>/ folders nor summary.json entries)")
 

@@ -88,6 +88,18 @@ def task_table(run: RunData) -> Table | None:
     return table if table.rows else None
 
 
+def sampling_table(run: RunData) -> Table | None:
+    """The GRPO stages' question counts when dynamic sampling (DAPO) resampled: questions drawn from the
+    data, how many of them were resampled, in how many extra rounds, and the equal-reward groups dropped."""
+    stages = [s for s in run.stages if s.sampling.get("questions_resampled") or s.sampling.get("resample_rounds")]
+    if not stages:
+        return None
+    keys = ("questions_drawn", "questions_resampled", "resample_rounds", "groups_dropped")
+    rows = [[s.name] + [number(s.sampling.get(k), 0) for k in keys] for s in stages]
+    headers = ["GRPO stage", "questions drawn", "resampled questions", "resample rounds", "groups dropped"]
+    return Table("Dynamic sampling (DAPO): questions drawn to fill the rollout batches", headers, rows)
+
+
 def _failed_checks(stage: StageData) -> str:
     checks = stage.verify.get("failed_checks") or stage.verify.get("checks_failed") or stage.verify.get("failed")
     if not isinstance(checks, dict):

@@ -21,6 +21,7 @@ from veripo.report.tables import (
     pairs_table,
     problem_type_table,
     run_table,
+    sampling_table,
     stage_table,
     task_table,
 )
@@ -68,7 +69,7 @@ def write_report(run_dir: str | Path) -> Path:
         meta=[f"run directory: {root.resolve()}",
               f"{len(run.stages)} stage(s), {run.steps_logged} logged optimizer step(s); {_state_line(run)}"],
         tables=[t for t in (stage_table(run), benchmark_table(run), problem_type_table(run), task_table(run),
-                            pairs_table(run), run_table([run])) if t is not None],
+                            pairs_table(run), sampling_table(run), run_table([run])) if t is not None],
         plots=plots,
         configs={run.name: run.config_text},
         notes=page_notes([run], prefix_run=False) + [f"plot {p.name}: {p.note}" for p in plots if p.note],

@@ -1,6 +1,7 @@
 """Group-level rewards: the ones that need the other rollouts of the same question.
 
-``adaptive_length_rewards`` follows the VerIPO paper's discussion of reasoning length: reward longer
+``length_band_bonus`` is Video-R1's gated length reward (correct responses within a token band, when the
+group has several correct ones). ``adaptive_length_rewards`` follows the VerIPO paper's discussion of reasoning length: reward longer
 thinking where the group found the question hard, penalise over-thinking where it found it easy.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from veripo.data.records import Sample
 from veripo.rewards.parsing import parse_completion
@@ -63,3 +65,64 @@ def adaptive_length_rewards(
             z = max(-1.0, min(1.0, (lengths[i] - mean) / (std + 1.0)))
             rewards[i] = scale * acc[i] * (2.0 * difficulty - 1.0) * z
     return rewards
+
+
+@dataclass(frozen=True)
+class LengthBand:
+    """Video-R1's length reward (``len_control`` in ``src/r1-v/src/open_r1/trainer/grpo_trainer.py``): ``bonus``
+    for a *correct* response whose length lies in [``min_tokens``, ``max_tokens``], paid only when at least
+    ``min_correct`` responses of its group are correct. ``count``: which length, "thinking" tokens or the whole
+    "response" (Video-R1 counts the whole completion)."""
+
+    bonus: float = 0.2
+    min_tokens: int = 320
+    max_tokens: int = 512
+    count: str = "thinking"
+    min_correct: int = 2
+
+
+def length_band_bonus(accuracies: Sequence[float], lengths: Sequence[int], band: LengthBand,
+                      correct_threshold: float) -> list[float]:
+    """The bonus of each response of one question's group (``accuracies`` and ``lengths`` in group order).
+
+    ``b_i = band.bonus`` if ``a_i >= correct_threshold`` and ``min_tokens <= L_i <= max_tokens`` and
+    ``#{j : a_j >= correct_threshold} >= band.min_correct``, else 0. Video-R1's rule is this with
+    ``correct_threshold`` just above 0.1 (it tests ``a > 0.1``), bonus 0.2, band 320..512 response tokens,
+    ``min_correct`` 2 (``len(selected_indices) > 1``). A wrong response never gains from its length.
+    """
+    if len(accuracies) != len(lengths):
+        raise ValueError(f"length_band_bonus: {len(accuracies)} accuracies but {len(lengths)} lengths; expected equal")
+    correct = [math.isfinite(a) and a >= correct_threshold for a in accuracies]
+    if sum(correct) < band.min_correct:
+        return [0.0] * len(accuracies)
+    return [band.bonus if ok and band.min_tokens <= n <= band.max_tokens else 0.0 for ok, n in zip(correct, lengths)]
+
+
+def overlong_penalty(length: int, max_tokens: int, buffer: int, factor: float = 1.0) -> float:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13; verl's ``DAPORewardManager``,
+    ``verl/workers/reward_manager/dapo.py``): 0 up to ``max_tokens - buffer`` tokens, then falling linearly to
+    ``-factor`` at ``max_tokens``: ``min(0, -(length - (max_tokens - buffer)) / buffer * factor)``. Added to the
+    reward of a response of ``length`` tokens; ``buffer`` 0 disables it."""
+    if buffer <= 0:
+        return 0.0
+    if buffer > max_tokens:
+        raise ValueError(f"overlong_penalty: buffer {buffer} is longer than max_tokens {max_tokens}")
+    return min(0.0, -(length - (max_tokens - buffer)) / buffer * factor)
+
+
+def temporal_bonus(ordered_accuracies: Sequence[float], shuffled_accuracies: Sequence[float], *, bonus: float = 0.3,
+                   ratio: float = 0.8, correct_threshold: float) -> list[float]:
+    """Video-R1's T-GRPO temporal reward (Feng et al. 2025, eq. 2; ``grpo_trainer.py``'s ``self.temporal``
+    branch): with ``p`` the mean accuracy of a question's responses on frames in order and ``p~`` on shuffled
+    frames, every correct ordered response gains ``bonus`` when ``p >= ratio * p~``; otherwise none does.
+
+    Video-R1's constants: bonus 0.3, ratio 0.8, correct meaning accuracy ``> 0.1``. Returns one value per
+    ordered response (the shuffled ones only measure the question, they are not trained on).
+    """
+    if not shuffled_accuracies:
+        return [0.0] * len(ordered_accuracies)
+    ordered = sum(ordered_accuracies) / max(1, len(ordered_accuracies))
+    shuffled = sum(shuffled_accuracies) / len(shuffled_accuracies)
+    if ordered < ratio * shuffled:
+        return [0.0] * len(ordered_accuracies)
+    return [bonus if a >= correct_threshold else 0.0 for a in ordered_accuracies]

@@ -7,15 +7,21 @@
 | veripo-eval    | VerIPO ``calculate_score.py``          | VerIPO one-of-each (0)     | accuracy               |
 | veripo         | ours (tolerant parsing, per type)      | lenient, 0.5 when ok (1.0) | accuracy + format      |
 
-Extra registered rewards can be added with weights (``RewardConfig.extra`` / ``weights``).
+Extra registered rewards can be added with weights (``RewardConfig.extra`` / ``weights``); the config also
+chooses format as a gate or an additive term, what counts as correct, and Video-R1's gated length bonus
+(``profile_for``). GRPO and the verifier build their profile from the same ``RewardConfig``, so they judge a
+response the same way.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from veripo.data.records import Sample
+from veripo.rewards.group import LengthBand, length_band_bonus
 from veripo.rewards.registry import get_reward
 
 
@@ -24,8 +30,10 @@ class ScoringProfile:
     """Scores one completion: ``{"accuracy", "format", <extras>..., "total"}``.
 
     ``total = accuracy_weight * accuracy + format_weight * format + sum(weight * extra)``; with
-    ``gate_on_format`` the accuracy counts only when the format reward is positive. Rewards are named
-    registry entries, so a profile pickles by name into worker processes.
+    ``gate_on_format`` the accuracy counts only when the format reward is positive. A response is correct when
+    its accuracy is at least ``correct_threshold``; ``score_group`` adds the ``length_band`` bonus (when set) to
+    the correct responses of a group. Rewards are named registry entries (or import paths), so a profile
+    pickles by name into worker processes.
     """
 
     name: str
@@ -36,6 +44,8 @@ class ScoringProfile:
     gate_on_format: bool = False
     extras: tuple[tuple[str, float], ...] = ()
     description: str = ""
+    correct_threshold: float = 1.0
+    length_band: LengthBand | None = None
     rewards: tuple[str, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -58,6 +68,25 @@ class ScoringProfile:
             total += weight * value
         out["total"] = total
         return out
+
+    def is_correct(self, scores: dict[str, float]) -> bool:
+        """Whether a response with these ``score`` components counts as correct (GRPO's gates, the verifier)."""
+        return scores.get("accuracy", 0.0) >= self.correct_threshold
+
+    def score_group(self, completions: Sequence[str], sample: Sample, *, response_tokens: Sequence[int],
+                    thinking_tokens: Sequence[int]) -> list[dict[str, float]]:
+        """``score`` of each response of one question's group, plus ``length_bonus`` (added to the total) when
+        the profile has a ``length_band``; token counts in group order."""
+        scores = [self.score(c, sample) for c in completions]
+        if self.length_band is None:
+            return scores
+        lengths = thinking_tokens if self.length_band.count == "thinking" else response_tokens
+        bonus = length_band_bonus([s["accuracy"] for s in scores], list(lengths), self.length_band,
+                                  self.correct_threshold)
+        for s, b in zip(scores, bonus):
+            s["length_bonus"] = b
+            s["total"] += b
+        return scores
 
     def zero(self) -> dict[str, float]:
         """The scores given to an item that could not be scored (timeout, crash)."""
@@ -118,3 +147,15 @@ def build_profile(name: str, extra: tuple[str, ...] = (), weights: dict[str, flo
     """The profile a ``RewardConfig(profile, extra, weights)`` describes."""
     profile = get_profile(name)
     return profile.with_extras(tuple(extra), weights) if extra or weights else profile
+
+
+def profile_for(rewards: Any) -> ScoringProfile:
+    """The profile a whole ``RewardConfig`` describes: ``build_profile`` plus ``format`` ("gate": accuracy counts
+    only with a positive format reward; "additive": it always counts; "profile": the profile's own rule),
+    ``correct_threshold`` and the ``length`` bonus (on when its ``bonus`` is not 0)."""
+    profile = build_profile(rewards.profile, tuple(rewards.extra), rewards.weights)
+    gate = {"gate": True, "additive": False}.get(rewards.format, profile.gate_on_format)
+    band = rewards.length
+    length_band = (LengthBand(band.bonus, band.min_tokens, band.max_tokens, band.count, band.min_correct)
+                   if band.bonus else None)
+    return replace(profile, gate_on_format=gate, correct_threshold=rewards.correct_threshold, length_band=length_band)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from veripo.config.plugins import check_callable, import_object, is_import_path
 from veripo.data.records import Sample
 from veripo.rewards import peers
 from veripo.rewards.mathcheck import math_equal
@@ -43,11 +44,23 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
 
 
 def get_reward(name: str) -> RewardFn:
-    """The reward registered as ``name``; the error lists the known names."""
+    """The reward registered as ``name``, or a user's reward named by import path (``mypkg.rewards:my_reward``),
+    imported, checked and registered under that path on first use (in scoring workers too); the error lists
+    the known names, or says why the path does not load."""
+    if name not in REWARDS and is_import_path(name):
+        return load_reward(name)
     try:
         return REWARDS[name]
     except KeyError:
-        raise KeyError(f"unknown reward {name!r}; expected one of: {', '.join(sorted(REWARDS))}") from None
+        raise KeyError(f"unknown reward {name!r}; expected one of: {', '.join(sorted(REWARDS))} (or an import "
+                       "path 'package.module:function')") from None
+
+
+def load_reward(path: str) -> RewardFn:
+    """Import the reward function at ``path``, check it takes ``(completion, sample)``, register it as ``path``.
+    ``ValueError`` when it does not import or has the wrong signature."""
+    fn = check_callable(import_object(path, "reward"), path, "reward", ("completion", "sample"))
+    return register_reward(path)(fn)
 
 
 # ---- accuracy per problem type (ours) -------------------------------------------------------------------

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from veripo.config.plugins import check_callable, import_object, is_import_path
 from veripo.data.records import Sample
 from veripo.rewards import parse_completion
 from veripo.verifier.checks import compare_conclusion, conclusion, final_answer_key
@@ -315,6 +316,27 @@ def _hf_judge(cfg: Any, template: str | None) -> HFJudge:
 JUDGES: dict[str, Callable[[Any, str | None], Any]] = {"rule": _rule_judge, "hf": _hf_judge, "openai": _openai_judge}
 
 
+def load_judge(path: str) -> Callable[[Any, str | None], Any]:
+    """Register a user's judge named by import path (``mypkg.judges:MyJudge``): a class or factory called with
+    ``(verifier config, prompt template text or None)`` that returns an object with a ``name``, a ``stats``
+    Counter and ``judge(items) -> list[JudgeResult]`` (the ``Judge`` protocol). ``ValueError`` when it does not
+    import or has the wrong signature; its instances are checked when made."""
+    factory = check_callable(import_object(path, "judge"), path, "judge", ("cfg", "template"))
+
+    def make(cfg: Any, template: str | None) -> Any:
+        judge = factory(cfg, template)
+        if not callable(getattr(judge, "judge", None)):
+            raise ValueError(f"judge {path!r} made a {type(judge).__name__} without a judge(items) method")
+        if not isinstance(getattr(judge, "stats", None), Counter):
+            judge.stats = Counter()
+        if not isinstance(getattr(judge, "name", None), str):
+            judge.name = path
+        return judge
+
+    JUDGES.setdefault(path, make)
+    return JUDGES[path]
+
+
 TEMPLATE_FIELDS = ("question", "options", "thinking", "answer")
 
 
@@ -341,8 +363,11 @@ def make_judge(cfg: Any, name: str | None = None, cache_path: Path | None = None
     """The judge a ``VerifierConfig`` describes (``name`` overrides ``cfg.judge``), cached and with the
     rule fallback when ``cfg.fallback_to_rule``."""
     name = name or cfg.judge
+    if name not in JUDGES and is_import_path(name):
+        load_judge(name)
     if name not in JUDGES:
-        raise ValueError(f"unknown judge {name!r}; expected one of {', '.join(JUDGES)}")
+        raise ValueError(f"unknown judge {name!r}; expected one of {', '.join(JUDGES)} (or an import path "
+                         "'package.module:JudgeClass')")
     template = load_template(cfg.prompt_template) if cfg.prompt_template else None
     fallback = RuleJudge() if cfg.fallback_to_rule and name != "rule" else None
     return CachedJudge(JUDGES[name](cfg, template), cache_path, fallback)

@@ -18,7 +18,7 @@ from typing import Any
 from veripo.data.jsonl import JsonlWriter, check_unique_ids, read_jsonl
 from veripo.data.records import Rollout, Sample, Verdict
 from veripo.rewards import parse_completion
-from veripo.rewards.profiles import build_profile
+from veripo.rewards.profiles import ScoringProfile, build_profile
 from veripo.verifier.checks import is_reflective, is_repetitive
 from veripo.verifier.judges import JudgeItem, make_judge
 from veripo.verifier.pairs import build_pairs
@@ -83,9 +83,11 @@ def check_rollout(rollout: Rollout, sample: Sample, profile: Any, cfg: Any, toke
     thinking_tokens, counted_by = thinking_length(rollout, parsed.thinking, tokenizer)
     repetitive = is_repetitive(rollout.text, cfg.repetition_ngram, cfg.repetition_threshold)
     truncated = rollout.truncated or parsed.truncated
+    # the verifier's own threshold if it sets one, else the profile's: the one GRPO's gates used
+    threshold = profile.correct_threshold if cfg.correct_threshold is None else cfg.correct_threshold
     verdict = Verdict(
         rollout_id=rollout.id, sample_id=rollout.sample_id, format_ok=parsed.format_ok, accuracy=accuracy,
-        correct=accuracy >= cfg.correct_threshold, thinking_tokens=thinking_tokens, repetitive=repetitive,
+        correct=accuracy >= threshold, thinking_tokens=thinking_tokens, repetitive=repetitive,
         truncated=truncated, reflective=is_reflective(parsed.thinking, sample),
     )
     if not parsed.format_ok:
@@ -107,16 +109,17 @@ def check_rollout(rollout: Rollout, sample: Sample, profile: Any, cfg: Any, toke
 def verify_rollouts(rollouts: list[Rollout] | Path, samples: dict[str, Sample], cfg: Any, out_dir: Path, *,
                     profile_name: str = "veripo", judge_name: str | None = None, tokenizer: Any = None,
                     show_progress: bool = False, judge_batch: int = 64,
-                    pairs_path: Path | None = None) -> VerifySummary:
+                    pairs_path: Path | None = None, profile: ScoringProfile | None = None) -> VerifySummary:
     """Check and judge ``rollouts`` (records, or a rollouts.jsonl path), build pairs, write verdicts/pairs/
     summary to ``out_dir``. ``samples``: sample id -> sample (rollouts without one are counted, not checked).
     ``tokenizer`` counts thinking tokens (else the rollout's own count, else whitespace words).
-    ``pairs_path`` puts the pairs elsewhere than ``out_dir/pairs.jsonl``."""
+    ``pairs_path`` puts the pairs elsewhere than ``out_dir/pairs.jsonl``. ``profile`` (the run's
+    ``profile_for(cfg.rewards)``, as GRPO scored with) replaces the plain profile ``profile_name``."""
     if isinstance(rollouts, (str, Path)):
         rollouts = load_rollouts(Path(rollouts))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    profile = build_profile(profile_name)
+    profile = profile or build_profile(profile_name)
     summary = VerifySummary(rollouts=len(rollouts))
     known = [r for r in rollouts if r.sample_id in samples]
     summary.missing_samples = len(rollouts) - len(known)
