@@ -84,10 +84,10 @@ def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) ->
     path = cfg.model.path
     if path is None:
         if cfg.model.build_tiny is None:
-            raise ValueError("config: set model.path to a local Qwen2.5-VL directory, or model.build_tiny to tiny|small")
+            raise ValueError("config: set model.path to a local model directory, or model.build_tiny to tiny|small")
         path = run.root / "base-model"
         if dist.is_main and not (path / "config.json").exists():
-            build_tiny(path, size=cfg.model.build_tiny, seed=cfg.seed)
+            build_tiny(path, size=cfg.model.build_tiny, seed=cfg.seed, family=cfg.model.family)
         barrier(dist)
     policy = load_policy(path, dtype=cfg.model.dtype, device=str(pick_device(cfg.model.device)),
                          attn_implementation=cfg.model.attn_implementation)
