@@ -2,8 +2,8 @@
 text model: three of every four decoder layers are Gated DeltaNet linear attention, whose state after the
 prompt is a recurrent state and a convolution window, not keys and values. ``veripo.models.grouped_forward``'s
 shared prefix hands responses the prompt's keys and values only, so for this family it falls back to the
-per-sequence forward (prompt and response together, exact, no saving); the rollout engine's prefill-once
-decoding stays exact because transformers' own cache carries the recurrent states (tested)."""
+per-sequence forward (prompt and response together, exact, no saving), and the rollout engine prefills each
+prompt G times (transformers' ``LinearAttentionLayer`` cannot be repeated along the batch)."""
 
 from __future__ import annotations
 
@@ -68,5 +68,5 @@ QWEN3_5 = Qwen35Family(
     image_std=(0.5, 0.5, 0.5),
     shared_prefix_exact=False,
     shared_prefix_note="linear-attention layers carry a recurrent state, not keys and values: the training "
-                       "forward falls back to per-sequence (exact); rollouts prefill once (transformers' cache)",
+                       "forward falls back to per-sequence (exact); rollouts prefill each of the G copies",
 )
