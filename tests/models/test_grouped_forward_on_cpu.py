@@ -1,6 +1,8 @@
-"""Shared-prefix log-probs on a tiny Qwen2.5-VL with a video prompt: loss and every parameter gradient equal
-the per-sequence computation (fp32, relative 1e-4), with micro-batches and gradient checkpointing; a prompt
-whose K/V is detached must fail the same check."""
+"""Shared-prefix log-probs on a tiny model of every family (Qwen2.5-VL, Qwen3-VL, Qwen3.5: the ``family`` fixture)
+with a video prompt: loss and every parameter gradient equal the per-sequence computation (fp32, relative 1e-4),
+with micro-batches and gradient checkpointing; a prompt whose K/V is detached must fail the same check. Qwen3.5
+falls back to the per-sequence forward (its linear-attention state is not keys and values): the shared-prefix
+mechanism tests skip it, and a test shows that a K/V-only prompt pass cannot serve it."""
 
 from __future__ import annotations
 
@@ -12,6 +14,13 @@ from veripo.models import grouped_forward as lp
 from veripo.algos.policy_loss import BatchNorms, policy_loss
 
 RTOL = 1e-4
+
+
+def needs_exact_shared_prefix(model):
+    from veripo.models.families import family_of
+
+    if not family_of(model).shared_prefix_exact:
+        pytest.skip(f"{model.config.model_type}: the shared prefix falls back to per-sequence (no KV-only prompt pass)")
 
 
 def grpo_loss_fn(old_log_probs, advantages, mask):
@@ -88,6 +97,7 @@ def test_checkpointing_dropping_the_cache_is_caught(tiny_model, prompt, response
     """The pitfall: transformers drops ``past_key_values`` in checkpointed layers; that must fail loudly."""
     from contextlib import nullcontext
 
+    needs_exact_shared_prefix(tiny_model)
     tiny_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     monkeypatch.setattr(lp, "cache_kept_under_checkpointing", lambda layers: nullcontext())
     with pytest.raises(RuntimeError, match="did not write"):
@@ -95,6 +105,7 @@ def test_checkpointing_dropping_the_cache_is_caught(tiny_model, prompt, response
 
 
 def test_reentrant_checkpointing_is_refused(tiny_model, prompt, responses):
+    needs_exact_shared_prefix(tiny_model)
     tiny_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
     with pytest.raises(ValueError, match="non-reentrant"):
         run_group(tiny_model, prompt, responses)
@@ -102,6 +113,7 @@ def test_reentrant_checkpointing_is_refused(tiny_model, prompt, responses):
 
 def test_negative_control_detached_prompt_kv_fails_the_check(tiny_model, prompt, responses, reference):
     """The responses see the prompt's K/V but no gradient flows back through it: the check must catch that."""
+    needs_exact_shared_prefix(tiny_model)
     ids, mask = responses
     tiny_model.zero_grad(set_to_none=True)
     state = lp._prompt_pass(tiny_model, lp._single_prompt(prompt), lp.PLAIN_PASSES)
@@ -217,3 +229,24 @@ def test_bad_inputs_are_named(tiny_model, prompt, responses):
         lp.response_log_probs(tiny_model, prompt, ids, mask[:, :3])
     with pytest.raises(ValueError, match="micro_batch"):
         lp.response_log_probs(tiny_model, prompt, ids, mask, micro_batch=0)
+
+
+def test_the_shared_prefix_runs_once_where_exact_and_falls_back_where_not(tiny_model, prompt, responses, monkeypatch):
+    """Qwen2.5-VL and Qwen3-VL run one prompt pass per group; Qwen3.5 runs none (per-sequence fallback)."""
+    from veripo.models.families import family_of
+
+    calls = []
+    real = lp._prompt_pass
+    monkeypatch.setattr(lp, "_prompt_pass", lambda *a: calls.append(1) or real(*a))
+    ids, mask = responses
+    lp.response_log_probs(tiny_model, prompt, ids, mask, micro_batch=2)
+    assert len(calls) == (1 if family_of(tiny_model).shared_prefix_exact else 0)
+
+
+@pytest.mark.parametrize("family", ["qwen3.5"])
+def test_qwen3_5_linear_attention_cannot_use_a_key_value_prompt_pass(tiny_model, prompt):
+    """Why Qwen3.5 falls back: its linear-attention layers ask the cache for a recurrent state, which a cache of
+    keys and values does not hold; forcing the shared-prefix prompt pass fails."""
+    assert "linear_attention" in tiny_model.config.text_config.layer_types
+    with pytest.raises(ValueError, match="recurrent state"):
+        lp._prompt_pass(tiny_model, lp._single_prompt(prompt), lp.PLAIN_PASSES)

@@ -19,14 +19,17 @@ def _logits(model, inputs):
         return model(**inputs).logits
 
 
-def test_round_trip_same_logits(policy, frames):
+def test_round_trip_same_logits(family_policy, family, frames_for):
     # the same seed rebuilds the same weights in memory; the saved-and-loaded model must agree exactly
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from veripo.models.families import family_named
 
+    policy = family_policy(family)
+    config = tiny_config(SIZES["tiny"], policy.tokenizer, family=family)
     torch.manual_seed(0)
-    fresh = Qwen2_5_VLForConditionalGeneration(tiny_config(SIZES["tiny"], policy.tokenizer)).eval()
+    fresh = family_named(family).model_class(config.model_type)(config).eval()
+    assert type(fresh) is type(policy.model)
     sample = Sample(id="s", problem="What moves?", problem_type="free-form", answer="x", video="v.mp4")
-    inputs = encode_prompt(policy, sample, frames=frames, video_fps=2.0)
+    inputs = encode_prompt(policy, sample, frames=frames_for(policy), video_fps=2.0)
     loaded = _logits(policy.model, inputs)
     assert loaded.shape == (1, inputs["input_ids"].shape[1], len(policy.tokenizer))
     torch.testing.assert_close(loaded, _logits(fresh, inputs), rtol=0, atol=0)

@@ -161,6 +161,39 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path, clean_run: 
     assert (resumed / "report" / "index.html").exists()
 
 
+def family_config(family: str) -> str:
+    """CONFIG with ``family``'s tiny model; 64 px frames for patch 16 (the 56 px budget would shrink them to 32)."""
+    return CONFIG.replace("model: {build_tiny: tiny, device: cpu}",
+                          f"model: {{build_tiny: tiny, device: cpu, family: {family}}}").replace(
+        "max_pixels: 3136", "max_pixels: 4096")
+
+
+@pytest.mark.parametrize("family", ["qwen3-vl", "qwen3.5"])
+def test_killed_and_resumed_run_of_each_family_equals_uninterrupted(tmp_path: Path, family: str):
+    """The other families' tiny models: killed mid SFT, mid GRPO and before DPO's first step, the resumed run ends
+    with the uninterrupted run's weights, rollouts and pairs."""
+    config = family_config(family)
+    assert f"family: {family}" in config and "max_pixels: 4096" in config
+    (tmp_path / "cfg.yaml").write_text(config)
+    clean = tmp_path / _finish(_start(["cfg.yaml", "output_dir=clean"], tmp_path))
+    assert json.loads((clean / "base-model" / "config.json").read_text())["model_type"] == family.replace(".", "_").replace("-", "_")
+    out = tmp_path / "killed"
+    proc = _start(["cfg.yaml", f"output_dir={out}"], tmp_path)
+    kills = 0
+    for pattern in ("*/stages/00-sft/checkpoints/ckpt-000001", "*/stages/01-grpo/checkpoints/ckpt-000001",
+                    "*/stages/03-dpo/reference_logps.json"):
+        if not _kill_when(proc, out, pattern):
+            break
+        kills += 1
+        proc = _start(["--resume", str(next(out.iterdir()))], tmp_path)
+    resumed = _finish(proc)
+    assert kills >= 2, f"the run finished before most kill points ({kills} kills)"
+    a, b = _final_weights(clean), _final_weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    for rel in ("stages/01-grpo/rollouts.jsonl", "stages/02-verify/pairs.jsonl", "stages/03-dpo/metrics.jsonl"):
+        assert _records(clean / rel) == _records(resumed / rel), rel
+
+
 def test_resumed_between_stages_finds_the_questions_of_finished_stages(tmp_path: Path, clean_run: Path):
     """Stopped after the GRPO stage was recorded as finished and before the verifier finished (a kill there
     is a race a timer cannot hit reliably, so a copy of the run directory, elsewhere, is cut back to that

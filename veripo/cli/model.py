@@ -15,22 +15,28 @@ def register(app: typer.Typer) -> None:
         directory: Path = typer.Argument(..., help="Where to write the model (created if missing)."),
         size: str = typer.Option("tiny", "--size", help="tiny (~1.3M parameters) or small (~24M)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the random initialisation."),
+        family: str = typer.Option("qwen2.5-vl", "--family", help="qwen2.5-vl, qwen3-vl or qwen3.5."),
     ) -> None:
-        """Build a randomly initialised Qwen2.5-VL with a locally trained tokenizer, offline, into DIRECTORY."""
+        """Build a randomly initialised Qwen2.5-VL, Qwen3-VL or Qwen3.5 with a locally trained tokenizer, offline,
+        into DIRECTORY."""
         from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+        from veripo.models.families import FAMILY_NAMES
         from veripo.models.tiny import SIZES, build_tiny
 
         if size not in SIZES:
             typer.secho(f"error: --size {size!r} is not one of {sorted(SIZES)}", fg="red", err=True)
             raise typer.Exit(2)
+        if family not in FAMILY_NAMES:
+            typer.secho(f"error: --family {family!r} is not one of {sorted(FAMILY_NAMES)}", fg="red", err=True)
+            raise typer.Exit(2)
         console = Console()
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                       console=console, transient=True) as progress:
-            progress.add_task(f"building {size} model (seed {seed}) in {directory}", total=None)
-            out = build_tiny(directory, size, seed)  # type: ignore[arg-type]
-        console.print(f"[green]built[/green] {size} Qwen2.5-VL in {out}")
+            progress.add_task(f"building {size} {family} model (seed {seed}) in {directory}", total=None)
+            out = build_tiny(directory, size, seed, family=family)  # type: ignore[arg-type]
+        console.print(f"[green]built[/green] {size} {family} in {out}")
         _print_info(out, console)
 
     @model_app.command("info")
@@ -61,7 +67,9 @@ def _print_info(directory: Path, console) -> None:
     counts = count_parameters(policy.model)
     table = Table(title=str(directory), show_header=False)
     rows = [
-        ("model_type", config.model_type),
+        ("model_type", f"{config.model_type} (family {policy.processor.family.name})"),
+        ("shared prefix", ("exact" if policy.processor.family.shared_prefix_exact else "per-sequence fallback")
+                          + f": {policy.processor.family.shared_prefix_note}"),
         ("parameters", f"{counts['total']:,} (vision {counts['vision']:,}, language {counts['language']:,})"),
         ("text", f"hidden {text.hidden_size}, layers {text.num_hidden_layers}, heads "
                  f"{text.num_attention_heads}/{text.num_key_value_heads} kv, vocab {text.vocab_size}"),

@@ -18,8 +18,9 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    path: str | None = None  # a local Qwen2.5-VL / Qwen2-VL directory (from_pretrained)
+    path: str | None = None  # a local model directory (from_pretrained) of a family in veripo.models.families
     build_tiny: Literal["tiny", "small"] | None = None  # build a random tiny model when path is missing
+    family: Literal["qwen2.5-vl", "qwen3-vl", "qwen3.5"] = "qwen2.5-vl"  # the tiny model's (veripo.models.families)
     # The COMPUTE dtype: what rollouts, the training forward/backward and evaluation run in. 16-bit compute
     # with float32 master weights runs the matmuls under torch.autocast (FSDP2: MixedPrecisionPolicy for the
     # sharded layers; DeepSpeed: its bf16 config). float16 is refused: it needs loss scaling, not implemented.

@@ -48,7 +48,8 @@ class MediaError(UnusableSample, RuntimeError):
 class VideoFrames:
     """Sampled frames of one video.
 
-    frames: (T, H, W, 3) uint8 RGB, H and W multiples of 28, T even and >= min_frames.
+    frames: (T, H, W, 3) uint8 RGB, H and W multiples of the resize factor (28 by default), T even and
+        >= min_frames.
     timestamps: seconds from the first frame, one per frame.
     fps: frames per second of the sampled sequence (what Qwen2.5-VL's ``second_per_grid_ts`` needs).
     """
@@ -114,8 +115,9 @@ def _resize_rgb(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def load_image(path: str | os.PathLike[str], *, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
-               pixel_cap: int = IMAGE_PIXEL_CAP) -> np.ndarray:
-    """An image as (H, W, 3) uint8 RGB resized by :func:`smart_resize`; a GIF gives its first frame.
+               pixel_cap: int = IMAGE_PIXEL_CAP, factor: int = IMAGE_FACTOR) -> np.ndarray:
+    """An image as (H, W, 3) uint8 RGB resized by :func:`smart_resize` to sides that are multiples of ``factor``
+    (the model's patch size x merge size: 28 for Qwen2.5-VL, 32 for Qwen3-VL); a GIF gives its first frame.
 
     Raises MediaError for a missing or unreadable file and for one above ``pixel_cap`` pixels (checked from
     the header, before decoding).
@@ -137,7 +139,7 @@ def load_image(path: str | os.PathLike[str], *, min_pixels: int = MIN_PIXELS, ma
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise MediaError(f"{path}: cannot read image: {e}") from None
     try:
-        h, w = smart_resize(rgb.shape[0], rgb.shape[1], min_pixels=min_pixels, max_pixels=max_pixels)
+        h, w = smart_resize(rgb.shape[0], rgb.shape[1], factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     except ValueError as e:
         raise MediaError(f"{path}: {e}") from None
     return _resize_rgb(rgb, h, w)
@@ -254,7 +256,8 @@ def _sample_targets(duration: float, n: int, frame_dt: float) -> list[float]:
 
 
 def decode_video(path: str | os.PathLike[str], *, fps: float = 2.0, max_frames: int = 16, min_frames: int = 2,
-                 min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int | None = VIDEO_MAX_PIXELS) -> VideoFrames:
+                 min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int | None = VIDEO_MAX_PIXELS,
+                 factor: int = IMAGE_FACTOR) -> VideoFrames:
     """Decode and resize sampled frames without the cache; see :func:`load_video`."""
     import av
 
@@ -301,7 +304,8 @@ def decode_video(path: str | os.PathLike[str], *, fps: float = 2.0, max_frames: 
         times.append(times[-1])
     h0, w0 = kept[0].shape[:2]
     try:
-        h, w = smart_resize(h0, w0, min_pixels=min_pixels, max_pixels=video_frame_budget(len(kept), min_pixels, max_pixels))
+        h, w = smart_resize(h0, w0, factor=factor, min_pixels=min_pixels,
+                            max_pixels=video_frame_budget(len(kept), min_pixels, max_pixels))
     except ValueError as e:
         raise MediaError(f"{path}: {e}") from None
     frames = np.stack([_resize_rgb(f, h, w) for f in kept])
@@ -342,16 +346,16 @@ def _cache_write(file: Path, video: VideoFrames) -> None:
 
 def load_video(path: str | os.PathLike[str], *, fps: float = 2.0, max_frames: int = 16, min_frames: int = 2,
                min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int | None = VIDEO_MAX_PIXELS,
-               cache_dir: str | os.PathLike[str] | None = None) -> VideoFrames:
+               cache_dir: str | os.PathLike[str] | None = None, factor: int = IMAGE_FACTOR) -> VideoFrames:
     """Sampled, resized frames of a video, from the on-disk cache when ``cache_dir`` has them.
 
     Frames: about ``fps`` per second, between ``min_frames`` and ``max_frames`` (an even count), each
-    resized by :func:`smart_resize`. Raises MediaError naming the file for a missing, empty, truncated or
+    resized by :func:`smart_resize` to multiples of ``factor``. Raises MediaError naming the file for a missing, empty, truncated or
     undecodable video.
     """
     path = Path(path)
     settings = {"fps": fps, "max_frames": max_frames, "min_frames": min_frames, "min_pixels": min_pixels,
-                "max_pixels": max_pixels}
+                "max_pixels": max_pixels, "factor": factor}
     if cache_dir is None:
         return decode_video(path, **settings)  # type: ignore[arg-type]
     if not path.is_file():

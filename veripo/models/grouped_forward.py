@@ -1,4 +1,4 @@
-"""The Qwen-VL family's grouped forward: log-probs of G responses to one (video) prompt, shared prefix or not.
+"""The Qwen-VL families' grouped forward: log-probs of G responses to one (video) prompt, shared prefix or not.
 
 Shared prefix (default): the prompt, vision tower included, runs once; the G responses run against its KV
 cache expanded to G. Loss and every parameter gradient equal the per-sequence computation (tested in fp32),
@@ -16,7 +16,9 @@ gradients and the gradient at that cut, and one final backward sends the accumul
 prompt pass. By the chain rule this equals ``backward(retain_graph=True)`` per micro-batch, with the prompt's
 backward (and its checkpoint recomputation) run once instead of once per micro-batch.
 
-``shared_prefix=False`` is the baseline every RL trainer uses: G rows ``[prompt, response]``, full forward.
+``shared_prefix=False`` is the baseline every RL trainer uses: G rows ``[prompt, response]``, full forward. A
+family whose prompt state is more than keys and values (Qwen3.5's linear-attention layers,
+``ModelFamily.shared_prefix_exact``) always runs that baseline: exact, without the saving.
 Inputs: ``prompt_inputs`` is the processor's output for ONE prompt (``input_ids [1, P]``, ``attention_mask``,
 ``pixel_values_videos``, ``video_grid_thw``, ``mm_token_type_ids``; images likewise); responses are
 right-padded ``response_ids [G, R]`` with ``response_mask [G, R]``.
@@ -38,6 +40,7 @@ from torch import nn
 
 from veripo.algos.logprobs import LogProbs, token_log_probs
 from veripo.models.cache_api import cache_kwargs
+from veripo.models.families import family_of
 from veripo.models.prefix_cache import ReadOnlyPrefixCache, WriteOnceCache, cache_kept_under_checkpointing
 
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
@@ -74,7 +77,12 @@ class _PromptState(NamedTuple):
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return model.model.language_model.layers
+    return family_of(model).decoder_layers(model)
+
+
+def shares_prefix(model: nn.Module, shared_prefix: bool) -> bool:
+    """Whether the responses run against one prompt pass: asked for, and exact for the model's family."""
+    return shared_prefix and family_of(model).shared_prefix_exact
 
 
 class TrainingPasses:
@@ -306,7 +314,7 @@ def group_log_probs(
     """
     _check_responses(response_ids, response_mask)
     prompt = _single_prompt(prompt_inputs)
-    state = _prompt_pass(model, prompt, PLAIN_PASSES) if shared_prefix else None
+    state = _prompt_pass(model, prompt, PLAIN_PASSES) if shares_prefix(model, shared_prefix) else None
     parts = [
         _rows_log_probs(model, prompt, state, response_ids[rows], response_mask[rows], with_entropy, temperature,
                         PLAIN_PASSES)
@@ -348,7 +356,8 @@ def backward_group(
         loss_fn: ``(log_probs [g, R], entropy [g, R] | None, rows [g]) -> scalar`` for the micro-batch of
             responses ``rows``; the shares of all micro-batches must add up to the group loss.
         micro_batch: responses per forward/backward (None: all G at once).
-        shared_prefix: False runs the per-sequence baseline, one full forward per micro-batch.
+        shared_prefix: False runs the per-sequence baseline, one full forward per micro-batch (so does a
+            family without an exact shared prefix, ``shares_prefix``).
         temperature: log-probs under ``softmax(logits / temperature)`` (the sampling policy's).
         min_micro_batches: run zero-loss micro-batches (the first rows again) after the real ones up to this
             count, so that every rank of a weight-sharded run runs the same passes (``idle_backward``).
@@ -358,7 +367,7 @@ def backward_group(
     """
     _check_responses(response_ids, response_mask)
     prompt = _single_prompt(prompt_inputs)
-    state = passes.forward(lambda: _prompt_pass(model, prompt, passes)) if shared_prefix else None
+    state = passes.forward(lambda: _prompt_pass(model, prompt, passes)) if shares_prefix(model, shared_prefix) else None
     cut = state.cut() if state is not None else None
     total = torch.zeros((), device=response_ids.device)
     log_probs, entropies = [], []

@@ -56,12 +56,13 @@ class SampleEncoder:
         if sample.video is not None:
             video = load_video(sample.video, fps=self.media.fps, max_frames=self.media.max_frames,
                                min_frames=self.media.min_frames, min_pixels=self.media.min_pixels,
-                               max_pixels=self.media.max_pixels, cache_dir=self.cache_dir)
+                               max_pixels=self.media.max_pixels, cache_dir=self.cache_dir,
+                               factor=self.processor.resize_factor)
             frames, fps = video.frames, video.fps
             if shuffle_seed is not None:
                 frames = frames[shuffled_order(len(frames), shuffle_seed)]
-        images = [load_image(p, min_pixels=self.media.min_pixels, max_pixels=self.media.max_pixels)
-                  for p in sample.images]
+        images = [load_image(p, min_pixels=self.media.min_pixels, max_pixels=self.media.max_pixels,
+                             factor=self.processor.resize_factor) for p in sample.images]
         encoded = encode_prompt(self.processor, sample, frames=frames, images=images, video_fps=fps, style=self.style)
         length = int(encoded["input_ids"].shape[-1])
         if length > self.max_prompt_tokens:

@@ -1,4 +1,5 @@
-"""Load a policy (model + processor + tokenizer) from a local Qwen2-VL / Qwen2.5-VL directory.
+"""Load a policy (model + processor + tokenizer) from a local model directory of a family in
+``veripo.models.families`` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5).
 
 Uses the real ``from_pretrained`` path of transformers, so a released checkpoint and a directory written by
 :func:`veripo.models.tiny.build_tiny` load the same way. Nothing is downloaded: the path must exist.
@@ -12,17 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from veripo.errors import UserError
+from veripo.models.families import FAMILIES, family_of_type
 from veripo.models.processor import VeripoProcessor
 
 
 class ModelError(UserError, ValueError):
     """A model directory that cannot be loaded: the message names the path and what is missing."""
 
-# model_type in config.json -> transformers class name
-SUPPORTED_MODEL_TYPES: dict[str, str] = {
-    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
-    "qwen2_vl": "Qwen2VLForConditionalGeneration",
-}
+
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
@@ -43,7 +41,7 @@ def read_model_type(path: str | Path) -> str:
     """
     path = Path(path)
     if not path.is_dir():
-        raise ModelError(f"{path}: not a directory (expected a local Qwen2-VL / Qwen2.5-VL model directory)")
+        raise ModelError(f"{path}: not a directory (expected a local model directory)")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelError(f"{path}: no config.json, so this is not a model directory "
@@ -53,9 +51,9 @@ def read_model_type(path: str | Path) -> str:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{config_file}: not valid JSON ({e})") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in FAMILIES:
         raise ModelError(f"{config_file}: model_type {model_type!r} is not supported; "
-                         f"expected one of {sorted(SUPPORTED_MODEL_TYPES)}")
+                         f"expected one of {sorted(FAMILIES)}")
     return model_type
 
 
@@ -69,11 +67,10 @@ def load_policy(path: str | Path, *, dtype: str = "float32", device: str = "cpu"
         device: a torch device string ("cpu", "cuda", "cuda:1").
         attn_implementation: transformers' attention kernel (eager, sdpa, flash_attention_2); None: its default.
     Raises:
-        ValueError: the directory is missing, is not a Qwen2-VL/Qwen2.5-VL model, lacks weights, tokenizer
+        ValueError: the directory is missing, is not a model of a supported family, lacks weights, tokenizer
             or preprocessor files, or ``dtype`` is unknown; the message names the directory and the file.
     """
     import torch
-    import transformers
 
     path = Path(path)
     if dtype not in _DTYPES:
@@ -85,7 +82,7 @@ def load_policy(path: str | Path, *, dtype: str = "float32", device: str = "cpu"
                            ("tokenizer_config.json", "the tokenizer")):
         if not (path / required).is_file():
             raise ModelError(f"{path}: missing {required} ({what})")
-    model_class = getattr(transformers, SUPPORTED_MODEL_TYPES[model_type])
+    model_class = family_of_type(model_type).model_class(model_type)
     kernel = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = model_class.from_pretrained(path, dtype=getattr(torch, dtype), **kernel).to(device).eval()
     processor = VeripoProcessor.from_pretrained(path, model_type=model_type)

@@ -1,12 +1,14 @@
-"""The processor for Qwen2-VL / Qwen2.5-VL, built explicitly: tokenizer + PIL image processor + numpy video
+"""The processor for the Qwen vision-language families, built explicitly: tokenizer + PIL image processor + numpy video
 patchifier (no torchvision, no AutoProcessor).
 
 Why not ``Qwen2_5_VLProcessor``: without torchvision its ``video_processor=None`` raises and
 ``AutoProcessor.from_pretrained`` silently returns only the tokenizer. This class does the same job for one
 prompt: expand each ``<|image_pad|>`` / ``<|video_pad|>`` into ``grid_t*grid_h*grid_w / merge_size**2``
 copies (transformers' ``replace_image_token`` / ``replace_video_token``), tokenize, and add
-``mm_token_type_ids`` (0 text, 1 image, 2 video: ``ProcessorMixin.create_mm_token_type_ids``) and, for
-Qwen2.5-VL, ``second_per_grid_ts = temporal_patch_size / fps`` (``Qwen2_5_VLProcessor._process_videos``).
+``mm_token_type_ids`` (0 text, 1 image, 2 video: ``ProcessorMixin.create_mm_token_type_ids``). What differs by
+family comes from ``veripo.models.families``: how a video placeholder expands (Qwen3-VL / Qwen3.5: one
+timestamped ``<|vision_start|>`` ... ``<|vision_end|>`` block per frame) and extra video inputs (Qwen2.5-VL:
+``second_per_grid_ts = temporal_patch_size / fps``, ``Qwen2_5_VLProcessor._process_videos``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from veripo.models.families import family_of_type
+from veripo.models.families.base import VISION_END, VISION_START
 from veripo.models.video_processor import CLIP_MEAN, CLIP_STD, patchify_video
 
 IMAGE_TOKEN = "<|image_pad|>"
@@ -26,6 +30,9 @@ VIDEO_TOKEN = "<|video_pad|>"
 VIDEO_CONFIG_NAME = "video_preprocessor_config.json"
 DEFAULT_VIDEO_FPS = 2.0  # qwen-vl-utils' FPS; used for second_per_grid_ts when the caller gives none
 _PLACEHOLDER = re.compile(re.escape(IMAGE_TOKEN) + "|" + re.escape(VIDEO_TOKEN))
+# a video placeholder with the chat template's start/end pair around it (families whose expansion brings its own)
+_WRAPPED = re.compile(re.escape(IMAGE_TOKEN) + "|" + re.escape(VISION_START + VIDEO_TOKEN + VISION_END) + "|"
+                      + re.escape(VIDEO_TOKEN))
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,8 @@ class VeripoProcessor:
         tokenizer: the model's tokenizer (with the chat template).
         image_processor: transformers' ``Qwen2VLImageProcessorPil`` (smart-resize, PIL, no torchvision).
         video: :class:`VideoSettings` for :func:`patchify_video`.
-        model_type: ``"qwen2_5_vl"`` adds ``second_per_grid_ts`` for videos; ``"qwen2_vl"`` does not.
+        model_type: the checkpoint's ``model_type``; its family (``veripo.models.families``) decides how
+            videos expand and which extra inputs they get (Qwen2.5-VL: ``second_per_grid_ts``).
     """
 
     def __init__(self, tokenizer, image_processor, video: VideoSettings | None = None,
@@ -64,12 +72,18 @@ class VeripoProcessor:
         self.image_processor = image_processor
         self.video = video or VideoSettings()
         self.model_type = model_type
+        self.family = family_of_type(model_type)
         vocab = tokenizer.get_vocab()
         missing = [t for t in (IMAGE_TOKEN, VIDEO_TOKEN) if t not in vocab]
         if missing:
             raise ValueError(f"tokenizer lacks the vision placeholder tokens {missing}: not a Qwen-VL tokenizer")
         self.image_token_id = vocab[IMAGE_TOKEN]
         self.video_token_id = vocab[VIDEO_TOKEN]
+
+    @property
+    def resize_factor(self) -> int:
+        """Frames and images must have sides that are multiples of this (patch size x merge size)."""
+        return self.video.patch_size * self.video.merge_size
 
     @property
     def chat_template(self) -> str | None:
@@ -88,12 +102,12 @@ class VeripoProcessor:
                 (as the chat template writes them), in the order of ``images`` / ``videos``.
             images: PIL images or (H, W, 3) uint8 arrays; resized by the image processor's smart-resize.
             videos: (T, H, W, 3) uint8 frame stacks, H and W multiples of 28 (already smart-resized).
-            video_fps: frames per second of each sampled video (for ``second_per_grid_ts``).
+            video_fps: frames per second of each sampled video (``second_per_grid_ts``, frame timestamps).
         Returns:
             torch tensors: input_ids (1, L), attention_mask (1, L), mm_token_type_ids (1, L); with images
             pixel_values (N_img_patches, 3*tp*p*p) and image_grid_thw (n_images, 3); with videos
-            pixel_values_videos (N_vid_patches, 3*tp*p*p), video_grid_thw (n_videos, 3) and, for
-            Qwen2.5-VL, second_per_grid_ts (n_videos,).
+            pixel_values_videos (N_vid_patches, 3*tp*p*p), video_grid_thw (n_videos, 3) and the family's
+            extra video inputs (Qwen2.5-VL: second_per_grid_ts (n_videos,)).
         Raises:
             ValueError: when the number of placeholders and of images/videos differ, or a video is malformed.
         """
@@ -115,7 +129,7 @@ class VeripoProcessor:
             out["image_grid_thw"] = torch.from_numpy(np.asarray(processed["image_grid_thw"], np.int64))
             merge = self.image_processor.merge_size
             image_tokens = [int(g.prod()) // merge**2 for g in out["image_grid_thw"]]
-        video_tokens: list[int] = []
+        video_texts: list[str] = []
         if videos:
             s = self.video
             pixels, grids = [], []
@@ -132,11 +146,13 @@ class VeripoProcessor:
                 grids.append(thw)
             out["pixel_values_videos"] = torch.from_numpy(np.concatenate(pixels))
             out["video_grid_thw"] = torch.from_numpy(np.concatenate(grids))
-            video_tokens = [int(g.prod()) // s.merge_size**2 for g in out["video_grid_thw"]]
-            if self.model_type == "qwen2_5_vl":
-                fps = _per_video(video_fps, len(videos))
-                out["second_per_grid_ts"] = torch.tensor([s.temporal_patch_size / f for f in fps])
-        expanded = _expand_placeholders(text, image_tokens, video_tokens)
+            fps = _per_video(video_fps, len(videos))
+            video_texts = [self.family.video_placeholder(grid, s.merge_size, rate, s.temporal_patch_size,
+                                                         num_frames=len(frames))
+                           for grid, rate, frames in zip(out["video_grid_thw"].tolist(), fps, videos)]
+            out.update(self.family.video_inputs(fps, s.temporal_patch_size))
+        expanded = _expand_placeholders(text, [IMAGE_TOKEN * n for n in image_tokens], video_texts,
+                                        self.family.video_placeholder_replaces_wrapper)
         input_ids = torch.tensor([self.tokenizer(expanded, add_special_tokens=False)["input_ids"]])
         mm_types = torch.zeros_like(input_ids)
         mm_types[input_ids == self.image_token_id] = 1
@@ -156,8 +172,8 @@ class VeripoProcessor:
         self.tokenizer.save_pretrained(directory)
         self.image_processor.save_pretrained(directory)
         video = asdict(self.video) | {
-            "video_processor_type": "Qwen2VLVideoProcessor",
-            "processor_class": "Qwen2_5_VLProcessor" if self.model_type == "qwen2_5_vl" else "Qwen2VLProcessor",
+            "video_processor_type": self.family.video_processor_type,
+            "processor_class": self.family.processor_class,
             "do_rescale": True,
             "do_normalize": True,
             "do_convert_rgb": True,
@@ -167,7 +183,7 @@ class VeripoProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, model_type: str = "qwen2_5_vl") -> VeripoProcessor:
-        """Load from a model directory (ours or a released Qwen2-VL / Qwen2.5-VL checkpoint).
+        """Load from a model directory (ours or a released checkpoint of a family in ``veripo.models.families``).
 
         Video settings come from ``video_preprocessor_config.json`` when present, else from
         ``preprocessor_config.json`` (older checkpoints keep both there)."""
@@ -198,12 +214,12 @@ def _per_video(fps: list[float] | float | None, n: int) -> list[float]:
     return values
 
 
-def _expand_placeholders(text: str, image_tokens: list[int], video_tokens: list[int]) -> str:
-    """Replace the k-th image/video placeholder by its token count of copies, in order."""
-    images, videos = iter(image_tokens), iter(video_tokens)
+def _expand_placeholders(text: str, image_texts: list[str], video_texts: list[str], replace_wrapper: bool) -> str:
+    """Replace the k-th image/video placeholder by its expansion, in order; with ``replace_wrapper`` a video's
+    expansion also replaces the ``<|vision_start|>``/``<|vision_end|>`` pair around its placeholder."""
+    images, videos = iter(image_texts), iter(video_texts)
 
     def expand(match: re.Match[str]) -> str:
-        token = match.group(0)
-        return token * next(images if token == IMAGE_TOKEN else videos)
+        return next(images) if match.group(0) == IMAGE_TOKEN else next(videos)
 
-    return _PLACEHOLDER.sub(expand, text)
+    return (_WRAPPED if replace_wrapper else _PLACEHOLDER).sub(expand, text)

@@ -1,7 +1,9 @@
-"""Randomly initialised Qwen2.5-VL models small enough for a laptop, built offline and saved like a release.
+"""Randomly initialised Qwen vision-language models small enough for a laptop, built offline and saved like a
+release: Qwen2.5-VL (the default), Qwen3-VL and Qwen3.5 (``family``; ``veripo.models.families``).
 
-The architecture is the real ``Qwen2_5_VLForConditionalGeneration`` (window-attention vision tower with
-patch size 14, temporal patch 2, 2x2 patch merger, M-RoPE text model), only narrower and shallower, with a
+The architecture is the real transformers class (for Qwen2.5-VL ``Qwen2_5_VLForConditionalGeneration``:
+window-attention vision tower with patch size 14, temporal patch 2, 2x2 patch merger, M-RoPE text model;
+Qwen3-VL and Qwen3.5 with patch 16 and DeepStack, Qwen3.5 with linear-attention layers), only narrower and shallower, with a
 locally trained byte-level BPE tokenizer (:mod:`veripo.models.tokenizer`). ``build_tiny`` writes a directory
 that :func:`veripo.models.loading.load_policy` loads through ``from_pretrained`` like a 7B checkpoint.
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from veripo.models.tokenizer import QWEN_SPECIAL_TOKENS, train_tokenizer
+from veripo.models.tokenizer import train_tokenizer
 
 TinySize = Literal["tiny", "small"]
 
@@ -43,85 +45,37 @@ SIZES: dict[str, TinySpec] = {
 }
 
 
-def tiny_config(spec: TinySpec, tokenizer, *, patch_size: int = 14):
-    """A ``Qwen2_5_VLConfig`` for ``spec`` whose special token ids come from ``tokenizer`` (``patch_size``
-    other than Qwen's 14 only for tests that want very small frames)."""
-    from transformers import Qwen2_5_VLConfig
+def tiny_config(spec: TinySpec, tokenizer, *, patch_size: int | None = None, family: str = "qwen2.5-vl"):
+    """The transformers config of ``family``'s tiny model for ``spec``, special token ids from ``tokenizer``
+    (``patch_size`` other than the family's only for tests that want very small frames)."""
+    from veripo.models.families import family_named
 
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    half_head = spec.hidden // spec.heads // 2
-    # M-RoPE splits each head's rotary half into temporal/height/width sections; Qwen2.5-VL-7B uses
-    # [16, 24, 24] of 64, i.e. a quarter for time and the rest shared by height and width.
-    temporal = half_head // 4
-    height = (half_head - temporal) // 2
-    return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=spec.hidden,
-            intermediate_size=spec.intermediate,
-            num_hidden_layers=spec.layers,
-            num_attention_heads=spec.heads,
-            num_key_value_heads=spec.kv_heads,
-            max_position_embeddings=32768,
-            rms_norm_eps=1e-6,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 1000000.0,
-                "mrope_section": [temporal, height, half_head - temporal - height],
-            },
-            tie_word_embeddings=False,
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(
-            depth=spec.vision_depth,
-            hidden_size=spec.vision_hidden,
-            intermediate_size=spec.vision_intermediate,
-            num_heads=spec.vision_heads,
-            out_hidden_size=spec.hidden,
-            patch_size=patch_size,
-            temporal_patch_size=2,
-            spatial_merge_size=2,
-            window_size=8 * patch_size,  # 112 px as in Qwen2.5-VL
-            fullatt_block_indexes=list(range(1, spec.vision_depth, 2)),
-            in_channels=3,
-            tokens_per_second=2,
-        ),
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        vision_token_id=ids["<|vision_pad|>"],
-        tie_word_embeddings=False,
-    )
+    return family_named(family).tiny_config(spec, tokenizer, patch_size=patch_size)
 
 
-def build_tiny(out_dir: str | Path, size: TinySize = "tiny", seed: int = 0) -> Path:
-    """Build a random Qwen2.5-VL of ``size`` and save model, tokenizer, processor configs and generation
+def build_tiny(out_dir: str | Path, size: TinySize = "tiny", seed: int = 0, family: str = "qwen2.5-vl") -> Path:
+    """Build a random model of ``family`` (``veripo.models.families.FAMILY_NAMES``) and ``size`` and save model, tokenizer, processor configs and generation
     config to ``out_dir`` with ``save_pretrained``. Offline and deterministic: the same seed gives the same
     weights (``torch.manual_seed`` before construction; the tokenizer does not depend on the seed).
 
-    Returns the directory. Raises ValueError for an unknown size.
+    Returns the directory. Raises ValueError for an unknown size or family.
     """
     import torch
-    from transformers import (
-        GenerationConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2VLImageProcessorPil,
-    )
+    from transformers import GenerationConfig, Qwen2VLImageProcessorPil
 
-    from veripo.models.processor import VeripoProcessor
+    from veripo.models.families import family_named
+    from veripo.models.processor import VeripoProcessor, VideoSettings
 
     if size not in SIZES:
         raise ValueError(f"unknown tiny model size {size!r}; choose one of {sorted(SIZES)}")
+    kind = family_named(family)
     spec = SIZES[size]
     out_dir = Path(out_dir)
     tokenizer = train_tokenizer(spec.vocab_size)
-    config = tiny_config(spec, tokenizer)
+    config = kind.tiny_config(spec, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+        model = kind.model_class(config.model_type)(config).eval()
     ids = config.text_config
     model.generation_config = GenerationConfig(
         bos_token_id=ids.bos_token_id,
@@ -132,10 +86,14 @@ def build_tiny(out_dir: str | Path, size: TinySize = "tiny", seed: int = 0) -> P
         top_p=1.0,
         top_k=0,
     )
-    # Video frames are small here; the image processor keeps Qwen's defaults except a lower minimum so a
-    # 56 px image is not upscaled to 3136 px^2.
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=256 * 28 * 28)
-    processor = VeripoProcessor(tokenizer, image_processor)
+    # Video frames are small here; the image processor keeps the family's defaults except a lower minimum so
+    # a 56 px image is not upscaled to 3136 px^2.
+    factor = kind.patch_size * 2
+    image_processor = Qwen2VLImageProcessorPil(patch_size=kind.patch_size, image_mean=list(kind.image_mean),
+                                               image_std=list(kind.image_std), min_pixels=factor * factor,
+                                               max_pixels=256 * factor * factor)
+    video = VideoSettings(patch_size=kind.patch_size, image_mean=kind.image_mean, image_std=kind.image_std)
+    processor = VeripoProcessor(tokenizer, image_processor, video, model_type=config.model_type)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir
@@ -144,5 +102,7 @@ def build_tiny(out_dir: str | Path, size: TinySize = "tiny", seed: int = 0) -> P
 def count_parameters(model) -> dict[str, int]:
     """Parameter counts: total, vision tower, language model (incl. embeddings and lm_head)."""
     total = sum(p.numel() for p in model.parameters())
-    vision = sum(p.numel() for p in model.model.visual.parameters())
+    from veripo.models.families import family_of
+
+    vision = sum(p.numel() for p in family_of(model).vision_tower(model).parameters())
     return {"total": total, "vision": vision, "language": total - vision}

@@ -167,10 +167,10 @@ def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) ->
     path = cfg.model.path
     if path is None:
         if cfg.model.build_tiny is None:
-            raise ConfigError("config: set model.path to a local Qwen2.5-VL directory, or model.build_tiny to tiny|small")
+            raise ConfigError("config: set model.path to a local model directory, or model.build_tiny to tiny|small")
         path = run.root / "base-model"
         if dist.is_main and not (path / "config.json").exists():
-            build_tiny(path, size=cfg.model.build_tiny, seed=cfg.seed)
+            build_tiny(path, size=cfg.model.build_tiny, seed=cfg.seed, family=cfg.model.family)
         barrier(dist)
     # the parameters are the master weights, except where the strategy keeps them itself (DeepSpeed)
     policy = load_policy(path, dtype=str(parallel.load_dtype).removeprefix("torch."),

@@ -9,6 +9,11 @@ question leaves the batch as soon as all its G responses have finished.
 Positions follow Qwen2-VL's M-RoPE: the prompt's 3-D positions and its `delta` come from
 `model.model.get_rope_index`; the t-th response token sits at `P + t + delta` on all three axes
 (P = the prompt's unpadded length), passed explicitly as (3, N, 1) `position_ids` at each step.
+
+A family whose prompt state is more than keys and values (Qwen3.5's linear-attention layers:
+`ModelFamily.shared_prefix_exact` False; transformers' `LinearAttentionLayer` has neither
+`batch_repeat_interleave` nor `batch_select_indices`) prefills each prompt G times instead, and finished
+questions stay in the batch until the last one ends: exact, without the saving.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from veripo.models.cache_api import cache_kwargs, output_cache
+from veripo.models.families import family_of
 from veripo.rollout.engine import GeneratedResponse, GroupOutput, SamplingParams
 from veripo.rollout.sampling import completes_stop_string, end_of_text_ids, next_token_distribution, vision_token_ids
 
@@ -54,6 +60,7 @@ class HFRolloutEngine:
                 f"`.model.get_rope_index`), got {type(model).__name__}; unwrap DDP/accelerate wrappers first"
             )
         self.model = model
+        self.expands_cache = family_of(model).shared_prefix_exact  # else: G prefills, no batch selection
         self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         self.max_batch_questions = max_batch_questions
         self.banned_token_ids = vision_token_ids(model.config, self.tokenizer)
@@ -90,10 +97,11 @@ class HFRolloutEngine:
     def _generate_chunk(self, prompts: list[dict[str, torch.Tensor]], params: SamplingParams, seeds: list[int]):
         device = self.model.device
         G, Q = params.num_generations, len(prompts)
-        batch = collate_prompts(prompts, self.pad_token_id, device)
-        cache, logits, next_position = self._prefill_and_expand(batch, G)
-        prompt_lengths = batch["attention_mask"].sum(-1)  # (Q,)
-        attention_mask = batch["attention_mask"].repeat_interleave(G, dim=0)  # (Q*G, P)
+        copies = 1 if self.expands_cache else G  # rows each prompt takes in the prefill batch
+        batch = collate_prompts([p for p in prompts for _ in range(copies)], self.pad_token_id, device)
+        cache, logits, next_position = self._prefill_and_expand(batch, G // copies)
+        prompt_lengths = batch["attention_mask"].sum(-1)[::copies]  # (Q,)
+        attention_mask = batch["attention_mask"].repeat_interleave(G // copies, dim=0)  # (Q*G, P)
         vocab = logits.shape[-1]
         banned = torch.zeros(vocab, dtype=torch.bool, device=device)
         banned[[i for i in self.banned_token_ids if i < vocab]] = True
@@ -103,7 +111,7 @@ class HFRolloutEngine:
             seen = torch.zeros(Q * G, vocab, dtype=torch.bool, device=device)
             # Pad positions repeat the row's last prompt token so that padding marks nothing new as seen.
             prompt_ids = torch.where(batch["attention_mask"] == 1, batch["input_ids"], batch["input_ids"][:, -1:])
-            seen.scatter_(1, prompt_ids.repeat_interleave(G, dim=0), True)
+            seen.scatter_(1, prompt_ids.repeat_interleave(G // copies, dim=0), True)
         generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         stop_window = max((len(s.encode("utf-8")) for s in params.stop_strings), default=0) + 1
 
@@ -140,7 +148,7 @@ class HFRolloutEngine:
             still = [i for i, q in enumerate(alive_questions) if any(finish[q * G + g] is None for g in range(G))]
             if not still:
                 break
-            if len(still) < len(alive_questions):  # drop questions whose G responses have all finished
+            if len(still) < len(alive_questions) and self.expands_cache:  # drop questions all of whose G ended
                 keep = torch.tensor([i * G + g for i in still for g in range(G)], device=device)
                 cache.batch_select_indices(keep)
                 sampled, attention_mask, next_position = sampled[keep], attention_mask[keep], next_position[keep]
@@ -199,7 +207,8 @@ class HFRolloutEngine:
         )
         prefill = self.model(**batch, position_ids=position_ids, use_cache=True, logits_to_keep=1)
         cache = output_cache(prefill)
-        cache.batch_repeat_interleave(G)
+        if G > 1:
+            cache.batch_repeat_interleave(G)
         next_position = batch["attention_mask"].sum(-1) + rope_delta.view(-1)
         logits = prefill.logits[:, -1].float()
         return cache, logits.repeat_interleave(G, dim=0), next_position.repeat_interleave(G)
