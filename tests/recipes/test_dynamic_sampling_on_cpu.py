@@ -92,6 +92,18 @@ def test_dynamic_sampling_refills_and_counts_the_questions(uninterrupted):
         assert r["rewards"]["overlong"] == pytest.approx(min(0.0, -(r["response_tokens"] - 6) / 4))
 
 
+def test_resampled_questions_count_toward_the_epochs(data_dir, tmp_path):
+    """By epochs, a dynamic-sampling stage ends once it has drawn epochs x its questions, resampled ones included:
+    9 questions in rollout batches of 2 would be 5 batches; resampling draws them sooner."""
+    root = run(dapo_config(tmp_path, data_dir, "grpo.max_steps=null", "grpo.epochs=1"), show_progress=False).root
+    rows = read_jsonl(_stage(root) / "metrics.jsonl")
+    batches = {r["rollout_batch"]: r for r in rows}
+    drawn = [sum(b["questions_drawn"] for u, b in batches.items() if u <= last) for last in sorted(batches)]
+    summary = json.loads((root / "summary.json").read_text())["stages"][0]
+    assert summary["questions_drawn"] == drawn[-1] >= 9 > drawn[-2]  # stopped at the batch that used the data
+    assert len(batches) < 5
+
+
 def test_the_overlong_filter_masks_truncated_responses(uninterrupted, data_dir, tmp_path):
     """The tiny model's responses run into max_new_tokens: without the filter they train, with it a step whose
     responses are all truncated has no token in its loss."""

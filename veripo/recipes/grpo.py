@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,6 +305,13 @@ class GRPOStage:
             raise ValueError(f"stage '{ctx.stage.name}': no questions to sample (its data loaded none)")
         self.size = grpo_size(grpo, self.rollout.num_generations, len(ctx.samples))
         self.units, self.steps = self.size.units, self.size.steps
+        # DAPO's resampled questions count toward the stage's epochs: with dynamic sampling a stage sized by epochs
+        # ends once it has drawn epochs x its questions (its units are then an upper bound); by max_steps it runs
+        # its steps
+        epochs = grpo.epochs if grpo.epochs is not None else (
+            1.0 if grpo.max_steps is None and grpo.rollout_batches is None else None)
+        self.question_budget = (math.ceil(epochs * len(ctx.samples) - 1e-9)
+                                if grpo.dynamic_sampling and epochs is not None else None)
         self.time_budget_s = grpo.time_budget_s
         self.title = (f"GRPO {ctx.stage.name} ({grpo.time_budget_s:.0f} s budget)" if grpo.time_budget_s
                       else f"GRPO {ctx.stage.name}")
@@ -313,6 +321,10 @@ class GRPOStage:
         self.bad: dict[str, str] = {}  # sample id -> why its prompt could not be built
         self.recompute = recomputes_old_logprobs(grpo.recompute_old_logprobs, self.rollout.engine,
                                                  ctx.cfg.model.dtype)
+
+    def data_used(self, progress: Progress) -> bool:
+        """The stage has drawn its epochs' questions (dynamic sampling by epochs only; ``question_budget``)."""
+        return self.question_budget is not None and progress.extra.get("questions_drawn", 0) >= self.question_budget
 
     def numbers(self, progress: Progress) -> dict[str, Any]:
         """The stage's question-stream counters (kept in its checkpoints): questions drawn (resampled ones

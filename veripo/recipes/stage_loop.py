@@ -174,7 +174,9 @@ def run_training_stage(ctx: StageContext, stage: TrainingStage, settings: Optimi
                     settings.save_every_s is not None and clock.elapsed() - loop.saved_at_s >= settings.save_every_s,
                     stop.is_set())])
                 over_budget, save_by_clock, stopping = (any(f[i] for f in flags) for i in range(3))
-                last = progress.unit == stage.units or over_budget
+                # a stage may end before its units when it has used its data (GRPO's dynamic sampling by epochs)
+                used = getattr(stage, "data_used", None)
+                last = progress.unit == stage.units or over_budget or (used is not None and used(progress))
                 evaluate_if_due(ctx, loop, settings.eval_every)
                 save_if_due(ctx, loop, last=last, every=settings.save_every, now=save_by_clock or stopping)
                 if last:
