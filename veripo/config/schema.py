@@ -6,6 +6,7 @@ frames) the default follows the paper's framework lineage and the comment says s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +24,34 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
     prompt: Literal["veripo", "videor1"] = "veripo"  # the training prompt template (veripo.models.prompts)
+    # parts that never train: no gradient, no optimizer state (vision: the vision tower with its merger)
+    freeze: tuple[Literal["vision"], ...] = ()
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters through ``peft`` (``pip install 'veripo[lora]'``); the base weights stay frozen and only
+    the adapters (and ``modules_to_save``) train. Defaults follow EasyR1's (examples/config.yaml ``lora``):
+    every linear layer of the language model, the vision tower excluded."""
+
+    enabled: bool = False
+    rank: int = 16
+    alpha: float = 32.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    # peft's target_modules: "all-linear" or module-name suffixes ([q_proj, v_proj]); lm_head is never a target
+    target_modules: str | tuple[str, ...] = "all-linear"
+    exclude_modules: str | None = r".*visual.*"  # a regex over module names kept without adapters
+    modules_to_save: tuple[str, ...] = ()  # whole modules trained and saved next to the adapters
+
+    def validate(self, prefix: str) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"config key '{prefix}.rank': got {self.rank}; expected a positive rank.")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ConfigError(f"config key '{prefix}.alpha': got {self.alpha}; expected a positive finite number.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"config key '{prefix}.dropout': got {self.dropout}; expected 0 <= dropout < 1.")
+        if not self.target_modules:
+            raise ConfigError(f"config key '{prefix}.target_modules': empty; name at least one module or 'all-linear'.")
 
 
 @dataclass(frozen=True)
@@ -261,6 +290,7 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
@@ -291,6 +321,10 @@ class RunConfig:
                                       "frozen reference would be a whole copy of the policy on every rank; use "
                                       "kl_coef 0 (VerIPO's setting) or run without weight sharding.")
         check_grpo_batches(self.grpo, self.rollout, "grpo")
+        if self.lora.enabled and (self.distributed.shard_weights or self.distributed.deepspeed_zero3):
+            raise ConfigError("config key 'lora.enabled' with weight sharding (distributed.shard_weights or "
+                              "deepspeed_zero3): adapters are not wired into the sharded strategies; train LoRA on "
+                              "one process or data parallel.")
 
     def section_for(self, stage: Stage, section: str, prefix: str | None = None) -> Any:
         """The base ``section`` (e.g. ``grpo``) with ``stage``'s overrides applied, validated."""

@@ -93,10 +93,25 @@ def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) ->
                          attn_implementation=cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    note = parallel.prepare(policy.model)
-    if note and dist.is_main:
-        Console(stderr=True).print(note)
+    notes = [trainable_parts(policy.model, cfg)] if cfg.model.freeze or cfg.lora.enabled else []
+    notes.append(parallel.prepare(policy.model))
+    for note in notes:
+        if note and dist.is_main:
+            Console(stderr=True).print(note)
     return policy
+
+
+def trainable_parts(model: Any, cfg: RunConfig) -> str:
+    """Freeze ``model.freeze``'s parts and add ``lora``'s adapters; a line saying what trains."""
+    from veripo.models.adapters import add_lora, freeze_parts, trainable_parameters
+
+    freeze_parts(model, cfg.model.freeze)
+    if cfg.lora.enabled:
+        add_lora(model, cfg.lora)
+    trainable, total = trainable_parameters(model)
+    what = f"LoRA rank {cfg.lora.rank}" if cfg.lora.enabled else "full fine-tuning"
+    frozen = f", frozen: {', '.join(cfg.model.freeze)}" if cfg.model.freeze else ""
+    return f"{what}{frozen}: {trainable:,} of {total:,} parameters train"
 
 
 def stage_samples(store: SampleStore, cfg: RunConfig, stage: Stage, question_stats: dict[str, tuple[int, int]], index: int) -> list[Sample]:
