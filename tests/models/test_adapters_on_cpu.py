@@ -49,7 +49,7 @@ def _randomise_adapters(model, seed: int = 1, scale: float = 0.05) -> None:
 
 def _adapted(tiny_model_dir, lora: LoraConfig = LORA, seed: int = 1):
     policy = load_policy(tiny_model_dir)
-    add_lora(policy.model, lora)
+    add_lora(policy.model, lora, seed=0)
     _randomise_adapters(policy.model, seed)
     return policy
 
@@ -58,7 +58,7 @@ def test_only_adapters_train_and_start_as_the_base(tiny_model_dir, frames):
     policy = load_policy(tiny_model_dir)
     inputs = _inputs(policy, frames)
     before = _logits(policy.model, inputs)
-    add_lora(policy.model, LORA)
+    add_lora(policy.model, LORA, seed=0)
     assert has_adapters(policy.model)
     trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
@@ -72,12 +72,26 @@ def test_only_adapters_train_and_start_as_the_base(tiny_model_dir, frames):
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(trainable)
 
 
+def test_adapters_start_from_the_seed(tiny_model_dir):
+    """A resumed run re-injects its adapters before loading them; a fresh run must draw the same A."""
+    def initial(seed):
+        model = load_policy(tiny_model_dir).model
+        torch.manual_seed(1000 + seed)  # whatever the global generator holds, the seed decides
+        add_lora(model, LORA, seed=seed)
+        return adapter_state(model)
+
+    first, again, other = initial(0), initial(0), initial(1)
+    a_keys = [k for k in first if ".lora_A." in k]
+    assert a_keys and all(torch.equal(first[k], again[k]) for k in first)
+    assert all(not torch.equal(first[k], other[k]) for k in a_keys)
+
+
 def test_saved_adapters_load_exactly(tiny_model_dir, frames, tmp_path):
     policy = _adapted(tiny_model_dir)
     inputs = _inputs(policy, frames)
     save_adapters(policy.model, tmp_path / "ckpt")
     other = load_policy(tiny_model_dir)
-    add_lora(other.model, LORA)
+    add_lora(other.model, LORA, seed=5)
     load_adapters(other.model, tmp_path / "ckpt")
     mine, theirs = adapter_state(policy.model), adapter_state(other.model)
     assert mine.keys() == theirs.keys()
@@ -92,7 +106,7 @@ def test_adapters_of_another_shape_are_refused_naming_the_file(tiny_model_dir, t
     policy = _adapted(tiny_model_dir)
     save_adapters(policy.model, tmp_path / "ckpt")
     other = load_policy(tiny_model_dir)
-    add_lora(other.model, LoraConfig(enabled=True, rank=4, target_modules=("q_proj", "v_proj")))
+    add_lora(other.model, LoraConfig(enabled=True, rank=4, target_modules=("q_proj", "v_proj")), seed=0)
     with pytest.raises(ValueError, match=f"{ADAPTER_WEIGHTS}: adapters do not match"):
         load_adapters(other.model, tmp_path / "ckpt")
     with pytest.raises(ValueError, match="not an adapter checkpoint"):
@@ -168,7 +182,7 @@ def test_missing_peft_names_the_extra(tiny_model_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft -> ImportError
     policy = load_policy(tiny_model_dir)
     with pytest.raises(ImportError, match=r"pip install 'veripo\[lora\]'"):
-        add_lora(policy.model, LORA)
+        add_lora(policy.model, LORA, seed=0)
 
 
 @pytest.mark.parametrize(("override", "key"), [

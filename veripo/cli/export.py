@@ -17,8 +17,10 @@ def register(app: typer.Typer) -> None:
         """Write the run's final weights (LoRA adapters merged into the base) where from_pretrained loads them;
         print the folder."""
         from veripo.config import ConfigError
+        from veripo.cli.train import quiet_libraries
         from veripo.recipes.export import export_run
 
+        quiet_libraries()
         try:
             path = export_run(run_dir, out)
         except (ConfigError, FileExistsError, ImportError, ValueError) as e:

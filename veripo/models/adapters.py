@@ -61,8 +61,11 @@ def freeze_parts(model: nn.Module, parts: tuple[str, ...] | list[str]) -> int:
     return frozen
 
 
-def add_lora(model: nn.Module, lora: LoraConfig) -> None:
-    """Inject LoRA adapters per ``lora`` into ``model`` in place; only adapters and ``modules_to_save`` train."""
+def add_lora(model: nn.Module, lora: LoraConfig, seed: int) -> None:
+    """Inject LoRA adapters per ``lora`` into ``model`` in place; only adapters and ``modules_to_save`` train.
+
+    peft draws ``A`` from the global torch generator (``B`` starts at zero): drawn here from ``seed``, so a run
+    and its resumed or repeated self start from the same adapters."""
     peft = _peft()
     targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
     config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
@@ -70,7 +73,9 @@ def add_lora(model: nn.Module, lora: LoraConfig) -> None:
                              bias="none")
     config.base_model_name_or_path = str(getattr(model, "name_or_path", "") or "") or None
     try:
-        peft.inject_adapter_in_model(config, model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            peft.inject_adapter_in_model(config, model)
     except ValueError as e:  # peft's "Target modules {...} not found in the base model"
         raise ValueError(f"lora.target_modules {lora.target_modules!r}: {e}") from None
 

@@ -107,7 +107,7 @@ def trainable_parts(model: Any, cfg: RunConfig) -> str:
 
     freeze_parts(model, cfg.model.freeze)
     if cfg.lora.enabled:
-        add_lora(model, cfg.lora)
+        add_lora(model, cfg.lora, seed=cfg.seed)
     trainable, total = trainable_parameters(model)
     what = f"LoRA rank {cfg.lora.rank}" if cfg.lora.enabled else "full fine-tuning"
     frozen = f", frozen: {', '.join(cfg.model.freeze)}" if cfg.model.freeze else ""
