@@ -74,10 +74,17 @@ class MediaConfig:
 
 @dataclass(frozen=True)
 class DataSource:
-    path: str  # a Video-R1 / VerIPO JSON, a JSONL file or a synthetic dataset folder
+    # a Video-R1 / VerIPO JSON, a JSONL file or a synthetic dataset folder; or a Hugging Face dataset
+    # (veripo.data.hf_datasets): parquet / Arrow files, a save_to_disk or data-file folder, hf:owner/name (Hub)
+    path: str
     name: str | None = None
     media_root: str | None = None  # media paths resolve under this folder; None = the file's folder
-    format: Literal["auto", "videor1", "videor1-eval", "veripo-eval", "jsonl"] = "auto"
+    format: Literal["auto", "videor1", "videor1-eval", "veripo-eval", "jsonl", "hf"] = "auto"
+    # Hugging Face datasets only: {veripo field: dataset column} (e.g. {problem: question, solution: label}),
+    # the split, and lazy reading (no Arrow cache; `limit` stops the read)
+    columns: dict[str, str] = field(default_factory=dict)
+    split: str = "train"
+    streaming: bool = False
     on_error: Literal["skip", "fail"] = "skip"
     weight: float = 1.0
     limit: int | None = None
