@@ -60,6 +60,8 @@ def test_renamed_columns_map_to_veripo_fields(mmvu, shared_data, tmp_path):
     root = shared_data / "real" / "eval_questions"
     got = load_samples(renamed, columns=RENAMED, require_media=False, media_root=root)
     assert _as_dicts(got) == _as_dicts(load_samples(parquet, require_media=False, media_root=root))
+    first = HfRows(renamed, RENAMED).first()  # a renamed column is not kept under its own name too
+    assert set(first) == set(rows[0]) and first == rows[0]
     # control: without the mapping no record format fits the renamed columns
     with pytest.raises(DataError, match="cannot tell the format from the first record's keys"):
         load_samples(renamed, require_media=False, media_root=root)
