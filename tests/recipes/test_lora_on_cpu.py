@@ -36,7 +36,8 @@ def digit_share(completion: str, sample: object) -> float:
 def lora_config(tiny_model_dir: Path, out: Path) -> RunConfig:
     return build(RunConfig, {
         "name": "lora", "seed": 3, "output_dir": str(out),
-        "model": {"path": str(tiny_model_dir), "device": "cpu", "freeze": ["vision"]},
+        # with gradient checkpointing, and a KL term whose frozen reference is a copy of the adapted policy
+        "model": {"path": str(tiny_model_dir), "device": "cpu", "freeze": ["vision"], "gradient_checkpointing": True},
         "lora": {"enabled": True, "rank": 4, "alpha": 8.0},
         "media": {"max_frames": 4, "max_pixels": 3136},
         "rollout": {"num_generations": 4, "max_new_tokens": 16, "temperature": 1.0},
@@ -44,7 +45,7 @@ def lora_config(tiny_model_dir: Path, out: Path) -> RunConfig:
         "data": [{"path": "synthetic/train", "synthetic": {"n": 8, "seed": 1, "kinds": ["video", "image", "text"],
                                                            "frames": [4, 4], "size": 56}}],
         "sft": {"lr": 3e-3, "batch_size": 4, "epochs": 1, "save_every": 1},
-        "grpo": {"lr": 1e-2, "rollout_batch_size": 2, "global_batch_size": 8, "rollout_batches": 2},
+        "grpo": {"lr": 1e-2, "rollout_batch_size": 2, "global_batch_size": 8, "rollout_batches": 2, "kl_coef": 0.05},
         "dpo": {"lr": 1e-2, "global_batch_size": 2, "epochs": 1},
         "verifier": {"max_pairs_per_question": 2, "construct_reflective": True, "reference_chosen": True},
         "iterations": 0,
@@ -95,6 +96,7 @@ def test_lora_training_changes_only_adapter_weights(lora_run, tiny_model_dir):
     # GRPO took real steps and they moved the adapters
     grpo_rows = [r for r in read_jsonl(next((root / "stages").glob("*-grpo")) / "metrics.jsonl") if "grad_norm" in r]
     assert grpo_rows and all(r["grad_norm"] > 0 for r in grpo_rows)
+    assert grpo_rows[-1]["kl"] > 0  # the reference copy kept the stage-start adapters while the policy moved
     before = load_file(str(_stage_ckpt(root, "sft") / ADAPTER_WEIGHTS))
     after = load_file(str(_stage_ckpt(root, "grpo") / ADAPTER_WEIGHTS))
     assert before.keys() == after.keys() and len(after) == len(adapter_keys)
