@@ -148,3 +148,18 @@ def test_missing_datasets_package_names_the_extra(mmvu, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ImportError, match=r"pip install 'veripo\[datasets\]'"):
         load_samples(mmvu[0])
+
+
+def test_data_inspect_reads_a_renamed_parquet(mmvu, tmp_path):
+    from typer.testing import CliRunner
+
+    from veripo.cli.main import app
+
+    parquet, rows = mmvu
+    renamed = _write_parquet(rows, tmp_path / "eval_mmvu.parquet", RENAMED)
+    args = ["data", "inspect", str(renamed), *(f"--column={field}={column}" for field, column in RENAMED.items())]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "format videor1-eval, 625 samples, 0 skipped, 625 with missing media" in result.stdout
+    bad = CliRunner().invoke(app, ["data", "inspect", str(renamed), "--column", "problem"])
+    assert bad.exit_code == 2 and "--column expects FIELD=COLUMN" in bad.output

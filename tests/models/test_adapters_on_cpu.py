@@ -178,11 +178,19 @@ def test_frozen_vision_gets_no_gradient_and_no_optimizer_state(tiny_model_dir, f
         freeze_parts(policy.model, ["audio"])
 
 
-def test_missing_peft_names_the_extra(tiny_model_dir, monkeypatch):
+def test_missing_peft_names_the_extra(tiny_model_dir, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "peft", None)  # import peft -> ImportError
     policy = load_policy(tiny_model_dir)
     with pytest.raises(ImportError, match=r"pip install 'veripo\[lora\]'"):
         add_lora(policy.model, LORA, seed=0)
+    # a run fails before it writes anything
+    from veripo.recipes.veripo import run
+
+    cfg = build(RunConfig, {"output_dir": str(tmp_path / "runs"), "lora": {"enabled": True},
+                            "model": {"path": str(tiny_model_dir)}})
+    with pytest.raises(ImportError, match=r"pip install 'veripo\[lora\]'"):
+        run(cfg, show_progress=False)
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(("override", "key"), [

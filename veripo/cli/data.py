@@ -39,10 +39,14 @@ def register(app: typer.Typer) -> None:
 
     @data_app.command("inspect")
     def inspect_cmd(
-        file: Path = typer.Argument(..., help="A dataset JSON/JSONL file or a synthetic dataset folder."),
+        file: Path = typer.Argument(..., help="A dataset JSON/JSONL file, a synthetic dataset folder, or a "
+                                    "Hugging Face dataset: parquet/Arrow files, a dataset folder, hf:owner/name."),
         media_root: Optional[Path] = typer.Option(None, "--media-root", help="Media paths resolve under it."),
-        format: str = typer.Option("auto", "--format", help="auto, videor1, videor1-eval, veripo-eval or jsonl."),
+        format: str = typer.Option("auto", "--format", help="auto, videor1, videor1-eval, veripo-eval, jsonl or hf."),
         examples: int = typer.Option(3, "--examples", help="How many examples to print."),
+        column: Optional[list[str]] = typer.Option(None, "--column", help="FIELD=COLUMN: a Hugging Face dataset's "
+                                                   "column read as veripo's FIELD (repeatable)."),
+        split: str = typer.Option("train", "--split", help="A Hugging Face dataset's split."),
     ) -> None:
         """Counts by problem type and data type, missing media, skipped records and a few examples."""
         from rich.console import Console
@@ -52,9 +56,14 @@ def register(app: typer.Typer) -> None:
         from veripo.data.loaders import DataError, load_samples
 
         console = Console()
+        pairs = [c.partition("=") for c in column or []]
+        if any(not field or not sep or not name for field, sep, name in pairs):
+            typer.secho(f"error: --column expects FIELD=COLUMN, got {column}", fg="red", err=True)
+            raise typer.Exit(2)
         try:
-            result = load_samples(file, media_root=media_root, format=format, require_media=False)
-        except DataError as e:
+            result = load_samples(file, media_root=media_root, format=format, require_media=False,
+                                  columns={field: name for field, _, name in pairs}, split=split)
+        except (DataError, ImportError) as e:
             typer.secho(f"error: {e}", fg="red", err=True)
             raise typer.Exit(2) from None
         console.print(f"[bold]{file}[/bold]: format {result.format}, {len(result.samples)} samples, "

@@ -41,7 +41,8 @@ FREEZABLE: dict[str, Callable[[nn.Module], nn.Module]] = {
 }
 
 
-def _peft() -> Any:
+def require_peft() -> Any:
+    """The ``peft`` module, or ImportError with the line that installs it."""
     try:
         import peft
     except ImportError:
@@ -66,7 +67,7 @@ def add_lora(model: nn.Module, lora: LoraConfig, seed: int) -> None:
 
     peft draws ``A`` from the global torch generator (``B`` starts at zero): drawn here from ``seed``, so a run
     and its resumed or repeated self start from the same adapters."""
-    peft = _peft()
+    peft = require_peft()
     targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
     config = peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                              exclude_modules=lora.exclude_modules, modules_to_save=list(lora.modules_to_save) or None,
@@ -91,7 +92,7 @@ def has_adapters(model: nn.Module) -> bool:
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapters' tensors (and ``modules_to_save``) under PEFT's saved names (``get_peft_model_state_dict``)."""
-    return _peft().get_peft_model_state_dict(model)
+    return require_peft().get_peft_model_state_dict(model)
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
@@ -128,7 +129,7 @@ def load_adapters(model: nn.Module, folder: Path) -> None:
         raise ValueError(f"{folder / ADAPTER_WEIGHTS}: adapters do not match the model's (missing "
                          f"{sorted(expected - set(saved))[:5]}, unexpected {sorted(set(saved) - expected)[:5]}); "
                          "was it saved with another lora: section?")
-    _peft().set_peft_model_state_dict(model, saved)
+    require_peft().set_peft_model_state_dict(model, saved)
 
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:
@@ -144,7 +145,7 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
 
 def add_saved_adapters(model: nn.Module, folder: Path) -> None:
     """Inject the adapters configured in ``folder`` into a base ``model`` and load their weights."""
-    peft = _peft()
+    peft = require_peft()
     config = peft.LoraConfig.from_pretrained(str(folder))
     peft.inject_adapter_in_model(config, model)
     load_adapters(model, folder)
@@ -153,5 +154,5 @@ def add_saved_adapters(model: nn.Module, folder: Path) -> None:
 def merged_model(base: nn.Module, folder: Path) -> nn.Module:
     """``base`` with the adapters of ``folder`` merged into its weights (``PeftModel.merge_and_unload``): a plain
     transformers model that ``save_pretrained`` writes and ``from_pretrained`` loads without peft."""
-    peft = _peft()
+    peft = require_peft()
     return peft.PeftModel.from_pretrained(base, str(folder)).merge_and_unload()

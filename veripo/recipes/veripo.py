@@ -138,6 +138,10 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
     if cfg is not None:  # a setting that cannot work fails before anything is written
         check_algorithm_names(cfg)
         make_strategy(cfg.distributed, os.environ, dist)
+        if cfg.lora.enabled:
+            from veripo.models.adapters import require_peft
+
+            require_peft()
     run_dir = open_run(cfg, resume, dist)
     if resume is not None:
         from veripo.config import load
