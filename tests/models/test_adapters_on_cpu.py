@@ -213,3 +213,20 @@ def test_lora_with_weight_sharding_is_refused_and_freeze_parts_are_named():
     with pytest.raises(ConfigError, match="model.freeze"):
         build(RunConfig, {"model": {"freeze": ["audio"]}})
     assert build(RunConfig, {"model": {"freeze": ["vision"]}}).model.freeze == ("vision",)
+
+
+def test_a_lora_checkpoint_as_the_model_trains_its_own_adapters_on(tiny_model_dir, tmp_path):
+    from veripo.recipes.veripo import trainable_parts
+
+    policy = _adapted(tiny_model_dir)
+    save_adapters(policy.model, tmp_path / "ckpt")
+    cfg = build(RunConfig, {"model": {"path": str(tmp_path / "ckpt")}, "lora": {"enabled": True, "rank": 8}})
+    warm = load_policy(tmp_path / "ckpt").model
+    note = trainable_parts(warm, cfg)
+    saved = adapter_state(policy.model)
+    assert adapter_state(warm).keys() == saved.keys()  # its own rank-4 adapters, not a second set of rank 8
+    assert all(torch.equal(adapter_state(warm)[k], saved[k]) for k in saved)
+    trainable = [n for n, p in warm.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable) and "parameters train" in note
+    with pytest.raises(ConfigError, match="config key 'model.path': .* is a LoRA checkpoint"):
+        trainable_parts(load_policy(tmp_path / "ckpt").model, build(RunConfig, {"model": {"path": str(tmp_path)}}))

@@ -93,23 +93,31 @@ def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) ->
                          attn_implementation=cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    notes = [trainable_parts(policy.model, cfg)] if cfg.model.freeze or cfg.lora.enabled else []
-    notes.append(parallel.prepare(policy.model))
-    for note in notes:
+    for note in (trainable_parts(policy.model, cfg), parallel.prepare(policy.model)):
         if note and dist.is_main:
             Console(stderr=True).print(note)
     return policy
 
 
 def trainable_parts(model: Any, cfg: RunConfig) -> str:
-    """Freeze ``model.freeze``'s parts and add ``lora``'s adapters; a line saying what trains."""
-    from veripo.models.adapters import add_lora, freeze_parts, trainable_parameters
+    """Freeze ``model.freeze``'s parts and add ``lora``'s adapters; a line saying what trains.
+
+    A LoRA checkpoint as ``model.path`` (e.g. a warm start's) arrives with its adapters on: with ``lora``
+    enabled they go on training (its own adapter settings hold); without, the run is refused."""
+    from veripo.config import ConfigError
+    from veripo.models.adapters import add_lora, freeze_parts, has_adapters, trainable_parameters
 
     freeze_parts(model, cfg.model.freeze)
-    if cfg.lora.enabled:
+    if has_adapters(model) and not cfg.lora.enabled:
+        raise ConfigError(f"config key 'model.path': {cfg.model.path} is a LoRA checkpoint; set lora.enabled: "
+                          "true to train its adapters on, or `veripo export` its run to train all weights")
+    what = "full fine-tuning"
+    if has_adapters(model):
+        what = f"the LoRA adapters of {cfg.model.path}"
+    elif cfg.lora.enabled:
         add_lora(model, cfg.lora, seed=cfg.seed)
+        what = f"LoRA rank {cfg.lora.rank}"
     trainable, total = trainable_parameters(model)
-    what = f"LoRA rank {cfg.lora.rank}" if cfg.lora.enabled else "full fine-tuning"
     frozen = f", frozen: {', '.join(cfg.model.freeze)}" if cfg.model.freeze else ""
     return f"{what}{frozen}: {trainable:,} of {total:,} parameters train"
 
