@@ -208,8 +208,19 @@ def test_lora_settings_are_checked_with_their_key(override, key):
 
 
 def test_lora_with_weight_sharding_is_refused_and_freeze_parts_are_named():
+    from veripo.recipes.veripo import check_lora
+
     with pytest.raises(ConfigError, match="lora.enabled"):
         build(RunConfig, {"lora": {"enabled": True}, "distributed": {"shard_weights": True}})
+
+    class LaunchedSharded(ParallelStrategy):  # what an accelerate FSDP2 / DeepSpeed launch makes of the config
+        shards_weights = True
+
+    lora = build(RunConfig, {"lora": {"enabled": True}})
+    with pytest.raises(ConfigError, match="config key 'lora.enabled' under LaunchedSharded"):
+        check_lora(lora, LaunchedSharded())
+    check_lora(lora, ParallelStrategy())
+    check_lora(build(RunConfig, {}), LaunchedSharded())
     with pytest.raises(ConfigError, match="model.freeze"):
         build(RunConfig, {"model": {"freeze": ["audio"]}})
     assert build(RunConfig, {"model": {"freeze": ["vision"]}}).model.freeze == ("vision",)

@@ -145,11 +145,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
     console = Console(stderr=True)
     if cfg is not None:  # a setting that cannot work fails before anything is written
         check_algorithm_names(cfg)
-        make_strategy(cfg.distributed, os.environ, dist)
-        if cfg.lora.enabled:
-            from veripo.models.adapters import require_peft
-
-            require_peft()
+        check_lora(cfg, make_strategy(cfg.distributed, os.environ, dist))
     run_dir = open_run(cfg, resume, dist)
     if resume is not None:
         from veripo.config import load
@@ -157,6 +153,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
         check_algorithm_names(cfg)
     parallel = make_strategy(cfg.distributed, os.environ, dist)
+    check_lora(cfg, parallel)  # again for a resumed run, whose launch may differ
     state = run_dir.read_state()
     if inputs:
         state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
@@ -230,6 +227,21 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         report = write_report(run_dir.root)
         console.print(f"[bold green]done[/bold green]: report at {report}")
     return run_dir
+
+
+def check_lora(cfg: RunConfig, parallel: ParallelStrategy) -> None:
+    """A LoRA run needs peft and a strategy that keeps whole weights on every rank (the config check cannot see
+    an accelerate launch that switches sharding on)."""
+    if not cfg.lora.enabled:
+        return
+    from veripo.config import ConfigError
+    from veripo.models.adapters import require_peft
+
+    require_peft()
+    if parallel.shards_weights:
+        raise ConfigError(f"config key 'lora.enabled' under {type(parallel).__name__} (weight sharding, set by "
+                          "the config or the launcher): adapters are not wired into the sharded strategies; "
+                          "train LoRA on one process or data parallel.")
 
 
 def check_algorithm_names(cfg: RunConfig) -> None:
