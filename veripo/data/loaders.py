@@ -22,11 +22,12 @@ import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
+from veripo.data import hf_datasets
 from veripo.data.jsonl import HEADER_KEY, iter_jsonl_lines
 from veripo.data.records import PROBLEM_TYPES, Sample
 
@@ -302,8 +303,6 @@ def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[
         split, streaming: Hugging Face datasets only: the split, and whether rows are read lazily.
     Returns: LoadResult(samples, skipped, missing_media); ``summary()`` prints a report.
     """
-    from veripo.data import hf_datasets
-
     if format not in FORMATS:
         raise DataError(f"format {format!r} is not one of {', '.join(FORMATS)}")
     if on_error not in ("skip", "fail"):
@@ -350,8 +349,20 @@ def _samples_from_rows(rows_of: Any, label: str, root: Path, name: str, format: 
         path = rows_of
     else:
         rows, first, path = rows_of, rows_of.first(), Path(label)
-    result.format = fmt = detect_format(path, first) if format == "auto" else format
-    build = _BUILDERS[fmt]
+    try:
+        result.format = fmt = detect_format(path, first) if format == "auto" else format
+        _build_samples(rows, _BUILDERS[fmt], label, name, root, limit, require_media, result, skip)
+    finally:
+        close = getattr(rows, "close", None)  # a streamed dataset's open files
+        if close is not None:
+            close()
+    log.info(result.summary())
+    return result
+
+
+def _build_samples(rows: Iterable[tuple[int, Any]], build: Any, label: str, name: str, root: Path,
+                   limit: int | None, require_media: bool, result: LoadResult, skip: Any) -> None:
+    """Append the usable records of ``rows`` to ``result.samples``; ``skip(index, field, reason)`` the others."""
     seen_ids: Counter[str] = Counter()
     for index, row in rows:
         if limit is not None and len(result.samples) >= limit:
@@ -381,11 +392,6 @@ def _samples_from_rows(rows_of: Any, label: str, root: Path, name: str, format: 
             sample.extra["original_id"] = sample.id
             sample.id = f"{sample.id}#{seen_ids[sample.id]}"
         result.samples.append(sample)
-    close = getattr(rows, "close", None)
-    if close is not None:
-        close()
-    log.info(result.summary())
-    return result
 
 
 def _resolve_sample_media(sample: Sample, root: Path) -> None:
