@@ -19,11 +19,12 @@ from veripo.recipes.veripo import run
 pytestmark = pytest.mark.slow
 
 
-def test_a_full_fine_tuning_run_exports_its_final_weights(tiny_model_dir, tmp_path):
+def test_a_full_fine_tuning_run_with_a_frozen_vision_tower_exports_its_final_weights(tiny_model_dir, tmp_path):
     cfg = build(RunConfig, {
-        "output_dir": str(tmp_path / "runs"), "model": {"path": str(tiny_model_dir), "device": "cpu"},
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"path": str(tiny_model_dir), "device": "cpu", "freeze": ["vision"]},
         "media": {"max_frames": 4, "max_pixels": 3136},
-        "data": [{"path": "synthetic/train", "synthetic": {"n": 4, "seed": 1, "kinds": ["text"], "size": 56}}],
+        "data": [{"path": "synthetic/train", "synthetic": {"n": 4, "seed": 1, "kinds": ["image"], "size": 56}}],
         "sft": {"batch_size": 4, "epochs": 1}, "iterations": 0, "stages": [{"name": "sft", "kind": "sft"}]})
     root = run(cfg, show_progress=False).root
     out = export_run(root)
@@ -32,7 +33,12 @@ def test_a_full_fine_tuning_run_exports_its_final_weights(tiny_model_dir, tmp_pa
     trained, exported = load_file(str(ckpt / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert trained.keys() == exported.keys()
     assert all(torch.equal(trained[k], exported[k]) for k in trained)
-    assert any(not torch.equal(t, load_file(str(tiny_model_dir / "model.safetensors"))[k]) for k, t in trained.items())
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    vision = [k for k in trained if "visual" in k]
+    assert vision and all(torch.equal(trained[k], base[k]) for k in vision)  # images were seen, yet unchanged
+    assert any(not torch.equal(t, base[k]) for k, t in trained.items() if k not in vision)
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    assert len(state["state"]) == len(trained) - len(vision)  # AdamW moments for the unfrozen tensors only
     with pytest.raises(FileExistsError, match="export: already exists"):
         export_run(root)
 
