@@ -39,10 +39,14 @@ def register(app: typer.Typer) -> None:
 
     @data_app.command("inspect")
     def inspect_cmd(
-        file: Path = typer.Argument(..., help="A dataset JSON/JSONL file or a synthetic dataset folder."),
+        file: Path = typer.Argument(..., help="A dataset JSON/JSONL file, a synthetic dataset folder, or a "
+                                    "Hugging Face dataset: parquet/Arrow files, a dataset folder, hf:owner/name."),
         media_root: Optional[Path] = typer.Option(None, "--media-root", help="Media paths resolve under it."),
-        format: str = typer.Option("auto", "--format", help="auto, videor1, videor1-eval, veripo-eval or jsonl."),
+        format: str = typer.Option("auto", "--format", help="auto, videor1, videor1-eval, veripo-eval, jsonl or hf."),
         examples: int = typer.Option(3, "--examples", help="How many examples to print."),
+        column: Optional[list[str]] = typer.Option(None, "--column", help="FIELD=COLUMN: a Hugging Face dataset's "
+                                                   "column read as veripo's FIELD (repeatable)."),
+        split: str = typer.Option("train", "--split", help="A Hugging Face dataset's split."),
     ) -> None:
         """Counts by problem type and data type, missing media, skipped records and a few examples."""
         from rich.console import Console
@@ -53,7 +57,12 @@ def register(app: typer.Typer) -> None:
         from veripo.rewards import gold_problem
 
         console = Console()
-        result = load_samples(file, media_root=media_root, format=format, require_media=False, check=gold_problem)
+        pairs = [c.partition("=") for c in column or []]
+        if any(not field or not sep or not name for field, sep, name in pairs):
+            typer.secho(f"error: --column expects FIELD=COLUMN, got {column}", fg="red", err=True)
+            raise typer.Exit(2)
+        result = load_samples(file, media_root=media_root, format=format, require_media=False, check=gold_problem,
+                              columns={field: name for field, _, name in pairs}, split=split)
         console.print(f"[bold]{file}[/bold]: format {result.format}, {len(result.samples)} samples, "
                       f"{len(result.skipped)} skipped, {len(result.missing_media)} with missing media")
         table = Table("problem type", "data type", "count")

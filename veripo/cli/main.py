@@ -71,6 +71,7 @@ def _register() -> None:
     from veripo.cli import demo as demo_cli
     from veripo.cli import sample as sample_cli
     from veripo.cli import eval as eval_cli
+    from veripo.cli import export as export_cli
     from veripo.cli import model as model_cli
     from veripo.cli import plan as plan_cli
     from veripo.cli import report as report_cli
@@ -78,7 +79,7 @@ def _register() -> None:
     from veripo.cli import train as train_cli
     from veripo.cli import verify as verify_cli
 
-    for module in (train_cli, plan_cli, config_cli, report_cli, data_cli, model_cli, demo_cli, sample_cli, score_cli, eval_cli, verify_cli,):
+    for module in (train_cli, plan_cli, config_cli, report_cli, data_cli, model_cli, demo_cli, sample_cli, score_cli, eval_cli, verify_cli, export_cli):
         module.register(app)
 
 

@@ -6,6 +6,7 @@ from veripo.config.schema import (
     DPOConfig,
     EvalConfig,
     GRPOConfig,
+    LoraConfig,
     MediaConfig,
     ModelConfig,
     RewardConfig,
@@ -18,6 +19,6 @@ from veripo.config.schema import (
 
 __all__ = [
     "ConfigError", "apply_overrides", "build", "dump_yaml", "load", "read_yaml", "to_dict",
-    "DataSource", "DPOConfig", "EvalConfig", "GRPOConfig", "MediaConfig", "ModelConfig", "RewardConfig",
+    "DataSource", "DPOConfig", "EvalConfig", "GRPOConfig", "LoraConfig", "MediaConfig", "ModelConfig", "RewardConfig",
     "RolloutConfig", "RunConfig", "SFTConfig", "Stage", "VerifierConfig",
 ]

@@ -34,6 +34,8 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = None
     prompt: Literal["veripo", "videor1"] = "veripo"  # the training prompt template (veripo.models.prompts)
+    # parts that never train: no gradient, no optimizer state (vision: the vision tower with its merger)
+    freeze: tuple[Literal["vision"], ...] = ()
     # a prompt (text and visual tokens) longer than this is skipped and counted like unreadable media
     # (training and evaluation); Qwen2.5-VL at the media defaults (16 frames of 256 x 28 x 28 pixels) needs
     # about 2,100 tokens plus the question
@@ -47,6 +49,32 @@ class ModelConfig:
             raise ConfigError(f"config key '{prefix}.master_dtype': {self.master_dtype!r} with model.dtype "
                               f"{self.dtype!r}; expected float32 (master weights for {self.dtype} compute) or "
                               f"{self.dtype!r} itself (pure {self.dtype} training).")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters through ``peft`` (``pip install 'veripo[lora]'``); the base weights stay frozen and only
+    the adapters (and ``modules_to_save``) train. Defaults follow EasyR1's (examples/config.yaml ``lora``):
+    every linear layer of the language model, the vision tower excluded."""
+
+    enabled: bool = False
+    rank: int = 16
+    alpha: float = 32.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    # peft's target_modules: "all-linear" or module-name suffixes ([q_proj, v_proj]); lm_head is never a target
+    target_modules: str | tuple[str, ...] = "all-linear"
+    exclude_modules: str | None = r".*visual.*"  # a regex over module names kept without adapters
+    modules_to_save: tuple[str, ...] = ()  # whole modules trained and saved next to the adapters
+
+    def validate(self, prefix: str) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"config key '{prefix}.rank': got {self.rank}; expected a positive rank.")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ConfigError(f"config key '{prefix}.alpha': got {self.alpha}; expected a positive finite number.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"config key '{prefix}.dropout': got {self.dropout}; expected 0 <= dropout < 1.")
+        if not self.target_modules:
+            raise ConfigError(f"config key '{prefix}.target_modules': empty; name at least one module or 'all-linear'.")
 
 
 @dataclass(frozen=True)
@@ -67,10 +95,17 @@ class MediaConfig:
 
 @dataclass(frozen=True)
 class DataSource:
-    path: str  # a Video-R1 / VerIPO JSON, a JSONL file or a synthetic dataset folder
+    # a Video-R1 / VerIPO JSON, a JSONL file or a synthetic dataset folder; or a Hugging Face dataset
+    # (veripo.data.hf_datasets): parquet / Arrow files, a save_to_disk or data-file folder, hf:owner/name (Hub)
+    path: str
     name: str | None = None
     media_root: str | None = None  # media paths resolve under this folder; None = the file's folder
-    format: Literal["auto", "videor1", "videor1-eval", "veripo-eval", "jsonl"] = "auto"
+    format: Literal["auto", "videor1", "videor1-eval", "veripo-eval", "jsonl", "hf"] = "auto"
+    # Hugging Face datasets only: {veripo field: dataset column} (e.g. {problem: question, solution: label}),
+    # the split, and lazy reading (no Arrow cache; `limit` stops the read)
+    columns: dict[str, str] = field(default_factory=dict)
+    split: str = "train"
+    streaming: bool = False
     on_error: Literal["skip", "fail"] = "skip"
     weight: float = 1.0
     limit: int | None = None
@@ -462,6 +497,7 @@ class RunConfig:
     seed: int = 0
     output_dir: str = "runs"
     model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
@@ -502,6 +538,11 @@ class RunConfig:
                 if section.eval_every is not None:
                     raise ConfigError(f"config key '{key}.eval_every': {section.eval_every} with no eval.heldout to "
                                       "evaluate on; add eval.heldout or remove eval_every")
+
+        if self.lora.enabled and (self.distributed.shard_weights or self.distributed.deepspeed_zero3):
+            raise ConfigError("config key 'lora.enabled' with weight sharding (distributed.shard_weights or "
+                              "deepspeed_zero3): adapters are not wired into the sharded strategies; train LoRA on "
+                              "one process or data parallel.")
 
     def warnings(self) -> list[str]:
         """Settings that are valid but rarely what is meant (printed when a run starts)."""

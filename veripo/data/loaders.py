@@ -8,6 +8,9 @@ Formats (``format=``):
 - ``veripo-eval``: VerIPO evaluation JSON (``question_id, question, video_path, answer,
   processed_question``; options are parsed from ``processed_question``).
 - ``jsonl``: one Sample dict per line (as written by :class:`veripo.data.jsonl.JsonlWriter`).
+- ``hf``: a Hugging Face dataset (parquet or Arrow files, a dataset folder, ``hf:owner/name``), read through
+  the ``datasets`` library (``veripo.data.hf_datasets``); its ``columns`` mapping renames dataset columns to
+  the fields of one of the formats above, which is then detected from the renamed record.
 A folder means a synthetic dataset folder (its ``dataset.json``). Bad records are skipped (or raise, with
 ``on_error="fail"``) and listed in ``LoadResult.skipped``; nothing is dropped silently.
 """
@@ -19,17 +22,19 @@ import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from veripo.data import hf_datasets
 from veripo.data.jsonl import HEADER_KEY, iter_jsonl_lines
 from veripo.data.records import PROBLEM_TYPES, RecordFieldError, Sample
 from veripo.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "videor1", "videor1-eval", "veripo-eval", "jsonl")
+FORMATS = ("auto", "videor1", "videor1-eval", "veripo-eval", "jsonl", "hf")
 DATASET_FILE = "dataset.json"  # the JSON inside a synthetic dataset folder
 _TYPE_ALIASES = {"multiple-choice": "multiple choice", "multiple_choice": "multiple choice", "mc": "multiple choice",
                  "free form": "free-form", "free_form": "free-form", "open-ended": "free-form", "ocr": "OCR",
@@ -247,7 +252,7 @@ def detect_format(path: Path, first_row: dict[str, Any] | None) -> str:
     if {"id", "problem", "answer"} <= keys:
         return "jsonl"  # Sample dicts in a JSON list
     raise DataError(f"{path}: cannot tell the format from the first record's keys {sorted(keys)}; "
-                    f"pass format= one of {', '.join(FORMATS[1:])}")
+                    f"pass format= one of {', '.join(_BUILDERS)}")
 
 
 # ----------------------------------------------------------------------------------------- file reading
@@ -289,27 +294,40 @@ def _read_jsonl_rows(path: Path, skip: Any) -> list[tuple[int, Any]]:
 def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[str] | None = None,
                  format: str = "auto", on_error: Literal["skip", "fail"] = "skip", limit: int | None = None,
                  require_media: bool = True, source: str | None = None,
-                 check: Callable[[Sample], tuple[str, str] | None] | None = None) -> LoadResult:
-    """Load the samples of a dataset file or synthetic dataset folder.
+                 check: Callable[[Sample], tuple[str, str] | None] | None = None,
+                 columns: Mapping[str, str] | None = None, split: str = "train", streaming: bool = False) -> LoadResult:
+    """Load the samples of a dataset file, a synthetic dataset folder or a Hugging Face dataset.
 
     Args:
-        path: a JSON / JSONL file, or a folder holding ``dataset.json``.
+        path: a JSON / JSONL file, or a folder holding ``dataset.json``; or a Hugging Face dataset
+            (``veripo.data.hf_datasets``): parquet or Arrow files, a ``save_to_disk`` folder, a dataset folder
+            of data files, or ``hf:owner/name`` on the Hub.
         media_root: media paths resolve under it (default: the file's folder); paths escaping it are errors.
         format: one of FORMATS; ``auto`` detects it from the extension and the first record's keys.
         on_error: ``skip`` lists bad records in ``LoadResult.skipped``; ``fail`` raises DataError on the first.
-        limit: stop after this many samples.
+        limit: stop after this many samples (a streamed dataset reads no further).
         require_media: a record whose media file is missing is skipped (True) or kept and only listed in
             ``missing_media`` (False: question files whose videos are not here, e.g. for scoring tests).
         source: the name used in sample ids (default: the file name without extension).
         check: ``sample -> (field, reason)`` for a sample that cannot be used (e.g. a gold answer no reward can
             match: ``veripo.rewards.gold_problem``), else None; such records are skipped like malformed ones.
+        columns: Hugging Face datasets only: ``{veripo field: dataset column}`` renames before the record is read.
+        split, streaming: Hugging Face datasets only: the split, and whether rows are read lazily.
     Returns: LoadResult(samples, skipped, missing_media); ``summary()`` prints a report.
     """
-    path = Path(path)
     if format not in FORMATS:
         raise DataError(f"format {format!r} is not one of {', '.join(FORMATS)}")
     if on_error not in ("skip", "fail"):
         raise DataError(f"on_error {on_error!r}: expected 'skip' or 'fail'")
+    if format == "hf" or hf_datasets.is_hf_source(path):
+        rows = hf_datasets.HfRows(path, columns or {}, split=split, streaming=streaming)
+        record_format = "auto" if format == "hf" else format  # the renamed records' format
+        return _samples_from_rows(rows, rows.label, rows.media_root(media_root), source or rows.name,
+                                  record_format, on_error, limit, require_media, check)
+    if columns:
+        raise DataError(f"{path}: columns are a Hugging Face dataset setting (parquet, Arrow, a dataset folder "
+                        "or hf:NAME); a JSON or JSONL file uses veripo's field names")
+    path = Path(path)
     if path.is_dir():
         folder = path
         path = folder / DATASET_FILE
@@ -319,20 +337,46 @@ def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[
         raise DataError(f"{path}: data file not found")
     root = Path(media_root) if media_root is not None else path.parent
     name = source or (path.parent.name if path.name == DATASET_FILE else path.stem)
+    if format == "auto" and path.name == DATASET_FILE:
+        format = "videor1"  # a synthetic dataset folder
+    return _samples_from_rows(path, str(path), root, name, format, on_error, limit, require_media, check)
+
+
+def _samples_from_rows(rows_of: Any, label: str, root: Path, name: str, format: str, on_error: str,
+                       limit: int | None, require_media: bool,
+                       check: Callable[[Sample], tuple[str, str] | None] | None = None) -> LoadResult:
+    """Build the samples of one source's records (``rows_of``: a JSON/JSONL path, or an iterable of
+    ``(index, record)``), skipping or failing on bad ones; ``label`` names the source in messages."""
     result = LoadResult(source=name)
 
     def skip(index: int, field_name: str, reason: str) -> None:
-        record = SkippedRecord(str(path), index, field_name, reason)
+        record = SkippedRecord(label, index, field_name, reason)
         if on_error == "fail":
             raise DataError(str(record))
         result.skipped.append(record)
 
-    rows = _read_jsonl_rows(path, skip) if path.suffix == ".jsonl" else _read_json_rows(path)
-    first = next((r for _, r in rows if isinstance(r, dict)), None)
-    if format == "auto" and path.name == DATASET_FILE:
-        format = "videor1"  # a synthetic dataset folder
-    result.format = fmt = detect_format(path, first) if format == "auto" else format
-    build = _BUILDERS[fmt]
+    if isinstance(rows_of, Path):
+        rows: Iterable[tuple[int, Any]] = _read_jsonl_rows(rows_of, skip) if rows_of.suffix == ".jsonl" \
+            else _read_json_rows(rows_of)
+        first = next((r for _, r in rows if isinstance(r, dict)), None)
+        path = rows_of
+    else:
+        rows, first, path = rows_of, rows_of.first(), Path(label)
+    try:
+        result.format = fmt = detect_format(path, first) if format == "auto" else format
+        _build_samples(rows, _BUILDERS[fmt], label, name, root, limit, require_media, result, skip, check)
+    finally:
+        close = getattr(rows, "close", None)  # a streamed dataset's open files
+        if close is not None:
+            close()
+    log.info(result.summary())
+    return result
+
+
+def _build_samples(rows: Iterable[tuple[int, Any]], build: Any, label: str, name: str, root: Path,
+                   limit: int | None, require_media: bool, result: LoadResult, skip: Any,
+                   check: Callable[[Sample], tuple[str, str] | None] | None = None) -> None:
+    """Append the usable records of ``rows`` to ``result.samples``; ``skip(index, field, reason)`` the others."""
     indices: list[int] = []  # each loaded sample's record
     for index, row in rows:
         if limit is not None and len(result.samples) >= limit:
@@ -352,7 +396,7 @@ def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[
             continue
         missing = [p for p in ([sample.video] if sample.video else []) + sample.images if not Path(p).exists()]
         if missing:
-            record = SkippedRecord(str(path), index, "video" if sample.video in missing else "images",
+            record = SkippedRecord(label, index, "video" if sample.video in missing else "images",
                                    f"media file not found: {missing[0]}")
             result.missing_media.append(record)
             if require_media:
@@ -360,12 +404,10 @@ def load_samples(path: str | os.PathLike[str], *, media_root: str | os.PathLike[
                 continue
         result.samples.append(sample)
         indices.append(index)
-    _unique_ids(result.samples, indices, path)
-    log.info(result.summary())
-    return result
+    _unique_ids(result.samples, indices, label)
 
 
-def _unique_ids(samples: list[Sample], indices: list[int], path: Path) -> None:
+def _unique_ids(samples: list[Sample], indices: list[int], path: Path | str) -> None:
     """Give the 2nd, 3rd... record of a repeated id the id ``<id>#2``, ``<id>#3``... (some published files
     reuse an id for different questions: TOMATO has 62); DataError when such a name is itself a record's id
     in the file, since the two questions could then not be told apart."""

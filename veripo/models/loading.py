@@ -14,6 +14,7 @@ from typing import Any
 
 from veripo.errors import UserError
 from veripo.models.families import FAMILIES, family_of_type
+from veripo.models.adapters import add_saved_adapters, is_adapter_folder, read_adapter_config
 from veripo.models.processor import VeripoProcessor
 
 
@@ -75,6 +76,8 @@ def load_policy(path: str | Path, *, dtype: str = "float32", device: str = "cpu"
     path = Path(path)
     if dtype not in _DTYPES:
         raise ModelError(f"dtype {dtype!r} is not supported; choose one of {list(_DTYPES)}")
+    if path.is_dir() and is_adapter_folder(path) and not (path / "config.json").exists():
+        return _load_adapted_policy(path, dtype=dtype, device=device, attn_implementation=attn_implementation)
     model_type = read_model_type(path)
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise ModelError(f"{path}: no weights (*.safetensors or *.bin) next to config.json")
@@ -87,3 +90,16 @@ def load_policy(path: str | Path, *, dtype: str = "float32", device: str = "cpu"
     model = model_class.from_pretrained(path, dtype=getattr(torch, dtype), **kernel).to(device).eval()
     processor = VeripoProcessor.from_pretrained(path, model_type=model_type)
     return Policy(model=model, processor=processor, tokenizer=processor.tokenizer, path=path)
+
+
+def _load_adapted_policy(path: Path, **load: Any) -> Policy:
+    """A LoRA checkpoint (adapters only): its base model (``base_model_name_or_path`` of adapter_config.json)
+    with the adapters on."""
+    base = read_adapter_config(path).get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise ModelError(f"{path / 'adapter_config.json'}: base_model_name_or_path {base!r} is not a local model "
+                         "directory; load the base model and add the adapters, or `veripo export` the run")
+    policy = load_policy(base, **load)
+    add_saved_adapters(policy.model, path)
+    policy.model.eval()
+    return policy

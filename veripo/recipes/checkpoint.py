@@ -1,7 +1,8 @@
 """Checkpoints that survive ``kill -9`` and resume exactly.
 
 A checkpoint is a folder ``ckpt-<step>/`` holding the model (``save_pretrained``: safetensors plus config,
-so any checkpoint loads with ``load_policy``), the processor files, the optimizer and scheduler state
+so any checkpoint loads with ``load_policy``; with LoRA the adapters alone, in PEFT's format, which
+``load_policy`` puts on their base model), the processor files, the optimizer and scheduler state
 (``torch.save``; loaded with ``weights_only=True``) and ``progress.json`` (counters and the byte sizes of
 the stage's JSONL outputs at that moment). ``latest.json`` names the newest complete checkpoint and is
 written atomically after the folder is complete, so a kill mid-save leaves the previous one in force.
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from veripo.errors import RunStateError
+from veripo.models.adapters import has_adapters, load_adapters, save_adapters
 from veripo.parallel import ParallelStrategy
 from veripo.recipes.run_dir import atomic_write_json, read_json
 
@@ -72,7 +74,10 @@ def save_checkpoint(
     tmp = ckpt_root / f".tmp-ckpt-{progress.unit:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
+    if has_adapters(model):  # LoRA: the base never changes, the adapters are the trained weights
+        save_adapters(model, tmp)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
     if processor is not None and hasattr(processor, "save_pretrained"):
         processor.save_pretrained(tmp)
     if optimizer is not None:
@@ -109,6 +114,9 @@ def load_model_weights(model: torch.nn.Module, ckpt: Path, parallel: ParallelStr
     Goes through ``from_pretrained`` because transformers renames keys on save (Qwen2.5-VL's
     ``model.visual.*`` is stored as ``visual.*``) and knows how to map them back.
     """
+    if has_adapters(model):
+        load_adapters(model, ckpt)  # LoRA runs refuse weight sharding, so every rank holds its adapters whole
+        return
     if not any(ckpt.glob("*.safetensors")):
         raise FileNotFoundError(f"{ckpt}: no *.safetensors weights in this checkpoint")
     if parallel is None:

@@ -125,13 +125,15 @@ class SampleStore:
 
     def load(self, source: DataSource) -> LoadResult:
         path = self.source_path(source)
-        key = (str(path), source.media_root, source.format, source.on_error, source.limit)
+        key = (str(path), source.media_root, source.format, source.on_error, source.limit,
+               tuple(sorted(source.columns.items())), source.split, source.streaming)
         if key in self._loaded:
             return self._loaded[key]
         self.generate(source)
         result = load_samples(path, media_root=source.media_root, format=source.format, on_error=source.on_error,
                               limit=source.limit, source=self._names.get(self.dataset_file(source)),
-                              check=gold_problem)
+                              check=gold_problem, columns=source.columns, split=source.split,
+                              streaming=source.streaming)
         if result.skipped:
             self.console.print(result.summary())
         self._loaded[key] = result

@@ -159,6 +159,44 @@ def changed_keys(before: str, after: str) -> list[str]:
             if old.get(k) != new.get(k)]
 
 
+def trainable_parts(model: Any, cfg: RunConfig) -> str:
+    """Freeze ``model.freeze``'s parts and add ``lora``'s adapters; a line saying what trains.
+
+    A LoRA checkpoint as ``model.path`` (e.g. a warm start's) arrives with its adapters on: with ``lora``
+    enabled they go on training (its own adapter settings hold); without, the run is refused."""
+    from veripo.config import ConfigError
+    from veripo.models.adapters import add_lora, freeze_parts, has_adapters, trainable_parameters
+
+    freeze_parts(model, cfg.model.freeze)
+    if has_adapters(model) and not cfg.lora.enabled:
+        raise ConfigError(f"config key 'model.path': {cfg.model.path} is a LoRA checkpoint; set lora.enabled: "
+                          "true to train its adapters on, or `veripo export` its run to train all weights")
+    what = "full fine-tuning"
+    if has_adapters(model):
+        what = f"the LoRA adapters of {cfg.model.path}"
+    elif cfg.lora.enabled:
+        add_lora(model, cfg.lora, seed=cfg.seed)
+        what = f"LoRA rank {cfg.lora.rank}"
+    trainable, total = trainable_parameters(model)
+    frozen = f", frozen: {', '.join(cfg.model.freeze)}" if cfg.model.freeze else ""
+    return f"{what}{frozen}: {trainable:,} of {total:,} parameters train"
+
+
+def check_lora(cfg: RunConfig, parallel: ParallelStrategy) -> None:
+    """A LoRA run needs peft and a strategy that keeps whole weights on every rank (the config check cannot see
+    an accelerate launch that switches sharding on)."""
+    if not cfg.lora.enabled:
+        return
+    from veripo.config import ConfigError
+    from veripo.models.adapters import require_peft
+
+    require_peft()
+    if parallel.shards_weights:
+        raise ConfigError(f"config key 'lora.enabled' under {type(parallel).__name__} (weight sharding, set by "
+                          "the config or the launcher): adapters are not wired into the sharded strategies; "
+                          "train LoRA on one process or data parallel.")
+
+
 def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) -> Any:
     """The policy the run starts from, handed to the parallel strategy (which may shard or wrap it)."""
     from veripo.models import build_tiny, load_policy
@@ -177,9 +215,11 @@ def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) ->
                          device=str(pick_device(cfg.model.device)), attn_implementation=cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trained = trainable_parts(policy.model, cfg)
     note = parallel.prepare(policy.model)
     if dist.is_main:
-        Console(stderr=True).print(f"precision: {parallel.precision.describe()}" + (f"\n{note}" if note else ""))
+        Console(stderr=True).print("\n".join(line for line in (
+            trained, f"precision: {parallel.precision.describe()}", note) if line))
     return policy
 
 
@@ -207,7 +247,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
     console = Console(stderr=True)
     if cfg is not None:  # a setting that cannot work fails before anything is written
         check_algorithm_names(cfg)
-        make_strategy(cfg.distributed, os.environ, dist, Precision.of(cfg.model))
+        check_lora(cfg, make_strategy(cfg.distributed, os.environ, dist, Precision.of(cfg.model)))
     run_dir = open_run(cfg, resume, dist)
     try:
         state = run_dir.read_state()
@@ -224,6 +264,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
             for warning in cfg.warnings():
                 console.print(f"[yellow]warning[/yellow]: {warning}")
         parallel = make_strategy(cfg.distributed, os.environ, dist, Precision.of(cfg.model))
+        check_lora(cfg, parallel)  # again for a resumed run, whose launch may differ
         if inputs:
             state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
         done = {entry["index"]: entry for entry in state.get("completed", [])}
