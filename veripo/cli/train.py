@@ -45,11 +45,16 @@ def quiet_libraries() -> None:
 
 
 def run_config(cfg, resume: Optional[Path], inputs: Optional[dict[str, Path]] = None) -> Path:
+    from veripo.config import ConfigError
     from veripo.recipes.veripo import run
 
     configure_torch_threads()
     quiet_libraries()
-    run_dir = run(cfg, resume=resume, inputs=inputs)
+    try:
+        run_dir = run(cfg, resume=resume, inputs=inputs)
+    except ConfigError as e:  # found when the run starts (an unregistered algorithm, a tracker not installed)
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(2) from None
     return run_dir.root
 
 

@@ -241,6 +241,30 @@ class EvalConfig:
     judge: Literal["rule", "hf", "openai"] = "rule"  # for the inconsistency rate in evaluations
 
 
+TrackerName = Literal["tensorboard", "wandb", "mlflow", "trackio"]
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where the run's numbers go besides its own files (``metrics.jsonl``, ``summary.json``, the report, which
+    always stay): experiment trackers, through their own libraries (veripo.report.trackers)."""
+
+    # any subset: every stage's metric rows, the held-out evaluation results and the report plots go to each
+    trackers: tuple[TrackerName, ...] = ()
+    project: str = "veripo"  # the W&B project, MLflow experiment and trackio project; the run is named after its folder
+    # offline (default): W&B offline mode, an MLflow file store, TensorBoard event files and trackio's local
+    # database, all under <run dir>/trackers (trackio: $TRACKIO_DIR when set). online: W&B syncs as it logs,
+    # MLflow logs to $MLFLOW_TRACKING_URI (a server), TensorBoard and trackio stay local.
+    mode: Literal["offline", "online"] = "offline"
+
+    def validate(self, prefix: str) -> None:
+        repeated = sorted({t for t in self.trackers if self.trackers.count(t) > 1})
+        if repeated:
+            raise ConfigError(f"config key '{prefix}.trackers': {repeated} listed more than once.")
+        if not self.project.strip():
+            raise ConfigError(f"config key '{prefix}.project': empty; expected a project name.")
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of the curriculum. ``kind`` picks the recipe; the section of that kind overrides the base."""
@@ -270,6 +294,7 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     data: tuple[DataSource, ...] = ()
     stages: tuple[Stage, ...] = ()  # run once, in order (e.g. sft -> grpo -> grpo -> verify -> dpo)
     loop: tuple[Stage, ...] = ()  # then repeated `iterations` times (e.g. video grpo -> verify -> dpo)

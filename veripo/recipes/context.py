@@ -12,6 +12,7 @@ from rich.console import Console
 from veripo.config import RunConfig, Stage
 from veripo.data.records import Sample
 from veripo.parallel import DistInfo, ParallelStrategy
+from veripo.report.trackers import Trackers
 
 
 @dataclass
@@ -28,6 +29,7 @@ class StageContext:
     console: Console = field(default_factory=lambda: Console(stderr=True))
     show_progress: bool = True
     inputs: dict[str, Path] = field(default_factory=dict)  # files from earlier stages (rollouts, pairs)
+    trackers: Trackers = field(default_factory=Trackers)  # logging.trackers (rank 0; none elsewhere)
 
     def __post_init__(self) -> None:
         if self.parallel is None:

@@ -42,6 +42,7 @@ from veripo.recipes.run_dir import RunDir, atomic_write_text
 from veripo.recipes.sft import run_sft
 from veripo.recipes.sources import SampleStore
 from veripo.recipes.verify import run_verify
+from veripo.report.trackers import Trackers, check_available
 
 PHASES: dict[str, Callable[[StageContext], StageResult]] = {
     "sft": run_sft,
@@ -122,6 +123,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
     console = Console(stderr=True)
     if cfg is not None:  # a setting that cannot work fails before anything is written
         check_algorithm_names(cfg)
+        check_available(cfg.logging.trackers)  # a missing package: one line naming the extra
         make_strategy(cfg.distributed, os.environ, dist)
     run_dir = open_run(cfg, resume, dist)
     if resume is not None:
@@ -129,12 +131,25 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
 
         cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
         check_algorithm_names(cfg)
+        check_available(cfg.logging.trackers)  # a missing package: one line naming the extra
     parallel = make_strategy(cfg.distributed, os.environ, dist)
     state = run_dir.read_state()
     if inputs:
         state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
-    done = {entry["index"]: entry for entry in state.get("completed", [])}
     policy = load_base_policy(cfg, run_dir, parallel)
+    trackers = open_trackers(cfg, run_dir) if dist.is_main else Trackers()
+    try:
+        run_stages(cfg, run_dir, parallel, policy, state, console, show_progress, trackers)
+    finally:
+        trackers.close()
+    return run_dir
+
+
+def run_stages(cfg: RunConfig, run_dir: RunDir, parallel: ParallelStrategy, policy: Any, state: dict[str, Any],
+               console: Console, show_progress: bool, trackers: Trackers) -> None:
+    """Every stage in order (finished ones skipped), held-out evaluation after training stages, the report."""
+    dist = parallel.info
+    done = {entry["index"]: entry for entry in state.get("completed", [])}
     store = SampleStore(cfg, run_dir, console)
     if dist.is_main:  # synthetic data first, by one rank
         for source in (*cfg.data, *cfg.eval.heldout, *(d for s in (*cfg.stages, *cfg.loop) for d in s.data)):
@@ -172,7 +187,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
             samples = stage_samples(store, cfg, stage, question_stats, index)
         ctx = StageContext(cfg=cfg, stage=stage, index=index, stage_dir=stage_dir, policy=policy, samples=samples,
                            encode=encode, parallel=parallel, global_step=global_step, console=console,
-                           show_progress=show_progress, inputs=dict(inputs))
+                           show_progress=show_progress, inputs=dict(inputs), trackers=trackers)
         state["current"] = {"index": index, "name": stage.name, "kind": stage.kind}
         if dist.is_main:
             run_dir.write_state(state)
@@ -191,6 +206,8 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
                    "steps": result.steps, **{k: v for k, v in result.numbers.items() if k != "wall_time_s"}}
         if stage.kind in TRAINING and cfg.eval.heldout:
             summary["eval"] = evaluate_stage(ctx, store)
+        trackers.log_metrics({f"summary/{stage.name}": {k: v for k, v in summary.items() if k not in ("index", "eval")},
+                              "eval": summary.get("eval", {})}, step=global_step)
         if dist.is_main:
             run_dir.update_summary(summary)
             state.setdefault("completed", []).append(entry)
@@ -201,8 +218,16 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         from veripo.report import write_report
 
         report = write_report(run_dir.root)
+        trackers.log_images({f"report/{png.stem}": png for png in sorted(report.parent.glob("*.png"))}, global_step)
         console.print(f"[bold green]done[/bold green]: report at {report}")
-    return run_dir
+
+
+def open_trackers(cfg: RunConfig, run_dir: RunDir) -> Trackers:
+    """The run's experiment trackers (rank 0), opened under ``<run dir>/trackers`` with the run's config."""
+    from veripo.config import to_dict
+
+    return Trackers.open(cfg.logging.trackers, run_dir.root, to_dict(cfg), project=cfg.logging.project,
+                         online=cfg.logging.mode == "online")
 
 
 def check_algorithm_names(cfg: RunConfig) -> None:
