@@ -60,7 +60,10 @@ class DataSource:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: Literal["hf"] = "hf"  # transformers, prefill once per group (a vLLM engine is planned, not built)
+    # hf: transformers, prefill once per group (veripo.rollout.hf_engine); vllm: a colocated vLLM engine synced
+    # with the policy before every rollout batch (veripo.rollout.vllm_engine; `pip install 'veripo[vllm]'`,
+    # CUDA only, untested on GPU so far)
+    engine: Literal["hf", "vllm"] = "hf"
     num_generations: int = 8  # G, responses per question (paper: 8)
     temperature: float = 1.0
     top_p: float = 1.0
@@ -69,8 +72,20 @@ class RolloutConfig:
     # sampling at float-rounding level (left padding), so data-parallel equivalence tests use 1
     batch_questions: int = 4
     stop_at_answer: bool = True  # stop a response at </answer>
+    # vllm engine only: its share of GPU memory (weights + KV cache) next to training; sleep mode frees it
+    # while the policy trains (weights pushed again at the next rollout batch); its context length (null:
+    # the model's)
+    vllm_gpu_memory_utilization: float = 0.4
+    vllm_sleep: bool = True
+    vllm_max_model_len: int | None = None
 
     def validate(self, prefix: str) -> None:
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ConfigError(f"config key '{prefix}.vllm_gpu_memory_utilization': got "
+                              f"{self.vllm_gpu_memory_utilization}; expected a share of GPU memory in (0, 1].")
+        if self.vllm_max_model_len is not None and self.vllm_max_model_len < 1:
+            raise ConfigError(f"config key '{prefix}.vllm_max_model_len': got {self.vllm_max_model_len}; expected a "
+                              "positive number of tokens or null.")
         if self.num_generations < 1:
             raise ConfigError(f"config key '{prefix}.num_generations': got {self.num_generations}; expected >= 1.")
         if self.temperature < 0:
@@ -311,6 +326,10 @@ class RunConfig:
             if stage.kind == "grpo":
                 check_grpo_batches(self.section_for(stage, "grpo"), self.section_for(stage, "rollout"), f"{where}.grpo")
                 sharded = self.distributed.shard_weights or self.distributed.deepspeed_zero3
+                if sharded and self.section_for(stage, "rollout").engine == "vllm":
+                    raise ConfigError(f"config key '{where}.rollout.engine': vllm with weight sharding is not "
+                                      "supported yet (every rank's vLLM needs whole weights pushed); use engine hf "
+                                      "or data parallel without weight sharding.")
                 if sharded and self.section_for(stage, "grpo").kl_coef > 0:
                     raise ConfigError(f"config key '{where}.grpo.kl_coef' > 0 with weight sharding: the "
                                       "frozen reference would be a whole copy of the policy on every rank; use "

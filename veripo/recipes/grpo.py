@@ -15,7 +15,9 @@ Per rollout batch of Q questions:
 
 What it is not: no value model, no reference model unless ``grpo.kl_coef > 0`` (then the policy at the
 start of the stage is kept frozen), old log-probs come from the sampler (exact for the transformers
-engine in fp32; they equal a teacher-forced forward to ~1e-6).
+engine in fp32; they equal a teacher-forced forward to ~1e-6; the vLLM engine's: ``veripo.rollout.vllm_engine``).
+The engine is ``rollout.engine``'s (``veripo.rollout.registry``); before each rollout batch it is synced to the
+policy (a no-op for the transformers engine, a weight push for vLLM) and released after.
 
 Resume: a checkpoint after every ``save_every`` rollout batches; every random draw is seeded from the run
 seed, the stage and the batch index, so a resumed stage redoes exactly the work that was lost.
@@ -40,7 +42,8 @@ from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.stage_loop import Optimization, StageLoop, run_training_stage
 from veripo.rewards import parse_completion
 from veripo.rewards.profiles import build_profile
-from veripo.rollout import HFRolloutEngine, SamplingParams
+from veripo.rollout import RolloutEngine, SamplingParams
+from veripo.rollout.registry import make_engine
 
 @dataclass
 class ScoredGroup:
@@ -72,7 +75,7 @@ def batch_questions(samples: list[Sample], unit: int, size: int, seed: int, stag
     return out
 
 
-def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list[tuple[int, Sample]], unit: int) -> list[ScoredGroup]:
+def sample_and_score(ctx: StageContext, engine: RolloutEngine, questions: list[tuple[int, Sample]], unit: int) -> list[ScoredGroup]:
     """G responses per question, ``rollout.batch_questions`` questions per engine call, each question with
     its own seed (from the run seed, stage, batch and sample id: independent of the rank), then scored."""
     rollout = ctx.section("rollout")
@@ -207,7 +210,7 @@ class GRPOStage:
                       else f"GRPO {ctx.stage.name}")
         self.by_id = {s.id: s for s in ctx.samples}
         self.ref_model: torch.nn.Module | None = None
-        self.engine: HFRolloutEngine | None = None
+        self.engine: RolloutEngine | None = None
 
     def numbers(self) -> dict[str, Any]:
         return {}
@@ -219,18 +222,25 @@ class GRPOStage:
             raise ValueError(f"stage '{ctx.stage.name}': grpo.kl_coef > 0 needs a frozen whole copy of the policy on "
                              "every rank, which weight sharding (FSDP2, DeepSpeed ZeRO-3) is meant to avoid; set "
                              "grpo.kl_coef=0")
+        if self.rollout.engine == "vllm" and ctx.parallel.shards_weights:
+            raise ValueError(f"stage '{ctx.stage.name}': rollout.engine vllm with weight sharding (FSDP2, DeepSpeed "
+                             "ZeRO-3) is not supported yet: every rank's vLLM needs whole weights pushed; use "
+                             "rollout.engine hf, or data parallel without weight sharding")
         if grpo.kl_coef > 0:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the stage-start policy
             if loop.progress.unit > 0:
                 ctx.log("note: kl_coef > 0 on resume uses the resumed weights as the reference")
-        self.engine = HFRolloutEngine(model, ctx.policy.tokenizer, max_batch_questions=self.rollout.batch_questions)
+        self.engine = make_engine(ctx.policy, self.rollout, seed=ctx.cfg.seed, dtype=ctx.cfg.model.dtype)
 
     def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:
         ctx, grpo = self.ctx, self.grpo
         questions = batch_questions(ctx.samples, unit, grpo.rollout_batch_size, ctx.cfg.seed, ctx.stage.name)
         mine = ctx.dist.shard(list(enumerate(questions)))
         with ctx.parallel.gathered_weights():
+            # an engine with its own copy of the weights (vLLM) gets the policy as the last optimizer step left it
+            self.engine.sync_weights(ctx.policy.model, loop.progress.global_step)
             scored = sample_and_score(ctx, self.engine, mine, unit)
+        self.engine.release()
         groups = ctx.parallel.gather(scored)
         groups.sort(key=lambda g: g.question)
         assign_advantages(groups, grpo)

@@ -124,6 +124,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
     if cfg is not None:  # a setting that cannot work fails before anything is written
         check_algorithm_names(cfg)
         check_available(cfg.logging.trackers)  # a missing package: one line naming the extra
+        check_engines_installed(cfg)
         make_strategy(cfg.distributed, os.environ, dist)
     run_dir = open_run(cfg, resume, dist)
     if resume is not None:
@@ -132,6 +133,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
         check_algorithm_names(cfg)
         check_available(cfg.logging.trackers)  # a missing package: one line naming the extra
+        check_engines_installed(cfg)
     parallel = make_strategy(cfg.distributed, os.environ, dist)
     state = run_dir.read_state()
     if inputs:
@@ -228,6 +230,15 @@ def open_trackers(cfg: RunConfig, run_dir: RunDir) -> Trackers:
 
     return Trackers.open(cfg.logging.trackers, run_dir.root, to_dict(cfg), project=cfg.logging.project,
                          online=cfg.logging.mode == "online")
+
+
+def check_engines_installed(cfg: RunConfig) -> None:
+    """The package of every rollout engine a GRPO stage uses is installed (one line naming the extra otherwise)."""
+    from veripo.rollout.registry import check_engine_installed
+
+    for stage in plan(cfg):
+        if stage.kind == "grpo":
+            check_engine_installed(cfg.section_for(stage, "rollout").engine)
 
 
 def check_algorithm_names(cfg: RunConfig) -> None:
