@@ -70,3 +70,43 @@ def test_veripo_run_with_a_tracker_not_installed_is_one_line_and_exit_2(tmp_path
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "trackio" in lines[0] and EXTRA in lines[0], result.output
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_a_crashed_and_resumed_run_logs_every_step_to_the_same_tracker_runs(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash after a unit's rows reached the trackers but before its checkpoint: the resumed run logs that unit
+    again, at the same steps with the same values, into the same MLflow run and TensorBoard folder."""
+    import veripo.recipes.stage_loop as stage_loop
+
+    data = make_synthetic(tmp_path / "data", n=4, seed=3, kinds=("text",))
+    cfg = load(RunConfig, None, [
+        f"output_dir={tmp_path / 'runs'}", "model.build_tiny=tiny", "model.device=cpu", "rollout.num_generations=2",
+        "rollout.max_new_tokens=6", "grpo.lr=1e-2", "grpo.rollout_batch_size=2", "grpo.global_batch_size=2",
+        "grpo.rollout_batches=3", "logging.trackers=[tensorboard, mlflow]", "logging.project=trk",
+    ])
+    cfg = dataclasses.replace(cfg, data=(DataSource(path=str(data)),), stages=(Stage(name="grpo", kind="grpo"),))
+    save = stage_loop.save_if_due
+
+    def crash_before_the_second_checkpoint(ctx, loop, *, last, every):
+        if loop.progress.unit == 2:
+            raise KeyboardInterrupt("killed")
+        save(ctx, loop, last=last, every=every)
+
+    monkeypatch.setattr(stage_loop, "save_if_due", crash_before_the_second_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, show_progress=False)
+    monkeypatch.setattr(stage_loop, "save_if_due", save)
+    (root,) = (tmp_path / "runs").iterdir()
+    run(None, resume=root, show_progress=False)
+
+    rows = read_jsonl(root / "stages" / "00-grpo" / "metrics.jsonl")
+    assert [r["global_step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    flow = stores.mlflow_scalars(root / "trackers", "trk", root.name)  # one MLflow run: found again by name
+    board = stores.tensorboard_scalars(root / "trackers")
+    for key in ("loss", "reward_mean", "grad_norm"):
+        logged = [(r["global_step"], r[key]) for r in rows]
+        assert [s for s, _ in flow[f"grpo/{key}"]] == [1, 2, 3, 4, 3, 4, 5, 6]  # unit 1 (steps 3, 4) twice
+        for step, value in flow[f"grpo/{key}"]:  # both copies of unit 1 equal the run's own record
+            assert value == pytest.approx(dict(logged)[step], rel=1e-12), (key, step)
+        assert dict(board[f"grpo/{key}"]) == pytest.approx(dict(logged), rel=1e-6)

@@ -127,7 +127,7 @@ class WandbTracker(RunObjectTracker):
         (run.store / "wandb").mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=run.project, name=run.name, id=run_id(run.store.parent),
                               dir=str(run.store / "wandb"), config=dict(run.config),
-                              mode="online" if run.online else "offline", resume="allow", reinit="create_new")
+                              mode="online" if run.online else "offline", resume="allow")
 
 class MLflowTracker:
     def __init__(self, run: TrackerRun) -> None:
