@@ -4,6 +4,7 @@ from that store equal what was logged, at the logged steps."""
 from __future__ import annotations
 
 import importlib.util
+import time
 import uuid
 from pathlib import Path
 
@@ -105,6 +106,7 @@ def test_all_four_at_once_and_a_resumed_run_continues_the_same_runs(tmp_path: Pa
     first = Trackers.open(["tensorboard", "wandb", "mlflow", "trackio"], run_dir, {}, project=project)
     first.log_row(ROWS[0])
     first.close()
+    time.sleep(1.1)  # W&B names an offline session's folder by the second it started; a real resume is later
     second = Trackers.open(["tensorboard", "wandb", "mlflow", "trackio"], run_dir, {}, project=project)  # resume
     second.log_row(ROWS[1])
     second.close()
@@ -112,6 +114,8 @@ def test_all_four_at_once_and_a_resumed_run_continues_the_same_runs(tmp_path: Pa
     want = [(3, 0.25), (4, -0.125)]
     assert stores.tensorboard_scalars(store)["grpo/loss"] == want
     assert stores.wandb_scalars(store)["grpo/loss"] == want
+    files = sorted((store / "wandb").glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and len({f.name for f in files}) == 1  # two sessions of one W&B run id
     assert stores.mlflow_scalars(store, project, "run-b")["grpo/loss"] == want
     assert stores.trackio_scalars(project, "run-b")["grpo/loss"] == want
 

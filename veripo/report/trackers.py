@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import math
 import os
 import re
@@ -64,12 +65,6 @@ def _import(name: str) -> Any:
     return importlib.import_module(PACKAGES[name])
 
 
-def run_id(run_dir: Path) -> str:
-    """A tracker run id from the run folder's name (stable across resumes, within W&B's allowed characters)."""
-    digest = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]
-    return f"{re.sub(r'[^A-Za-z0-9_-]+', '-', run_dir.name)[:55]}-{digest}"
-
-
 @dataclass(frozen=True)
 class TrackerRun:
     """What every tracker is opened with."""
@@ -79,6 +74,13 @@ class TrackerRun:
     project: str  # logging.project
     config: Mapping[str, Any]  # the run's config as plain data
     online: bool  # logging.mode == "online"
+
+
+def run_id(run: TrackerRun) -> str:
+    """A tracker run id from the run folder's name (timestamped) and its config: the same for a resumed run, also
+    after the folder was moved, different for another run; within W&B's allowed characters."""
+    digest = hashlib.sha1(json.dumps(run.config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_-]+', '-', run.name)[:55]}-{digest}"
 
 
 class TensorBoardTracker:
@@ -125,7 +127,7 @@ class WandbTracker(RunObjectTracker):
         wandb = _import("wandb")
         self.image = wandb.Image
         (run.store / "wandb").mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=run.project, name=run.name, id=run_id(run.store.parent),
+        self.run = wandb.init(project=run.project, name=run.name, id=run_id(run),
                               dir=str(run.store / "wandb"), config=dict(run.config),
                               mode="online" if run.online else "offline", resume="allow")
 

@@ -29,8 +29,11 @@ What veripo does differently, and why:
   differ from the contract by log(1 - p(vision tokens)), ~0 for a trained model (0.02 nats on the random tiny
   one); with top_p < 1 by the mass top-p cuts. The GRPO old-log-prob gap metric shows the size on a real run.
 - Weights are pushed through ``LLM.apply_model(fn)``, vLLM's documented hook that runs ``fn`` on each
-  worker's model (here the one in this process), with the policy's transformers names, which vLLM's Qwen-VL
-  ``load_weights`` maps (``hf_to_vllm_mapper``).
+  worker's model (``WorkerBase.apply_model``; with ``external_launcher`` the one worker is in this process, so
+  nothing is serialised), with the policy's transformers names, which vLLM's Qwen-VL ``load_weights`` maps
+  (``hf_to_vllm_mapper``). TRL and EasyR1 reach the same ``load_weights`` through
+  ``llm.llm_engine.model_executor.driver_worker...model_runner.model``, a private path that moved between
+  vLLM releases.
 """
 
 from __future__ import annotations
