@@ -179,3 +179,27 @@ def test_visual_embeddings_are_the_policys_vision_tower_output(model, prompts) -
     out = visual_embeddings(model, "video", prompt["pixel_values_videos"], prompt["video_grid_thw"])
     merge = model.config.vision_config.spatial_merge_size
     assert out.shape == (int(prompt["video_grid_thw"].prod()) // merge**2, model.config.text_config.hidden_size)
+
+
+def test_second_per_grid_ts_is_sent_only_for_frame_rates_vllm_would_not_assume(model, tokenizer, prompts) -> None:
+    at_2fps = {**prompts[0], "second_per_grid_ts": torch.tensor([1.0])}
+    at_1fps = {**prompts[0], "second_per_grid_ts": torch.tensor([2.0])}
+    assert "second_per_grid_ts" not in vllm_request(model, at_2fps, "p")["multi_modal_data"]["video"]
+    assert torch.equal(vllm_request(model, at_1fps, "p")["multi_modal_data"]["video"]["second_per_grid_ts"],
+                       torch.tensor([2.0]))
+    engine = engine_for(model, tokenizer)
+    engine.sync_weights(model, version=0)
+    assert_logprobs_match(model, [at_1fps], engine.generate([at_1fps], sampled(seed=8)))
+
+
+def test_the_colocated_environment_fills_only_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from veripo.rollout.vllm_engine import colocated_environment
+
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    colocated_environment(0, 1)
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["MASTER_ADDR"]) == ("0", "1", "10.0.0.1")
+    assert 0 < int(os.environ["MASTER_PORT"]) < 65536

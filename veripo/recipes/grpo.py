@@ -230,7 +230,8 @@ class GRPOStage:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the stage-start policy
             if loop.progress.unit > 0:
                 ctx.log("note: kl_coef > 0 on resume uses the resumed weights as the reference")
-        self.engine = make_engine(ctx.policy, self.rollout, seed=ctx.cfg.seed, dtype=ctx.cfg.model.dtype)
+        self.engine = make_engine(ctx.policy, self.rollout, seed=ctx.cfg.seed, dtype=ctx.cfg.model.dtype,
+                                  rank=ctx.dist.rank, world=ctx.dist.world)
 
     def run_unit(self, unit: int, loop: StageLoop) -> dict[str, float]:
         ctx, grpo = self.ctx, self.grpo

@@ -39,6 +39,8 @@ What veripo does differently, and why:
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,11 +72,27 @@ def logprobs_mode(temperature: float) -> str:
     return "raw_logprobs" if temperature == 1.0 else "processed_logprobs"
 
 
+def colocated_environment(rank: int, world: int) -> None:
+    """What vLLM's ``external_launcher`` reads to join this process's training world, as TRL's colocate mode
+    sets it (``trl/trainer/utils.py: ensure_master_addr_port``): torchrun has set it all already, a one-process
+    run has not."""
+    os.environ.setdefault("RANK", str(rank))
+    os.environ.setdefault("LOCAL_RANK", str(rank))
+    os.environ.setdefault("WORLD_SIZE", str(world))
+    os.environ.setdefault("MASTER_ADDR", "localhost")
+    if not os.environ.get("MASTER_PORT"):
+        with socket.socket() as probe:
+            probe.bind(("localhost", 0))
+            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
+
+
 def load_llm(model_dir: Path, *, dtype: str, seed: int, temperature: float, gpu_memory_utilization: float,
-             max_model_len: int | None, sleep: bool) -> tuple[Any, Callable[..., Any]]:
+             max_model_len: int | None, sleep: bool, rank: int = 0, world: int = 1) -> tuple[Any, Callable[..., Any]]:
     """A colocated ``vllm.LLM`` on ``model_dir`` and vLLM's ``SamplingParams`` class. Weights are not read from
-    disk (``load_format="dummy"``): the first ``sync_weights`` pushes the policy's."""
+    disk (``load_format="dummy"``): the first ``sync_weights`` pushes the policy's. Every data-parallel rank
+    builds its own (tensor parallel size 1)."""
     check_installed()
+    colocated_environment(rank, world)
     from vllm import LLM
     from vllm import SamplingParams as VLLMSamplingParams
 
@@ -126,8 +144,11 @@ def vllm_request(model: Any, prompt: dict[str, torch.Tensor], where: str) -> dic
         ids = collapse_placeholders(ids, token, (grid.prod(-1) // merge**2).tolist(), f"{where}: {grid_key}")
         media[modality] = {embeds_key: visual_embeddings(model, modality, prompt[pixel_key], grid),
                            grid_key: grid.cpu()}
-        if modality == "video" and prompt.get("second_per_grid_ts") is not None:
-            media[modality]["second_per_grid_ts"] = prompt["second_per_grid_ts"].cpu()
+        seconds = prompt.get("second_per_grid_ts") if modality == "video" else None
+        if seconds is not None and not bool((seconds == 1.0).all()):
+            # Qwen2.5-VL's temporal positions scale with it; 1.0 (frames at 2 fps) is what vLLM assumes without
+            # it, so only other frame rates send it (whether vLLM's embedding inputs take it: untested)
+            media[modality]["second_per_grid_ts"] = seconds.cpu()
     request: dict[str, Any] = {"prompt_token_ids": ids}
     if media:
         request["multi_modal_data"] = media
