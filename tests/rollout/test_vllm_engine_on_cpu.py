@@ -203,3 +203,17 @@ def test_the_colocated_environment_fills_only_what_is_missing(monkeypatch: pytes
     colocated_environment(0, 1)
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["MASTER_ADDR"]) == ("0", "1", "10.0.0.1")
     assert 0 < int(os.environ["MASTER_PORT"]) < 65536
+
+
+def test_the_bench_check_measures_the_gap_and_catches_a_stale_engine(model, tokenizer, prompts) -> None:
+    from bench.engine_logprob_check import logprob_gaps
+
+    policy = copy.deepcopy(model)
+    engine = engine_for(policy, tokenizer)
+    engine.sync_weights(policy, version=0)
+    assert float(logprob_gaps(policy, prompts, engine.generate(prompts, sampled(seed=9)), 1.0).max()) < 1e-4
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    stale = engine.generate(prompts, sampled(seed=9))  # no sync: the bench must see it
+    assert float(logprob_gaps(policy, prompts, stale, 1.0).max()) > 1e-3
