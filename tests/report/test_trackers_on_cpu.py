@@ -4,6 +4,7 @@ from that store equal what was logged, at the logged steps."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import time
 import uuid
 from pathlib import Path
@@ -60,9 +61,9 @@ def assert_scalars(got: dict[str, list[tuple[int, float]]], rel: float = 0.0) ->
         assert [v for _, v in got[key]] == pytest.approx([v for _, v in points], rel=rel, abs=0), key
 
 
-def test_numeric_flattens_finite_numbers_only() -> None:
-    assert numeric({"a": 1, "b": True, "c": None, "d": float("nan"), "e": {"f": 2.5, "g": "x"}, "h": "3"}) == \
-        {"a": 1.0, "e/f": 2.5}
+def test_numeric_flattens_numbers_and_keeps_a_diverged_nan() -> None:
+    got = numeric({"a": 1, "b": True, "c": None, "d": float("nan"), "e": {"f": 2.5, "g": "x"}, "h": "3"})
+    assert set(got) == {"a", "d", "e/f"} and got["a"] == 1.0 and got["e/f"] == 2.5 and math.isnan(got["d"])
 
 
 def test_tensorboard_scalars_read_back(tmp_path: Path, plot: Path) -> None:
@@ -109,6 +110,7 @@ def test_all_four_at_once_and_a_resumed_run_continues_the_same_runs(tmp_path: Pa
     time.sleep(1.1)  # W&B names an offline session's folder by the second it started; a real resume is later
     second = Trackers.open(["tensorboard", "wandb", "mlflow", "trackio"], run_dir, {}, project=project)  # resume
     second.log_row(ROWS[1])
+    second.log_metrics({"grpo/diverged": float("nan")}, step=4)  # a NaN reaches every store as NaN
     second.close()
     store = run_dir / "trackers"
     want = [(3, 0.25), (4, -0.125)]
@@ -118,6 +120,10 @@ def test_all_four_at_once_and_a_resumed_run_continues_the_same_runs(tmp_path: Pa
     assert len(files) == 2 and len({f.name for f in files}) == 1  # two sessions of one W&B run id
     assert stores.mlflow_scalars(store, project, "run-b")["grpo/loss"] == want
     assert stores.trackio_scalars(project, "run-b")["grpo/loss"] == want
+    for got in (stores.tensorboard_scalars(store), stores.wandb_scalars(store),
+                stores.mlflow_scalars(store, project, "run-b"), stores.trackio_scalars(project, "run-b")):
+        ((step, value),) = got["grpo/diverged"]
+        assert step == 4 and math.isnan(value)
 
 
 def test_a_missing_package_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,6 @@ import hashlib
 import importlib
 import importlib.util
 import json
-import math
 import os
 import re
 import sys
@@ -184,7 +183,6 @@ class TrackioTracker(RunObjectTracker):
                                 auto_log_cpu=False, auto_log_gpu=False)
 
 
-
 TRACKERS: dict[str, Callable[[TrackerRun], Tracker]] = {
     "tensorboard": TensorBoardTracker,
     "wandb": WandbTracker,
@@ -241,13 +239,14 @@ class Trackers:
 
 
 def numeric(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """The finite numbers of ``values``, nested dicts flattened with ``/`` (booleans and None left out)."""
+    """The numbers of ``values``, nested dicts flattened with ``/``; booleans, None and text left out. NaN and
+    infinities stay: a loss that diverged must show in the tracker too."""
     out: dict[str, float] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             out.update(numeric(value, f"{name}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[name] = float(value)
     return out
 
