@@ -217,3 +217,10 @@ def test_the_bench_check_measures_the_gap_and_catches_a_stale_engine(model, toke
             p.add_(0.05 * torch.randn_like(p))
     stale = engine.generate(prompts, sampled(seed=9))  # no sync: the bench must see it
     assert float(logprob_gaps(policy, prompts, stale, 1.0).max()) > 1e-3
+
+
+def test_a_policy_with_lora_adapters_is_refused_until_the_push_merges_them(model, tokenizer) -> None:
+    peft = pytest.importorskip("peft")
+    adapted = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="LoRA adapters is not supported yet"):
+        VLLMRolloutEngine(FakeLLM(model, tokenizer), FakeSamplingParams, adapted, tokenizer)

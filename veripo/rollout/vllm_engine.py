@@ -195,6 +195,9 @@ class VLLMRolloutEngine:
 
     def __init__(self, llm: Any, sampling_params_cls: Callable[..., Any], model: Any, tokenizer: Any, *,
                  sleep: bool = False) -> None:
+        if hasattr(model, "peft_config"):
+            raise ValueError("rollout.engine vllm with LoRA adapters is not supported yet (the push would have to merge "
+                             "them first, as TRL does); use rollout.engine hf")
         inner = getattr(model, "model", None)
         if not (hasattr(inner, "get_video_features") and hasattr(getattr(model.config, "vision_config", None),
                                                                    "spatial_merge_size")):
