@@ -134,3 +134,14 @@ def test_a_missing_package_is_one_line_naming_the_extra(monkeypatch: pytest.Monk
         check_available(["tensorboard", "wandb"])
     message = str(err.value)
     assert "\n" not in message and "'wandb'" in message and EXTRA in message and "logging.trackers" in message
+
+
+def test_online_mlflow_without_a_server_is_refused_before_anything_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    from veripo.config import ConfigError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    check_available(["mlflow"])  # offline: a file store in the run
+    with pytest.raises(ConfigError, match=r"'logging.mode': online MLflow logs to \$MLFLOW_TRACKING_URI"):
+        check_available(["mlflow"], online=True)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    check_available(["mlflow"], online=True)

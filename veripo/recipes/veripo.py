@@ -123,7 +123,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
     console = Console(stderr=True)
     if cfg is not None:  # a setting that cannot work fails before anything is written
         check_algorithm_names(cfg)
-        check_available(cfg.logging.trackers)  # a missing package: one line naming the extra
+        check_available(cfg.logging.trackers, cfg.logging.mode == "online")  # one line naming the extra
         check_engines_installed(cfg)
         make_strategy(cfg.distributed, os.environ, dist)
     run_dir = open_run(cfg, resume, dist)
@@ -132,7 +132,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
 
         cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
         check_algorithm_names(cfg)
-        check_available(cfg.logging.trackers)  # a missing package: one line naming the extra
+        check_available(cfg.logging.trackers, cfg.logging.mode == "online")  # one line naming the extra
         check_engines_installed(cfg)
     parallel = make_strategy(cfg.distributed, os.environ, dist)
     state = run_dir.read_state()

@@ -48,8 +48,13 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
-def check_available(names: Iterable[str]) -> None:
-    """Raise ``TrackerUnavailable`` for the first tracker whose package cannot be imported (before a run writes)."""
+def check_available(names: Iterable[str], online: bool = False) -> None:
+    """Raise ``TrackerUnavailable`` for the first tracker whose package cannot be imported, a ``ConfigError`` for
+    online MLflow without a server to log to (checked before a run writes anything)."""
+    names = list(names)
+    if online and "mlflow" in names and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError("config key 'logging.mode': online MLflow logs to $MLFLOW_TRACKING_URI, which is not set; "
+                          "set it to your server, or use mode offline (a file store in the run)")
     for name in names:
         if name not in PACKAGES:
             raise ConfigError(f"config key 'logging.trackers': unknown tracker {name!r}; expected any of {sorted(PACKAGES)}")
@@ -134,10 +139,7 @@ class MLflowTracker:
     def __init__(self, run: TrackerRun) -> None:
         _import("mlflow")
         if run.online:
-            uri = os.environ.get("MLFLOW_TRACKING_URI")
-            if not uri:
-                raise ConfigError("config key 'logging.mode': online MLflow logs to $MLFLOW_TRACKING_URI, which is not "
-                                  "set; set it to your server, or use mode offline (a file store in the run)")
+            uri = os.environ["MLFLOW_TRACKING_URI"]  # check_available made sure
         else:
             # mlflow 3 keeps the file store only on request (its database store needs sqlalchemy, which
             # mlflow-skinny leaves out); the store is local to the run, so nothing else shares it
@@ -202,7 +204,7 @@ class Trackers:
              online: bool = False) -> Trackers:
         """Open the named trackers for the run in ``run_dir`` (``config``: the run's config as plain data)."""
         names = list(names)
-        check_available(names)
+        check_available(names, online)
         run = TrackerRun(Path(run_dir) / "trackers", Path(run_dir).name, project, config, online)
         opened: dict[str, Tracker] = {}
         try:
