@@ -107,7 +107,7 @@ def test_cli_config_show_reports_errors():
     runner = CliRunner()
     ok = runner.invoke(app, ["config", "show", "grpo.lr=2e-6"])
     assert ok.exit_code == 0 and "lr: 2.0e-06" in ok.output
-    bad = runner.invoke(app, ["config", "show", "rollout.engine=vllm"])
+    bad = runner.invoke(app, ["config", "show", "rollout.engine=sglang"])  # not an engine
     assert bad.exit_code == 2
 
 

@@ -38,7 +38,8 @@ def numeric_keys(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any
 # correctness threshold of 0 would count every response correct)
 CROSS_CHECKED = {"media.max_frames", "media.max_pixels", "rollout.top_p", "grpo.rollout_batch_size",
                  "grpo.global_batch_size", "sft.eval_every", "grpo.eval_every", "dpo.eval_every",
-                 "rewards.correct_threshold", "verifier.correct_threshold", "rewards.length.max_tokens"}
+                 "rewards.correct_threshold", "verifier.correct_threshold", "rewards.length.max_tokens",
+                 "rollout.vllm_gpu_memory_utilization"}  # vLLM needs some memory: above 0
 KEYS = numeric_keys()
 RULED = [(k, tp) for k, tp in KEYS if number_rule(k.rsplit(".", 1)[-1]) is not None]
 

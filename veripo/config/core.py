@@ -128,16 +128,16 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 # also be finite. First match wins; a name matching none is only checked for being finite.
 #   (kind, names ("_x": any name ending in _x), lower bound, lower bound allowed, upper bound)
 NUMBER_RULES: tuple[tuple[str, tuple[str, ...], float, bool, float], ...] = (
-    ("share", ("_prob", "_threshold", "_share", "top_p"), 0.0, True, 1.0),
+    ("share", ("_prob", "_threshold", "_share", "top_p", "dropout", "_utilization"), 0.0, True, 1.0),
     ("non-negative", ("seed", "iterations", "warmup_steps", "weight_decay", "_coef", "retries", "clip_low",
                       "clip_high", "min_thinking_tokens", "weight", "max_resample_rounds", "overlong_buffer",
                       "overlong_penalty", "temporal_bonus"), 0.0, True, math.inf),
     ("count", ("batch_size", "_batch_size", "_group_size", "_batches", "num_generations", "max_steps", "size", "gpus",
                "max_new_tokens", "save_every", "eval_every", "concurrency", "_frames", "_pixels", "_tokens",
-               "repetition_ngram", "max_pairs_per_question", "batch_questions", "limit", "min_correct",
+               "repetition_ngram", "max_pairs_per_question", "batch_questions", "limit", "min_correct", "rank", "_model_len",
                "temporal_generations"), 1.0, True, math.inf),
     # epochs may be fractional (a share of one pass over the stage's data)
-    ("positive", ("lr", "beta", "fps", "_s", "_gib", "epochs", "temperature", "temporal_ratio", "max_grad_norm", "repetition_penalty"),
+    ("positive", ("lr", "beta", "alpha", "fps", "_s", "_gib", "epochs", "temperature", "temporal_ratio", "max_grad_norm", "repetition_penalty"),
      0.0, False, math.inf),
 )
 

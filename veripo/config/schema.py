@@ -129,7 +129,10 @@ class DataSource:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    engine: Literal["hf"] = "hf"  # transformers, prefill once per group (a vLLM engine is planned, not built)
+    # hf: transformers, prefill once per group (veripo.rollout.hf_engine); vllm: a colocated vLLM engine synced
+    # with the policy before every rollout batch (veripo.rollout.vllm_engine; `pip install 'veripo[vllm]'`,
+    # CUDA only, untested on GPU so far)
+    engine: Literal["hf", "vllm"] = "hf"
     num_generations: int = 8  # G, responses per question (paper: 8)
     temperature: float = 1.0
     top_p: float = 1.0
@@ -138,8 +141,20 @@ class RolloutConfig:
     # sampling at float-rounding level (left padding), so data-parallel equivalence tests use 1
     batch_questions: int = 4
     stop_at_answer: bool = True  # stop a response at </answer>
+    # vllm engine only: its share of GPU memory (weights + KV cache) next to training; sleep mode frees it
+    # while the policy trains (weights pushed again at the next rollout batch); its context length (null:
+    # the model's)
+    vllm_gpu_memory_utilization: float = 0.4
+    vllm_sleep: bool = True
+    vllm_max_model_len: int | None = None
 
     def validate(self, prefix: str) -> None:
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ConfigError(f"config key '{prefix}.vllm_gpu_memory_utilization': got "
+                              f"{self.vllm_gpu_memory_utilization}; expected a share of GPU memory in (0, 1].")
+        if self.vllm_max_model_len is not None and self.vllm_max_model_len < 1:
+            raise ConfigError(f"config key '{prefix}.vllm_max_model_len': got {self.vllm_max_model_len}; expected a "
+                              "positive number of tokens or null.")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"config key '{prefix}.top_p': got {self.top_p}; expected 0 < top_p <= 1.")
 
@@ -477,6 +492,30 @@ class EvalConfig:
         check_judge_name(self.judge, f"{prefix}.judge")
 
 
+TrackerName = Literal["tensorboard", "wandb", "mlflow", "trackio"]
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where the run's numbers go besides its own files (``metrics.jsonl``, ``summary.json``, the report, which
+    always stay): experiment trackers, through their own libraries (veripo.report.trackers)."""
+
+    # any subset: every stage's metric rows, the held-out evaluation results and the report plots go to each
+    trackers: tuple[TrackerName, ...] = ()
+    project: str = "veripo"  # the W&B project, MLflow experiment and trackio project; the run is named after its folder
+    # offline (default): W&B offline mode, an MLflow file store, TensorBoard event files and trackio's local
+    # database, all under <run dir>/trackers (trackio: $TRACKIO_DIR when set). online: W&B syncs as it logs,
+    # MLflow logs to $MLFLOW_TRACKING_URI (a server), TensorBoard and trackio stay local.
+    mode: Literal["offline", "online"] = "offline"
+
+    def validate(self, prefix: str) -> None:
+        repeated = sorted({t for t in self.trackers if self.trackers.count(t) > 1})
+        if repeated:
+            raise ConfigError(f"config key '{prefix}.trackers': {repeated} listed more than once.")
+        if not self.project.strip():
+            raise ConfigError(f"config key '{prefix}.project': empty; expected a project name.")
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of the curriculum. ``kind`` picks the recipe; the section of that kind overrides the base."""
@@ -508,6 +547,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     data: tuple[DataSource, ...] = ()
     stages: tuple[Stage, ...] = ()  # run once, in order (e.g. sft -> grpo -> grpo -> verify -> dpo)
     loop: tuple[Stage, ...] = ()  # then repeated `iterations` times (e.g. video grpo -> verify -> dpo)
@@ -525,6 +565,10 @@ class RunConfig:
             if stage.kind == "grpo":
                 check_grpo_batches(self.section_for(stage, "grpo"), self.section_for(stage, "rollout"), f"{where}.grpo")
                 sharded = self.distributed.shard_weights or self.distributed.deepspeed_zero3
+                if sharded and self.section_for(stage, "rollout").engine == "vllm":
+                    raise ConfigError(f"config key '{where}.rollout.engine': vllm with weight sharding is not "
+                                      "supported yet (every rank's vLLM needs whole weights pushed); use engine hf "
+                                      "or data parallel without weight sharding.")
                 if sharded and self.section_for(stage, "grpo").kl_coef > 0:
                     raise ConfigError(f"config key '{where}.grpo.kl_coef' > 0 with weight sharding: the "
                                       "frozen reference would be a whole copy of the policy on every rank; use "

@@ -12,6 +12,7 @@ from rich.console import Console
 from veripo.config import RunConfig, Stage
 from veripo.data.records import Sample
 from veripo.parallel import DistInfo, ParallelStrategy, Precision
+from veripo.report.trackers import Trackers
 
 
 @dataclass
@@ -31,6 +32,7 @@ class StageContext:
     # the held-out evaluation (``eval.heldout``) into a folder: metrics per benchmark on rank 0, {} elsewhere;
     # None: the run has no held-out set (``eval_every`` then has nothing to evaluate)
     evaluate: Callable[[Path], dict[str, dict[str, Any]]] | None = None
+    trackers: Trackers = field(default_factory=Trackers)  # logging.trackers (rank 0; none elsewhere)
 
     def __post_init__(self) -> None:
         if self.parallel is None:

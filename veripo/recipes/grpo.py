@@ -18,7 +18,9 @@ Per rollout batch of Q questions (the next Q of the stage's seeded question stre
      truncated responses out of the loss (DAPO).
 
 What it is not: no value model, no reference model unless ``grpo.kl_coef > 0`` (then the policy at the
-start of the stage is kept frozen).
+start of the stage is kept frozen). The engine is ``rollout.engine``'s (``veripo.rollout.registry``); before each
+rollout batch it is synced to the policy (a no-op for the transformers engine, a weight push for vLLM) and
+released after.
 
 Old log-probs (the ratio's denominator): the sampler's, or with ``grpo.recompute_old_logprobs`` the trainer's
 own no-grad forward of every response right after sampling, with the weights that sampled them (as verl's
@@ -64,7 +66,8 @@ from veripo.recipes.stage_loop import Optimization, StageLoop, run_training_stag
 from veripo.rewards import parse_completion
 from veripo.rewards.group import overlong_penalty, temporal_bonus
 from veripo.rewards.profiles import profile_for
-from veripo.rollout import HFRolloutEngine, SamplingParams
+from veripo.rollout import RolloutEngine, SamplingParams
+from veripo.rollout.registry import make_engine
 
 @dataclass
 class ScoredGroup:
@@ -96,7 +99,7 @@ def recomputes_old_logprobs(setting: bool | str, engine: str, compute_dtype: str
 
 
 
-def sample_and_score(ctx: StageContext, engine: HFRolloutEngine, questions: list[tuple[int, Sample]], unit: int,
+def sample_and_score(ctx: StageContext, engine: RolloutEngine, questions: list[tuple[int, Sample]], unit: int,
                      round_: int = 0, skipped: list[dict[str, Any]] | None = None) -> list[ScoredGroup]:
     """G responses per question, ``rollout.batch_questions`` questions per engine call, each question with
     its own seed (from the run seed, stage, batch, dynamic-sampling round and sample id: independent of the
@@ -184,7 +187,7 @@ def add_grpo_shaping(scores: list[dict[str, float]], lengths: list[int], shuffle
             s["total"] += s["overlong"]
 
 
-def temporal_accuracies(ctx: StageContext, engine: HFRolloutEngine, chunk: list[tuple[int, Sample]],
+def temporal_accuracies(ctx: StageContext, engine: RolloutEngine, chunk: list[tuple[int, Sample]],
                         params: SamplingParams, profile: Any, keys: tuple) -> dict[str, list[float]]:
     """T-GRPO's second prompt: each video question of ``chunk`` on its frames in a seeded shuffled order, sampled
     ``grpo.temporal_generations`` times (prefilled once, like any prompt); the accuracy of every response, by
@@ -317,7 +320,7 @@ class GRPOStage:
                       else f"GRPO {ctx.stage.name}")
         self.by_id = {s.id: s for s in ctx.samples}
         self.ref_model: torch.nn.Module | None = None
-        self.engine: HFRolloutEngine | None = None
+        self.engine: RolloutEngine | None = None
         self.bad: dict[str, str] = {}  # sample id -> why its prompt could not be built
         self.recompute = recomputes_old_logprobs(grpo.recompute_old_logprobs, self.rollout.engine,
                                                  ctx.cfg.model.dtype)
@@ -342,7 +345,12 @@ class GRPOStage:
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)  # the stage-start policy
             if loop.progress.unit > 0:
                 ctx.log("note: kl_coef > 0 on resume uses the resumed weights as the reference")
-        self.engine = HFRolloutEngine(model, ctx.policy.tokenizer, max_batch_questions=self.rollout.batch_questions)
+        if self.rollout.engine == "vllm" and ctx.parallel.shards_weights:
+            raise ConfigError(f"stage '{ctx.stage.name}': rollout.engine vllm with weight sharding (FSDP2, DeepSpeed "
+                              "ZeRO-3) is not supported yet: every rank's vLLM needs whole weights pushed; use "
+                              "rollout.engine hf, or data parallel without weight sharding")
+        self.engine = make_engine(ctx.policy, self.rollout, seed=ctx.cfg.seed, dtype=ctx.cfg.model.dtype,
+                                  rank=ctx.dist.rank, world=ctx.dist.world)
         # a resumed stage counts the questions skipped before its checkpoint (the file is cut back to it)
         path = ctx.stage_dir / SKIPPED_FILE
         rows = read_jsonl(path) if ctx.dist.is_main and path.exists() else []
@@ -370,10 +378,13 @@ class GRPOStage:
             mine = [(first + i, s) for i, s in enumerate(questions) if (first + i) % ctx.dist.world == ctx.dist.rank]
             skipped: list[dict[str, Any]] = []
             with ctx.parallel.gathered_weights():
+                # an engine with its own copy of the weights (vLLM) gets the policy as the last optimizer step left it
+                self.engine.sync_weights(ctx.policy.model, loop.progress.global_step)
                 scored = sample_and_score(ctx, self.engine, mine, unit, round_, skipped)
                 if self.recompute:
                     for g in scored:
                         g.trainer_logprobs = self.trainer_log_probs(g)
+            self.engine.release()
             groups = ctx.parallel.gather(scored)
             self.count_skipped(ctx.parallel.gather(skipped), loop)
             groups.sort(key=lambda g: g.question)

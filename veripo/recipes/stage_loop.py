@@ -128,10 +128,13 @@ class StageLoop:
             self.writers[output].write_many(records)
 
     def metrics_row(self, kind: str, **fields: Any) -> None:
-        """One row of ``metrics.jsonl`` for the step just taken: stage, kind, counters, ``fields``, time."""
-        self.write("metrics.jsonl", {"stage": self.ctx.stage.name, "kind": kind, "step": self.progress.step,
-                                     "global_step": self.progress.global_step, **fields,
-                                     "time_s": self.clock.elapsed()})
+        """One row of ``metrics.jsonl`` for the step just taken: stage, kind, counters, ``fields``, time; the
+        same numbers go to the run's experiment trackers."""
+        row = {"stage": self.ctx.stage.name, "kind": kind, "step": self.progress.step,
+               "global_step": self.progress.global_step, **fields, "time_s": self.clock.elapsed()}
+        self.write("metrics.jsonl", row)
+        if "metrics.jsonl" in self.writers:
+            self.ctx.trackers.log_row(row)
 
 
 def run_training_stage(ctx: StageContext, stage: TrainingStage, settings: Optimization) -> StageResult:

@@ -56,6 +56,7 @@ from veripo.verifier.judges import load_judge
 from veripo.recipes.sft import run_sft
 from veripo.recipes.sources import SKIPPED_FILE, SampleStore, drop_unusable
 from veripo.recipes.verify import run_verify
+from veripo.report.trackers import Trackers, check_available
 
 PHASES: dict[str, Callable[[StageContext], StageResult]] = {
     "sft": run_sft,
@@ -247,8 +248,11 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
     console = Console(stderr=True)
     if cfg is not None:  # a setting that cannot work fails before anything is written
         check_algorithm_names(cfg)
+        check_available(cfg.logging.trackers, cfg.logging.mode == "online")  # one line naming the extra
+        check_engines_installed(cfg)
         check_lora(cfg, make_strategy(cfg.distributed, os.environ, dist, Precision.of(cfg.model)))
     run_dir = open_run(cfg, resume, dist)
+    trackers = Trackers()
     try:
         state = run_dir.read_state()
         if resume is not None:
@@ -257,6 +261,8 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
             cfg = load(RunConfig, run_dir.config_path)  # the run's own config, not the caller's
             check_config_drift(run_dir, state, allow_config_change, console, dist.is_main)
             check_algorithm_names(cfg)
+            check_available(cfg.logging.trackers, cfg.logging.mode == "online")
+            check_engines_installed(cfg)
             check_resumable(run_dir, plan(cfg), state)
             if dist.is_main:
                 run_dir.write_state(state)
@@ -269,6 +275,8 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
             state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
         done = {entry["index"]: entry for entry in state.get("completed", [])}
         policy = load_base_policy(cfg, run_dir, parallel)
+        if dist.is_main:
+            trackers = open_trackers(cfg, run_dir)
         store = SampleStore(cfg, run_dir, console)
         if dist.is_main:  # synthetic data first, by one rank
             for source in (*cfg.data, *cfg.eval.heldout, *(d for s in (*cfg.stages, *cfg.loop) for d in s.data)):
@@ -311,7 +319,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
                 samples = stage_samples(store, cfg, stage, question_stats, index)
             ctx = StageContext(cfg=cfg, stage=stage, index=index, stage_dir=stage_dir, policy=policy, samples=samples,
                                encode=encode, parallel=parallel, global_step=global_step, console=console,
-                               show_progress=show_progress, inputs=dict(inputs))
+                               show_progress=show_progress, inputs=dict(inputs), trackers=trackers)
             if stage.kind == "sft":  # SFT uses every question; GRPO checks those it draws, DPO those of its pairs
                 ctx.samples = drop_unusable(samples, encode, stage=stage.name, max_share=cfg.max_bad_share, log=ctx.log,
                                             record=stage_dir / SKIPPED_FILE if dist.is_main else None)
@@ -335,6 +343,8 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
                        "steps": result.steps, **{k: v for k, v in result.numbers.items() if k != "wall_time_s"}}
             if stage.kind in TRAINING and cfg.eval.heldout:
                 summary["eval"] = evaluate_stage(ctx, store)
+            trackers.log_metrics({f"summary/{stage.name}": {k: v for k, v in summary.items() if k not in ("index", "eval")},
+                                  "eval": summary.get("eval", {})}, step=global_step)
             if dist.is_main:
                 run_dir.update_summary(summary)
                 state.setdefault("completed", []).append(entry)
@@ -345,10 +355,30 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
             from veripo.report import write_report
 
             report = write_report(run_dir.root)
+            trackers.log_images({f"report/{png.stem}": png for png in sorted(report.parent.glob("*.png"))},
+                                global_step)
             console.print(f"[bold green]done[/bold green]: report at {report}")
     finally:
+        trackers.close()
         run_dir.unlock()
     return run_dir
+
+
+def open_trackers(cfg: RunConfig, run_dir: RunDir) -> Trackers:
+    """The run's experiment trackers (rank 0), opened under ``<run dir>/trackers`` with the run's config."""
+    from veripo.config import to_dict
+
+    return Trackers.open(cfg.logging.trackers, run_dir.root, to_dict(cfg), project=cfg.logging.project,
+                         online=cfg.logging.mode == "online")
+
+
+def check_engines_installed(cfg: RunConfig) -> None:
+    """The package of every rollout engine a GRPO stage uses is installed (one line naming the extra otherwise)."""
+    from veripo.rollout.registry import check_engine_installed
+
+    for stage in plan(cfg):
+        if stage.kind == "grpo":
+            check_engine_installed(cfg.section_for(stage, "rollout").engine)
 
 
 def check_algorithm_names(cfg: RunConfig) -> None:

@@ -1,8 +1,9 @@
 """The rollout engine contract: a batch of questions in, G sampled responses per question out.
 
-Every engine (transformers on CPU/GPU here, vLLM on clusters) implements `RolloutEngine.generate`. Engines
-return plain records, so the GRPO recipe never touches an engine's internals: token ids (for the policy
-forward), text (for rewards and the verifier) and per-token log-probs (old log-probs for the clipped ratio).
+Every engine (transformers on CPU/GPU here, vLLM on clusters) implements `RolloutEngine.generate`,
+`sync_weights` and `release`. Engines return plain records, so the GRPO recipe never touches an engine's
+internals: token ids (for the policy forward), text (for rewards and the verifier) and per-token log-probs
+(old log-probs for the clipped ratio).
 """
 
 from __future__ import annotations
@@ -106,3 +107,36 @@ class RolloutEngine(Protocol):
             One `GroupOutput` per prompt, in order.
         """
         ...
+
+    def sync_weights(self, model, version: int) -> None:
+        """Make the engine sample from `model`'s current weights, `version` naming them (the global optimizer
+        step): an engine with its own copy (vLLM) pushes them when the version changed; one that samples from
+        the live policy (transformers) has nothing to do. Called with whole (gathered) weights."""
+        ...
+
+    def release(self) -> None:
+        """Sampling is over until the next `sync_weights`: an engine may free its memory for training."""
+        ...
+
+
+def check_prompt(prompt: dict[str, torch.Tensor], index: int) -> None:
+    """Raise a ValueError naming the prompt and the field when a prompt is not a batch-of-1 input dict."""
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
+        value = prompt.get(key)
+        if value is None:
+            raise ValueError(
+                f"prompt {index}: missing '{key}' (expected a (1, P) tensor; pass mm_token_type_ids or Qwen-VL "
+                "silently uses 1-D positions)"
+            )
+        if value.dim() != 2 or value.shape[0] != 1:
+            raise ValueError(f"prompt {index}: '{key}' must have shape (1, P), got {tuple(value.shape)}")
+    if prompt["attention_mask"].shape != prompt["input_ids"].shape or not bool(prompt["attention_mask"].all()):
+        raise ValueError(f"prompt {index}: 'attention_mask' must be all ones with the shape of 'input_ids' (unpadded)")
+    for pixels, grid in (("pixel_values_videos", "video_grid_thw"), ("pixel_values", "image_grid_thw")):
+        if (prompt.get(pixels) is None) != (prompt.get(grid) is None):
+            raise ValueError(f"prompt {index}: '{pixels}' and '{grid}' must be given together")
+
+
+def question_seed(base_seed: int, question_index: int) -> int:
+    """A distinct, reproducible 63-bit seed per question of a call."""
+    return (base_seed * 1_000_003 + question_index * 7_919 + 1) % (2**63 - 1)

@@ -24,7 +24,7 @@ import torch
 
 from veripo.models.cache_api import cache_kwargs, output_cache
 from veripo.models.families import family_of
-from veripo.rollout.engine import GeneratedResponse, GroupOutput, SamplingParams
+from veripo.rollout.engine import GeneratedResponse, GroupOutput, SamplingParams, check_prompt, question_seed
 from veripo.rollout.sampling import completes_stop_string, end_of_text_ids, next_token_distribution, vision_token_ids
 
 _MEDIA_KEYS = ("pixel_values_videos", "video_grid_thw", "pixel_values", "image_grid_thw")
@@ -68,6 +68,14 @@ class HFRolloutEngine:
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.eos_token_ids[0])
 
+    def sync_weights(self, model, version: int) -> None:
+        """Nothing to do: this engine samples from the live policy (`model` must be the one it was built on)."""
+        if model is not self.model:
+            raise ValueError("HFRolloutEngine samples from the model it was built on; build one for this model")
+
+    def release(self) -> None:
+        """Nothing to free: the engine holds no memory between calls."""
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[dict[str, torch.Tensor]], params: SamplingParams,
                  seeds: Sequence[int] | None = None) -> list[GroupOutput]:
@@ -77,7 +85,7 @@ class HFRolloutEngine:
         position in the batch, e.g. across data-parallel ranks); by default they derive from `params.seed`.
         """
         for index, prompt in enumerate(prompts):
-            _check_prompt(prompt, index)
+            check_prompt(prompt, index)
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"seeds: got {len(seeds)} seeds for {len(prompts)} prompts")
         base_seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
@@ -87,7 +95,7 @@ class HFRolloutEngine:
             outputs: list[GroupOutput] = []
             for start in range(0, len(prompts), self.max_batch_questions):
                 chunk = list(prompts[start : start + self.max_batch_questions])
-                chunk_seeds = [int(seeds[start + i]) if seeds is not None else _question_seed(base_seed, start + i)
+                chunk_seeds = [int(seeds[start + i]) if seeds is not None else question_seed(base_seed, start + i)
                                for i in range(len(chunk))]
                 outputs.extend(self._generate_chunk(chunk, params, chunk_seeds))
             return outputs
@@ -248,26 +256,3 @@ def collate_prompts(prompts: list[dict[str, torch.Tensor]], pad_token_id: int, d
             for p in prompts
         ]).to(device)
     return batch
-
-
-def _check_prompt(prompt: dict[str, torch.Tensor], index: int) -> None:
-    """Raise a ValueError naming the prompt and the field when a prompt is not a batch-of-1 input dict."""
-    for key in ("input_ids", "attention_mask", "mm_token_type_ids"):
-        value = prompt.get(key)
-        if value is None:
-            raise ValueError(
-                f"prompt {index}: missing '{key}' (expected a (1, P) tensor; pass mm_token_type_ids or Qwen-VL "
-                "silently uses 1-D positions)"
-            )
-        if value.dim() != 2 or value.shape[0] != 1:
-            raise ValueError(f"prompt {index}: '{key}' must have shape (1, P), got {tuple(value.shape)}")
-    if prompt["attention_mask"].shape != prompt["input_ids"].shape or not bool(prompt["attention_mask"].all()):
-        raise ValueError(f"prompt {index}: 'attention_mask' must be all ones with the shape of 'input_ids' (unpadded)")
-    for pixels, grid in (("pixel_values_videos", "video_grid_thw"), ("pixel_values", "image_grid_thw")):
-        if (prompt.get(pixels) is None) != (prompt.get(grid) is None):
-            raise ValueError(f"prompt {index}: '{pixels}' and '{grid}' must be given together")
-
-
-def _question_seed(base_seed: int, question_index: int) -> int:
-    """A distinct, reproducible 63-bit seed per question of a call."""
-    return (base_seed * 1_000_003 + question_index * 7_919 + 1) % (2**63 - 1)
