@@ -1,7 +1,7 @@
 """GPU smoke test: one GRPO phase and one DPO step of a randomly initialised Qwen2.5-VL-3B, timed per phase.
 
 What it runs (the recipes' own pieces, no download, nothing but torch, transformers and veripo):
-- a Qwen2.5-VL with the published Qwen2.5-VL-3B-Instruct dimensions (``QWEN2_5_VL_3B_PUBLISHED``, random weights,
+- a Qwen2.5-VL with the published Qwen2.5-VL-3B-Instruct dimensions (``SMOKE_MODEL`` in ``veripo.models.published_configs``, random weights,
   SDPA attention, gradient checkpointing), float32 master weights and AdamW state, bf16 compute
   (``veripo.parallel.Precision``: autocast through the strategy's passes and ``gathered_weights``);
 - 2 questions, each with a synthetic 16-frame 448x448 video (2,048 visual tokens after the 2x2 merge);
@@ -42,18 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-# Qwen2.5-VL-3B-Instruct's architecture as published in its config.json
-# (https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct/blob/main/config.json). The `veripo plan` command of issue 22
-# keeps published dimensions of common checkpoints in a module of their own; this is to be folded into it.
-QWEN2_5_VL_3B_PUBLISHED: dict[str, Any] = {
-    "text": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
-             "num_key_value_heads": 2, "vocab_size": 151936, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
-             "mrope_section": [16, 24, 24], "max_position_embeddings": 128000, "tie_word_embeddings": True},
-    "vision": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16, "in_chans": 3,
-               "out_hidden_size": 2048, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
-               "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2,
-               "hidden_act": "silu"},
-}
+# The model: Qwen2.5-VL-3B-Instruct's published architecture (veripo.models.published_configs, which cites its
+# config.json), random weights.
+SMOKE_MODEL = "Qwen2.5-VL-3B-Instruct"
 # Dense bf16 tensor-core peaks from the vendors' data sheets (SXM parts), by a substring of the device name.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
 
@@ -86,25 +77,22 @@ class Phase:
 
 def model_config(tokenizer: Any, tiny: bool) -> Any:
     """The 3B architecture (or veripo's tiny one) with the special-token ids of ``tokenizer``."""
-    from transformers import Qwen2_5_VLConfig
-
     from veripo.models.tiny import SIZES, tiny_config
     from veripo.models.tokenizer import QWEN_SPECIAL_TOKENS
 
     if tiny:
         return tiny_config(SIZES["tiny"], tokenizer)
+    from transformers import AutoConfig
+
+    from veripo.models.published_configs import published_config
+
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    text, vision = dict(QWEN2_5_VL_3B_PUBLISHED["text"]), dict(QWEN2_5_VL_3B_PUBLISHED["vision"])
-    section, theta = text.pop("mrope_section"), text.pop("rope_theta")
-    return Qwen2_5_VLConfig(
-        text_config={**text, "rope_parameters": {"rope_type": "default", "rope_theta": theta, "mrope_section": section},
-                     "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-                     "pad_token_id": ids["<|endoftext|>"]},
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=text["tie_word_embeddings"],
-    )
+    fields = dict(published_config(SMOKE_MODEL))
+    model_type = fields.pop("model_type")
+    fields.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+                  image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    return AutoConfig.for_model(model_type, **fields)
 
 
 def build_policy(tiny: bool, device: torch.device) -> tuple[Any, Any]:
