@@ -309,7 +309,10 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
                                         f"{last_training_dir.name}/latest.json naming a complete checkpoints/ckpt-*); "
                                         "the run cannot continue from its weights: restore the folder or start a new run")
                 load_model_weights(policy.model, finished, parallel)
-                last_training_dir = None
+            # only the first stage this process runs may start from a finished stage's weights (or, with a checkpoint
+            # of its own, resumes from that); every later stage continues from the weights in memory: a stage resumed
+            # from its checkpoint must not hand the finished stage's weights to the stage after it
+            last_training_dir = None
             if stage.kind in ("verify", "dpo"):
                 # the questions of every rollout so far, also those of stages finished before a resume (loaded once)
                 for source in (d for earlier in stages[: index + 1] for d in (earlier.data or cfg.data)):
