@@ -88,10 +88,10 @@ def test_a_crashed_and_resumed_run_logs_every_step_to_the_same_tracker_runs(tmp_
     cfg = dataclasses.replace(cfg, data=(DataSource(path=str(data)),), stages=(Stage(name="grpo", kind="grpo"),))
     save = stage_loop.save_if_due
 
-    def crash_before_the_second_checkpoint(ctx, loop, *, last, every):
+    def crash_before_the_second_checkpoint(ctx, loop, *, last, every, now=False):
         if loop.progress.unit == 2:
             raise KeyboardInterrupt("killed")
-        save(ctx, loop, last=last, every=every)
+        save(ctx, loop, last=last, every=every, now=now)
 
     monkeypatch.setattr(stage_loop, "save_if_due", crash_before_the_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
