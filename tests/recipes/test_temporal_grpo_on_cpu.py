@@ -125,6 +125,8 @@ def test_a_tgrpo_stage_samples_shuffled_frames_and_pays_the_bonus(tmp_path, vide
     paid = 0
     for row in stats:
         mine = [r for r in rollouts if r["sample_id"] == row["sample_id"] and r["step"] == row["step"]]
+        # "correct" (the easy-sample discard's input) counts by the profile's threshold, not accuracy 1.0
+        assert row["correct"] == sum(r["rewards"]["accuracy"] >= 0.05 for r in mine)
         if samples[row["sample_id"]].video is None:
             assert "shuffled_accuracy_mean" not in row and all("temporal" not in r["rewards"] for r in mine)
             continue

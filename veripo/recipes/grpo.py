@@ -404,11 +404,12 @@ class GRPOStage:
         batch = {**_batch_metrics(groups, rollouts), "questions_drawn": float(filled.drawn),
                  "resample_rounds": float(filled.rounds), "groups_dropped": float(filled.dropped)}
         loop.write_many("rollouts.jsonl", rollouts)
+        threshold = profile_for(ctx.cfg.rewards).correct_threshold  # what the rewards count as correct
         for g in groups:
             acc = [r.get("accuracy", 0.0) for r in g.rewards]
             loop.write("question_stats.jsonl", {
                 "sample_id": g.sample_id, "stage": ctx.stage.name, "step": unit, "n": len(acc),
-                "correct": sum(a >= 1.0 - 1e-9 for a in acc), "accuracy_mean": sum(acc) / len(acc),
+                "correct": sum(a >= threshold for a in acc), "accuracy_mean": sum(acc) / len(acc),
                 "reward_mean": sum(g.totals) / len(g.totals),
                 **({} if g.shuffled_accuracy is None else {"shuffled_accuracy_mean": g.shuffled_accuracy})})
         for chunk in optimizer_chunks(groups, grpo.global_batch_size):
