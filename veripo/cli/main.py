@@ -13,8 +13,6 @@ from typer.core import TyperGroup
 from veripo.cli.errors import describe_os_error, fail
 from veripo.errors import Stopped, UserError
 
-REPORT_TO = "https://github.com/veripo/veripo/issues"
-
 
 class ErrorBoundary(TyperGroup):
     """The one place the command turns failures into exit codes: a ``UserError`` (bad config, data, run
@@ -37,8 +35,8 @@ class ErrorBoundary(TyperGroup):
             raise fail("input nested too deeply to read (deep JSON or YAML)") from None
         except Exception:
             traceback.print_exc()
-            typer.secho(f"veripo: unexpected error (a bug in veripo). Please report it with the command and the "
-                        f"traceback above at {REPORT_TO}", fg="red", err=True)
+            typer.secho("veripo: unexpected error (a bug in veripo). Please report it to the veripo maintainers with "
+                        "the command, the config and the traceback above.", fg="red", err=True)
             raise typer.Exit(1) from None
 
 
