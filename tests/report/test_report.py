@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import VERIPO_STAGES, build_run
+from synthetic_runs import VERIPO_STAGES, build_run
 from PIL import Image
 
 from veripo.report import load_run, write_report
