@@ -25,6 +25,11 @@ class RunStateError(UserError):
     a config edited since the run started)."""
 
 
+class LaunchError(UserError, ValueError):
+    """A launch veripo cannot honour as asked (the launcher's environment, e.g. an accelerate config, against
+    the run's ``distributed`` and ``model`` settings): refused before any model loads."""
+
+
 class Stopped(Exception):
     """A training stage stopped on SIGTERM after saving a checkpoint; ``veripo run --resume`` continues it.
     The command exits with ``exit_code`` (128 + SIGTERM, what a killed job reports)."""

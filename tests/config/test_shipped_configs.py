@@ -48,11 +48,13 @@ def test_accelerate_launch_environment_means_what_the_config_says(path: Path):
     code) turns veripo's weight sharding on exactly for the FSDP configs, with one shard group per node for the
     hybrid (parallelism_config) one and one flat group otherwise, DeepSpeed ZeRO-3 exactly for the DeepSpeed
     one, and nothing in it is refused."""
+    import torch
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
     from veripo.parallel.deepspeed_zero3 import deepspeed_zero3_settings
     from veripo.parallel.fsdp2 import shard_group_size, weight_sharding_requested
+    from veripo.parallel.precision import Precision, check_launcher_precision
 
     args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "veripo", "run", "CONFIG"])
     args, defaults, _ = _validate_launch_command(args)
@@ -66,6 +68,8 @@ def test_accelerate_launch_environment_means_what_the_config_says(path: Path):
     per_node = doc["num_processes"] // doc["num_machines"]
     hybrid = "parallelism_config" in doc
     assert shard_group_size(None, env, doc["num_processes"]) == (per_node if hybrid else doc["num_processes"])
+    for precision in (Precision(), Precision(torch.bfloat16, torch.float32)):  # its mixed_precision is accepted
+        check_launcher_precision(precision, env)
 
 
 def test_accelerate_configs_are_documented():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from veripo.config.schema import DistributedConfig
+from veripo.errors import LaunchError
 from veripo.parallel.base import (
     DistInfo,
     ParallelStrategy,
@@ -23,7 +24,7 @@ from veripo.parallel.base import (
 from veripo.parallel.data_parallel import DataParallel
 from veripo.parallel.deepspeed_zero3 import DeepSpeedZero3, deepspeed_zero3_settings
 from veripo.parallel.fsdp2 import FullyShardedLayers, shard_group_size, weight_sharding_requested
-from veripo.parallel.precision import Precision
+from veripo.parallel.precision import Precision, check_launcher_precision
 
 __all__ = [
     "DataParallel", "DeepSpeedZero3", "DistInfo", "FullyShardedLayers", "ParallelStrategy", "Precision", "barrier",
@@ -34,7 +35,16 @@ __all__ = [
 def make_strategy(distributed: DistributedConfig, env: Mapping[str, str], info: DistInfo,
                   precision: Precision | None = None) -> ParallelStrategy:
     """The strategy for this launch with the run's ``precision`` (compute and master dtypes; default float32
-    both); a setting that cannot work is refused here, before any model loads."""
+    both); a setting that cannot work is refused here, before any model loads (``LaunchError``: exit code 2)."""
+    try:
+        return _strategy_for(distributed, env, info, precision)
+    except ValueError as e:
+        raise LaunchError(str(e)) from e
+
+
+def _strategy_for(distributed: DistributedConfig, env: Mapping[str, str], info: DistInfo,
+                  precision: Precision | None) -> ParallelStrategy:
+    check_launcher_precision(precision or Precision(), env)
     if info.world <= 1:
         return ParallelStrategy(info, precision)
     zero3 = deepspeed_zero3_settings(distributed.deepspeed_zero3, env)

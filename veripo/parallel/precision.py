@@ -29,7 +29,7 @@ How each strategy runs 16-bit compute over float32 masters (one ``Precision`` pe
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,24 @@ def torch_dtype(name: str) -> torch.dtype:
         return _DTYPES[name]
     except KeyError:
         raise ValueError(f"dtype {name!r} is not supported; choose one of {sorted(_DTYPES)}") from None
+
+
+def check_launcher_precision(precision: Precision, env: Mapping[str, str]) -> None:
+    """An ``accelerate launch`` exports its config's ``mixed_precision`` as ``ACCELERATE_MIXED_PRECISION``.
+    veripo takes precision from ``model.dtype`` / ``model.master_dtype`` only, so a launcher setting that asks
+    for something else is refused rather than silently ignored: ``no`` (the shipped configs) always passes,
+    ``bf16`` passes with bf16 compute, ``fp16`` and ``fp8`` are refused (no loss scaling, no fp8 path)."""
+    asked = env.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    if asked in ("", "no"):
+        return
+    if asked == "bf16" and precision.compute == torch.bfloat16:
+        return
+    hint = ("set mixed_precision: \"no\" in the accelerate config and choose the precision with model.dtype "
+            "(compute) and model.master_dtype (masters)")
+    if asked == "bf16":
+        raise ValueError(f"accelerate mixed_precision is bf16 but model.dtype is {precision.compute}: veripo "
+                         f"would run without bf16; {hint}, e.g. model.dtype: bfloat16")
+    raise ValueError(f"accelerate mixed_precision {asked!r} is not supported by veripo; {hint}")
 
 
 @dataclass(frozen=True)
