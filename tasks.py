@@ -2,7 +2,8 @@
 """The README's two commands, and the one that moves the tested dependency set forward.
 
     python3 tasks.py demo [overrides]      the VerIPO demo (tiny model, CPU)
-    python3 tasks.py test [--fast] [args]  the whole test suite (--fast: the edit-test subset); args go to pytest
+    python3 tasks.py test [--fast] [args]  the whole test suite (--fast: the edit-test subset), one pytest-xdist
+                                           worker per core (VERIPO_TEST_WORKERS); args go to pytest
     python3 tasks.py lock                  resolve the newest versions pyproject.toml allows, run the whole
                                            suite on them, and rewrite requirements/lock.txt only if it passes
                                            (torch stays at the lock's release; VERIPO_TORCH_SPEC moves it)
@@ -133,10 +134,20 @@ def install_deepspeed(py: Path, spec: str, no_deps: bool = True) -> None:
         env=dict(os.environ, DS_BUILD_OPS="0"))
 
 
+def test_workers(args: list[str]) -> list[str]:
+    """pytest-xdist's options: one worker per core (tests run single-threaded, ``tests/conftest.py``), taking
+    tests from each other as they finish (``worksteal``: a few tiny-model runs take a minute each).
+    ``VERIPO_TEST_WORKERS`` sets the count (0: in this process); ``-n`` among the args wins."""
+    if any(a in ("-n", "--numprocesses") or a.startswith(("-n=", "--numprocesses=")) or
+           (a.startswith("-n") and a[2:].isdigit()) for a in args):
+        return []
+    return ["-n", os.environ.get("VERIPO_TEST_WORKERS", "auto"), "--dist", "worksteal"]
+
+
 def pytest(py: Path, args: list[str], lock_file: Path) -> int:
     # VERIPO_LOCK_FILE lets tests/test_environment.py check that what is installed is what the lock says.
     env = dict(os.environ, PYTHONUNBUFFERED="1", VERIPO_LOCK_FILE=str(lock_file))
-    cmd = [str(py), "-m", "pytest", *args]
+    cmd = [str(py), "-m", "pytest", *test_workers(args), *args]
     print("+", " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 

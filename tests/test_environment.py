@@ -51,3 +51,15 @@ def test_the_shipped_lock_covers_what_tasks_py_installs_separately():
     pins = tasks.read_lock(tasks.LOCK)
     assert {"torch", "deepspeed", "transformers", "pytest"} <= set(pins)
     assert all(version and "+" not in version for version in pins.values()), pins
+
+
+@pytest.mark.parametrize(("args", "added"), [
+    ([], ["-n", "auto", "--dist", "worksteal"]),
+    (["-m", "not slow", "tests/config"], ["-n", "auto", "--dist", "worksteal"]),
+    (["-n", "0"], []), (["-n3"], []), (["--numprocesses=4"], []), (["-n=2", "-x"], []),
+])
+def test_the_test_command_runs_one_worker_per_core_unless_told(monkeypatch, args, added):
+    monkeypatch.delenv("VERIPO_TEST_WORKERS", raising=False)
+    assert tasks.test_workers(args) == added
+    monkeypatch.setenv("VERIPO_TEST_WORKERS", "0")
+    assert tasks.test_workers(args) == (["-n", "0", "--dist", "worksteal"] if added else [])
