@@ -14,8 +14,10 @@ Per rollout batch of Q questions (the next Q of the stage's seeded question stre
      by ``grpo.loss_agg``; ``veripo.algos.policy_loss.policy_loss``) against the sampling policy's log-probs,
      each group backpropagating its share of the step's loss (``BatchNorms``); each group's prompt runs once and
      its responses against the prompt's KV cache (``grpo.shared_prefix``; ``false`` is the per-sequence
-     baseline), ``grpo.micro_batch_size`` responses per forward/backward; ``grpo.overlong_filter`` leaves
-     truncated responses out of the loss (DAPO).
+     baseline), ``grpo.micro_batch_size`` responses and at most ``grpo.max_tokens_per_micro_batch`` tokens per
+     forward/backward (``veripo.models.micro_batches``); ``grpo.overlong_filter`` leaves truncated responses out
+     of the loss (DAPO). With several processes the step's groups go to ranks by token count
+     (``distributed.balance_tokens``; ``veripo.parallel.balance``), the imbalance logged as ``rank_imbalance``.
 
 What it is not: no value model, no reference model unless ``grpo.kl_coef > 0`` (then the policy at the
 start of the stage is kept frozen). The engine is ``rollout.engine``'s (``veripo.rollout.registry``); before each
