@@ -6,8 +6,14 @@ forward+backward over all Q*G responses, one optimizer step. Both sides get:
 - the same model (``veripo.models.build_tiny``, random weights, fp32, saved once and loaded by both);
 - the same Q questions per step (synthetic image questions), the same G, temperature 1, top-p 1, the same
   maximum completion length; no stop at ``</answer>`` on either side (TRL has none);
-- the same reward: ``veripo.rewards.get_profile("veripo").score(text, sample)["total"]`` (TRL gets it as a
-  reward function);
+- the same reward: the run config's profile (``veripo.rewards.profiles.profile_for``) with ``digit_share`` added
+  (the share of digits in a response, as tests/parallel's data-parallel test does): a random model never earns
+  accuracy or format, so without it every group's rewards are equal, every advantage is 0, and veripo (which
+  skips a step without a kept group) and TRL (which steps anyway) would do different work. No group filtering
+  on either side (``grpo.filter_equal_groups=false``; TRL has none);
+- the same number of trained tokens: the end-of-text logits are pushed to -1e4 on both sides (one forward hook
+  on the shared model's ``lm_head``, so sampling and training see it alike), so every response runs to the
+  maximum completion length and both sides train on Q x G x max-new-tokens response tokens per step;
 - the same loss: clipped ratio, eps 0.2, token mean over the step's tokens (TRL ``loss_type="dapo"``,
   veripo ``loss_agg="token-mean"``), group std scaling, no KL (``beta=0`` / ``kl_coef=0``), one optimizer
   step per generation batch (``num_iterations=1``), AdamW at a constant lr, grad clip 1.0, no gradient
@@ -29,6 +35,10 @@ the steps (it includes writing rollouts/metrics and one final checkpoint); TRL, 
 the first (warm-up) step dropped. Each side runs in a fresh process with one torch thread; CPU seconds
 (``time.process_time``) are the robust figure on a loaded machine, wall seconds are printed beside them.
 
+Like for like, checked: each side reports the optimizer steps and the response tokens it trained in its timed
+steps (veripo from its metrics rows, TRL from its step counter and the completions scored after warm-up); the
+script prints the table either way but refuses to print a ratio (exit status 1) unless both are equal.
+
     .venv/bin/python bench/bench_grpo_vs_trl.py                       # tiny model, Q=4, G=8, 96 tokens
     .venv/bin/python bench/bench_grpo_vs_trl.py --sizes tiny small    # also the 'small' tiny model
 """
@@ -48,6 +58,45 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+END_LOGIT = -1e4  # end-of-text logits on both sides: exp() is exactly 0 in fp32, and p * log p stays 0 (no NaN)
+
+
+def digit_share(completion: str, sample: object) -> float:
+    """The share of digits in a response: varies within a group even for a random model."""
+    return sum(c.isdigit() for c in completion) / max(1, len(completion))
+
+
+def bench_config(args: argparse.Namespace, extra: tuple[str, ...] = ()):
+    """The demo config with the benchmark's settings (both sides read rewards and media from it), then ``extra``
+    overrides."""
+    from veripo.config import RunConfig, load
+    from veripo.rewards.registry import REWARDS, register_reward
+
+    if "digit_share" not in REWARDS:
+        register_reward("digit_share")(digit_share)
+    return load(RunConfig, DEMO_CONFIG, [
+        f"rollout.num_generations={args.group}", f"rollout.max_new_tokens={args.max_new_tokens}",
+        "rollout.stop_at_answer=false", "rollout.temperature=1.0", "rollout.top_p=1.0",
+        "rewards.extra=[digit_share]", "grpo.filter_equal_groups=false", "grpo.dynamic_sampling=false",
+        f"grpo.rollout_batch_size={args.questions}", f"grpo.global_batch_size={args.questions * args.group}",
+        f"grpo.lr={args.lr}", "grpo.loss_agg=token-mean", "grpo.kl_coef=0.0", "model.gradient_checkpointing=false",
+        *extra,
+    ])
+
+
+def never_end(policy) -> None:
+    """Push the end-of-text logits (veripo's stop ids, which include TRL's) to ``END_LOGIT`` in every forward, so
+    every response on both sides is exactly max-new-tokens long."""
+    from veripo.rollout.sampling import end_of_text_ids
+
+    ends = end_of_text_ids(getattr(policy.model, "generation_config", None), policy.tokenizer)
+
+    def hook(_module, _inputs, logits):
+        logits = logits.clone()
+        logits[..., ends] = END_LOGIT
+        return logits
+
+    policy.model.lm_head.register_forward_hook(hook)
 
 
 def prepare(work: Path, size: str, n_samples: int) -> tuple[Path, Path]:
@@ -85,7 +134,6 @@ def run_veripo(args: argparse.Namespace) -> dict:
     _setup_worker(args.threads)
     from rich.console import Console
 
-    from veripo.config import RunConfig, load
     from veripo.data.jsonl import read_jsonl
     from veripo.models import load_policy
     from veripo.models.inputs import SampleEncoder
@@ -94,16 +142,11 @@ def run_veripo(args: argparse.Namespace) -> dict:
 
     samples = load_questions(Path(args.data))
     policy = load_policy(Path(args.model))
+    never_end(policy)
     stage_root = Path(args.work) / f"veripo-{args.size}-{time.time_ns()}"
 
     def stage_run(name: str, questions: list, batches: int) -> tuple[float, float, Path]:
-        cfg = load(RunConfig, DEMO_CONFIG, [
-            f"rollout.num_generations={args.group}", f"rollout.max_new_tokens={args.max_new_tokens}",
-            "rollout.stop_at_answer=false", "rollout.temperature=1.0", "rollout.top_p=1.0",
-            f"grpo.rollout_batch_size={args.questions}", f"grpo.global_batch_size={args.questions * args.group}",
-            f"grpo.max_steps={batches}", f"grpo.save_every={batches + 1}", f"grpo.lr={args.lr}",
-            "grpo.loss_agg=token-mean", "grpo.kl_coef=0.0", "model.gradient_checkpointing=false",
-        ])
+        cfg = bench_config(args, (f"grpo.max_steps={batches}", f"grpo.save_every={batches + 1}"))
         stage = next(s for s in cfg.stages if s.kind == "grpo")
         encode = SampleEncoder(policy.processor, cfg.media, style=cfg.model.prompt, cache_dir=None)
         ctx = StageContext(cfg=cfg, stage=stage, index=0, stage_dir=stage_root / name, policy=policy,
@@ -117,14 +160,15 @@ def run_veripo(args: argparse.Namespace) -> dict:
     per_step = args.questions * args.steps
     stage_run("warmup", samples[per_step:per_step + args.questions], 1)
     wall, cpu, stage_dir = stage_run("timed", samples[:per_step], args.steps)
-    rows = read_jsonl(stage_dir / "metrics.jsonl")
+    rows = [r for r in read_jsonl(stage_dir / "metrics.jsonl") if r["kind"] == "grpo"]
     rollouts = read_jsonl(stage_dir / "rollouts.jsonl")
     return {
         "wall_s": wall / args.steps, "cpu_s": cpu / args.steps, "steps": args.steps,
         "completion_len": statistics.fmean(r["response_tokens"] for r in rollouts),
         "prompt_tokens": statistics.fmean(r["prompt_tokens"] for r in rollouts),
         "reward_mean": statistics.fmean(r["reward"] for r in rollouts),
-        "optimizer_steps": len(rows),
+        "optimizer_steps": len(rows), "trained_tokens": int(sum(r["trained_tokens"] for r in rows)),
+        "advantage_abs_mean": statistics.fmean(abs(r["advantage"]) for r in rollouts),
     }
 
 
@@ -189,16 +233,16 @@ def run_trl(args: argparse.Namespace) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from veripo.config import RunConfig, load
     from veripo.models import load_policy
-    from veripo.rewards import get_profile
+    from veripo.rewards.profiles import profile_for
 
-    cfg = load(RunConfig, DEMO_CONFIG)
+    cfg = bench_config(args)
     samples = load_questions(Path(args.data))
     by_id = {s.id: s for s in samples}
     policy = load_policy(Path(args.model))
+    never_end(policy)
     processor = image_only_processor(policy)
-    profile = get_profile("veripo")
+    profile = profile_for(cfg.rewards)
     lengths: list[int] = []
     rewards: list[float] = []
 
@@ -236,13 +280,37 @@ def run_trl(args: argparse.Namespace) -> dict:
     prompt_tokens = same_prompts(processor, dataset, samples[:per_step], policy, cfg)
     trainer.train()
     timed = clock.times[1:]
+    warmup = args.questions * args.group  # the first step's completions
     return {
         "wall_s": statistics.fmean(t[0] for t in timed), "cpu_s": statistics.fmean(t[1] for t in timed),
-        "steps": len(timed), "completion_len": statistics.fmean(lengths[args.questions * args.group:]),
+        "steps": len(timed), "completion_len": statistics.fmean(lengths[warmup:]),
         "prompt_tokens": prompt_tokens,
-        "reward_mean": statistics.fmean(rewards[args.questions * args.group:]),
-        "optimizer_steps": trainer.state.global_step,
+        "reward_mean": statistics.fmean(rewards[warmup:]),
+        "optimizer_steps": trainer.state.global_step - 1,  # the warm-up step's is not timed
+        "trained_tokens": int(sum(lengths[warmup:])),
+        "advantage_abs_mean": group_advantage_abs_mean(rewards[warmup:], args.group),
     }
+
+
+def group_advantage_abs_mean(rewards: list[float], group: int) -> float:
+    """Mean |advantage| of consecutive groups of rewards (TRL scores a step's completions group by group)."""
+    advantages = []
+    for i in range(0, len(rewards), group):
+        chunk = rewards[i : i + group]
+        mean, std = statistics.fmean(chunk), statistics.stdev(chunk) if len(chunk) > 1 else 0.0
+        advantages += [abs(r - mean) / (std + 1e-4) for r in chunk]
+    return statistics.fmean(advantages)
+
+
+def unequal_work(results: list[dict]) -> list[str]:
+    """Why the two sides did not do the same work (empty: they did): optimizer steps or trained tokens."""
+    problems = []
+    for row in results:
+        v, t = row["veripo"], row["trl"]
+        for key in ("optimizer_steps", "trained_tokens"):
+            if v[key] != t[key]:
+                problems.append(f"{row['size']}: veripo {key} {v[key]} != TRL {t[key]}")
+    return problems
 
 
 WORKERS = {"veripo": run_veripo, "trl": run_trl}
@@ -294,13 +362,19 @@ def main() -> None:
             results.append(row)
     print(f"Q={args.questions} questions x G={args.group} responses per step, max {args.max_new_tokens} new tokens, "
           f"{args.steps} timed steps after 1 warm-up, {args.threads} torch thread(s)\n")
-    print("| model | side | prompt tokens | mean completion tokens | CPU s/step | wall s/step | optimizer steps |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | side | prompt tokens | mean completion tokens | CPU s/step | wall s/step | optimizer steps | "
+          "trained tokens | mean abs advantage |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in results:
         for side in ("veripo", "trl"):
             r = row[side]
             print(f"| {row['size']} | {side} | {r['prompt_tokens']:.0f} | {r['completion_len']:.1f} | "
-                  f"{r['cpu_s']:.2f} | {r['wall_s']:.2f} | {r['optimizer_steps']} |")
+                  f"{r['cpu_s']:.2f} | {r['wall_s']:.2f} | {r['optimizer_steps']} | {r['trained_tokens']} | "
+                  f"{r['advantage_abs_mean']:.3f} |")
+    problems = unequal_work(results)
+    if problems:
+        print("\nno ratio: the two sides did different work (" + "; ".join(problems) + ")")
+        sys.exit(1)
     print("\n| model | TRL / veripo (CPU) | TRL / veripo (wall) |")
     print("|---|---|---|")
     for row in results:

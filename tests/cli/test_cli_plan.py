@@ -106,3 +106,25 @@ def test_model_config_flag(tmp_path: Path):
     (tmp_path / "config.json").write_text(json.dumps(published_config("Qwen3-VL-8B-Instruct")))
     out = plan(SEVEN_B, "--model-config", str(tmp_path / "config.json"))
     assert "8,767,123,696 parameters" in out and f"--model-config {tmp_path}" in out
+
+
+def test_a_token_budget_narrows_the_planned_micro_batches():
+    """``veripo plan`` sizes activations by the widest micro-batch the recipes would run: the count and the token
+    budget, whichever is stricter (``widest_micro_batch`` runs the recipes' own plan)."""
+    from veripo.recipes.plan import widest_micro_batch
+
+    # shared prefix: prompt 1000 + rows x 100 within 1350 -> 3 of 8 rows; the count 2 is stricter still
+    assert widest_micro_batch(1000, 100, 8, None, 1350, True) == 3
+    assert widest_micro_batch(1000, 100, 8, 2, 1350, True) == 2
+    assert widest_micro_batch(1000, 100, 8, None, None, True) == 8
+    assert widest_micro_batch(1000, 100, 8, None, 500, True) == 1  # over the budget: one row at a time
+    assert widest_micro_batch(1000, 100, 4, None, 1450, True, unit=2) == 4  # DPO: two pairs of two rows
+
+    def activations(*overrides: str) -> str:
+        memory = [r for r in plan(SEVEN_B, *overrides).splitlines() if r.startswith("│ group-slow-search")][1]
+        return [c.strip() for c in memory.strip("│").split("│")][5]
+
+    # all 8 responses at once, then one at a time (every response over a 1-token budget)
+    whole, narrowed = activations("grpo.micro_batch_size=null"), activations("grpo.micro_batch_size=null",
+                                                                              "grpo.max_tokens_per_micro_batch=1")
+    assert float(narrowed) < float(whole), (whole, narrowed)

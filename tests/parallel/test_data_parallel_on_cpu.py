@@ -64,8 +64,8 @@ STAGES = ("00-sft", "01-grpo", "02-dpo")
 # --standalone: the rendezvous picks a free local port itself (no race with a port chosen beforehand)
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
-CONFIG = """\
-name: dp
+# the run settings every data-parallel test's config starts with (also tests/parallel/test_balanced_ranks_on_cpu.py)
+COMMON = """\
 seed: 0
 output_dir: {out}
 model: {{build_tiny: tiny, device: cpu}}
@@ -74,6 +74,8 @@ rollout: {{num_generations: 4, temperature: 1.0, max_new_tokens: 12}}
 rewards: {{extra: [digit_share]}}  # registered by dp_worker.py
 data:
   - {{path: {data}}}
+"""
+CONFIG = "name: dp\n" + COMMON + """\
 sft: {{lr: 1.0e-3, batch_size: 5, max_steps: 2, weight_decay: 0.5}}
 grpo: {{lr: 1.0e-4, rollout_batch_size: 3, global_batch_size: 6, max_steps: 2, weight_decay: 0.1}}
 dpo: {{lr: 1.0e-4, global_batch_size: 3, epochs: 1, beta: 0.1}}
@@ -169,14 +171,21 @@ def _final_weights(stage_dir: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+def assert_same_final_weights(expected_dir: Path, found_dir: Path) -> dict[str, torch.Tensor]:
+    """The final weights of two runs of a stage match to 1e-5 (the summation order of the ranks' gradients may
+    differ, nothing more); returns the expected ones."""
+    expected, found = _final_weights(expected_dir), _final_weights(found_dir)
+    assert expected.keys() == found.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(found[name], tensor, rtol=1e-5, atol=1e-5,
+                                   msg=lambda m: f"{found_dir.name} {name}: {m}")
+    return expected
+
+
 @pytest.mark.parametrize("two_run", MULTI)
 @pytest.mark.parametrize("stage", STAGES)
 def test_two_processes_reach_the_same_weights_as_one(runs, stage, two_run):
-    one = _final_weights(runs["one"] / "stages" / stage)
-    two = _final_weights(runs[two_run] / "stages" / stage)
-    assert one.keys() == two.keys()
-    for name, tensor in one.items():
-        torch.testing.assert_close(two[name], tensor, rtol=1e-5, atol=1e-5, msg=lambda m: f"{stage} {name}: {m}")
+    one = assert_same_final_weights(runs["one"] / "stages" / stage, runs[two_run] / "stages" / stage)
     before = _weights_before(runs["one"], stage)
     moved = max(float((tensor - before[name]).abs().max()) for name, tensor in one.items())
     assert moved > 1e-4, f"{stage}: the stage moved no weight by more than {moved:.2g}: a 1e-5 match proves nothing"

@@ -212,6 +212,12 @@ class GRPOConfig:
     # responses per forward/backward within a question's group (null: all G at once); the group's prompt
     # still runs once (veripo.models.grouped_forward.backward_group)
     micro_batch_size: int | None = None
+    # at most this many tokens per forward/backward within a group (null: no budget): the prompt's text and visual
+    # tokens plus the responses padded to the longest in the micro-batch (per sequence: the prompt in every row),
+    # responses packed longest first (veripo.models.micro_batches). With micro_batch_size too, a micro-batch keeps
+    # both limits. A response over the budget on its own runs alone (counted: over_budget_micro_batches).
+    # The gradient does not change: every micro-batch's loss carries the step's normalisers.
+    max_tokens_per_micro_batch: int | None = None
     # how long the stage runs (veripo.recipes.sizing): `epochs` passes over its questions (may be fractional)
     # or `max_steps` optimizer steps (rounded up to whole rollout batches), whichever is given (both: the
     # shorter; neither: one epoch). A stage using under 5% of its questions is warned about.
@@ -414,6 +420,9 @@ class DPOConfig:
     global_batch_size: int = 32  # paper Table 1
     # pairs per forward/backward within a question (null: all of its pairs at once; one prompt pass either way)
     micro_batch_size: int | None = None
+    # at most this many tokens per forward/backward within a question, as grpo.max_tokens_per_micro_batch (a
+    # pair's chosen and rejected rows stay together); with micro_batch_size too, both limits hold
+    max_tokens_per_micro_batch: int | None = None
     loss_type: str = "sigmoid"  # veripo.algos.dpo.DPO_LOSSES
     epochs: float | None = None  # passes over the pairs (may be fractional); with neither this nor max_steps: 1
     max_steps: int | None = None  # optimizer steps (with epochs too: the shorter)
@@ -455,6 +464,11 @@ class DistributedConfig:
     # Also switched on by an accelerate DeepSpeed launch (configs/accelerate/deepspeed-zero3-8gpu.yaml).
     # Excludes shard_weights and shard_optimizer. One process: no effect.
     deepspeed_zero3: bool = False
+    # split each optimizer step's training work over the ranks by token count (veripo.parallel.balance: a
+    # Karmarkar-Karp partition of the step's question groups, each rank's prompt and response tokens), instead of
+    # question i to rank i % world; metrics.jsonl logs rank_imbalance (max / mean rank tokens) either way.
+    # Sampling stays split by question. One process: no effect.
+    balance_tokens: bool = True
 
     def validate(self, prefix: str) -> None:
         if self.deepspeed_zero3 and (self.shard_weights or self.shard_optimizer):

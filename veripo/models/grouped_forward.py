@@ -41,6 +41,7 @@ from torch import nn
 from veripo.algos.logprobs import LogProbs, token_log_probs
 from veripo.models.cache_api import cache_kwargs
 from veripo.models.families import family_of
+from veripo.models.micro_batches import MicroBatchPlan, plan_micro_batches
 from veripo.models.prefix_cache import ReadOnlyPrefixCache, WriteOnceCache, cache_kept_under_checkpointing
 
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
@@ -273,8 +274,25 @@ def _row_chunks(count: int, micro_batch: int | None, device: torch.device) -> li
 
 
 def micro_batch_count(responses: int, micro_batch: int | None) -> int:
-    """How many micro-batches ``backward_group`` runs for ``responses`` responses."""
+    """How many micro-batches ``backward_group`` runs for ``responses`` responses cut by count alone."""
     return len(_row_chunks(responses, micro_batch, torch.device("cpu")))
+
+
+def micro_batch_plan(model: nn.Module, prompt_tokens: int, lengths: list[int], *, micro_batch: int | None = None,
+                     max_tokens: int | None = None, shared_prefix: bool = True, unit: int = 1) -> MicroBatchPlan:
+    """``plan_micro_batches`` for this model: its tokens counted as the forward ``backward_group`` will run
+    (shared prefix only where the family's is exact, ``shares_prefix``). Pass its ``chunks`` to
+    ``backward_group``; ``len(chunks)`` is the call's micro-batch count for the ranks' lockstep."""
+    return plan_micro_batches(prompt_tokens, lengths, size=micro_batch, max_tokens=max_tokens,
+                              shared_prefix=shares_prefix(model, shared_prefix), unit=unit)
+
+
+def work_tokens(model: nn.Module, prompt_tokens: int, lengths: list[int], shared_prefix: bool = True) -> int:
+    """Tokens a ``backward_group`` call runs through the model: the prompt once and each response (shared
+    prefix), or the prompt with every response (per sequence): the cost ranks are balanced by."""
+    if shares_prefix(model, shared_prefix):
+        return prompt_tokens + sum(lengths)
+    return sum(prompt_tokens + n for n in lengths)
 
 
 def _rows_log_probs(
@@ -349,6 +367,7 @@ def backward_group(
     temperature: float = 1.0,
     min_micro_batches: int = 0,
     passes: TrainingPasses = PLAIN_PASSES,
+    chunks: list[list[int]] | None = None,
 ) -> GroupStats:
     """Forward and backward of one group's loss, accumulating into the parameters' ``.grad``.
 
@@ -362,29 +381,43 @@ def backward_group(
         min_micro_batches: run zero-loss micro-batches (the first rows again) after the real ones up to this
             count, so that every rank of a weight-sharded run runs the same passes (``idle_backward``).
         passes: how forwards and backwards run (a parallel strategy's ``passes``; plain autograd by default).
+        chunks: the rows of each micro-batch (``micro_batch_plan``: a token budget, pairs kept together), in
+            place of ``micro_batch``.
     Returns:
-        ``GroupStats`` (the parameters' gradients are the effect that matters).
+        ``GroupStats`` (the parameters' gradients are the effect that matters); its log-probs in row order.
+
+    Each micro-batch runs its rows cut to their longest response (the padding columns after it change no
+    log-prob: attention is causal), and ``loss_fn`` gets them padded back to ``R`` with zeros.
     """
     _check_responses(response_ids, response_mask)
     prompt = _single_prompt(prompt_inputs)
     state = passes.forward(lambda: _prompt_pass(model, prompt, passes)) if shares_prefix(model, shared_prefix) else None
     cut = state.cut() if state is not None else None
     total = torch.zeros((), device=response_ids.device)
-    log_probs, entropies = [], []
-    chunks = _row_chunks(response_ids.shape[0], micro_batch, response_ids.device)
+    count, width = response_ids.shape
+    log_probs = torch.zeros(count, width, device=response_ids.device)
+    entropies = torch.zeros(count, width, device=response_ids.device) if with_entropy else None
+    if chunks is None:
+        chunks = _row_chunks(count, micro_batch, response_ids.device)
+    else:
+        chunks = [torch.tensor(rows, dtype=torch.long, device=response_ids.device) for rows in chunks]
 
     def rows_log_probs(rows: torch.Tensor, with_entropy: bool) -> LogProbs:
-        return passes.forward(lambda: _rows_log_probs(model, prompt, cut, response_ids[rows], response_mask[rows],
-                                                      with_entropy, temperature, passes))
+        used = max(1, int(response_mask[rows].sum(-1).max()))
+        out = passes.forward(lambda: _rows_log_probs(model, prompt, cut, response_ids[rows, :used],
+                                                     response_mask[rows, :used], with_entropy, temperature, passes))
+        pad = (0, width - used)
+        return LogProbs(torch.nn.functional.pad(out.log_probs, pad),
+                        None if out.entropy is None else torch.nn.functional.pad(out.entropy, pad))
 
     for rows in chunks:
         out = rows_log_probs(rows, with_entropy)
         loss = loss_fn(out.log_probs, out.entropy, rows)
         passes.backward(loss)
         total += loss.detach()
-        log_probs.append(out.log_probs.detach())
+        log_probs[rows] = out.log_probs.detach().to(log_probs.dtype)
         if out.entropy is not None:
-            entropies.append(out.entropy.detach())
+            entropies[rows] = out.entropy.detach().to(entropies.dtype)
     for _ in range(min_micro_batches - len(chunks)):
         out = rows_log_probs(chunks[0], False)
         passes.backward(out.log_probs.sum() * 0.0)
@@ -392,7 +425,7 @@ def backward_group(
         pairs = [(t, leaf.grad) for t, leaf in zip(state.tensors(), cut.tensors()) if leaf.grad is not None]
         if pairs or passes.collective_layers:  # collective passes: every rank runs this one too
             passes.backward_through([t for t, _ in pairs], [g for _, g in pairs])
-    return GroupStats(total, torch.cat(log_probs), torch.cat(entropies) if entropies else None, len(chunks))
+    return GroupStats(total, log_probs, entropies, len(chunks))
 
 
 def idle_backward(model: nn.Module, micro_batches: int, shared_prefix: bool, passes: TrainingPasses) -> None:

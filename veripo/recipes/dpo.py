@@ -22,7 +22,8 @@ from veripo.algos.dpo import PairNorms, dpo_loss
 from veripo.data.jsonl import check_unique_ids, read_jsonl
 from veripo.data.loaders import DataError
 from veripo.data.records import Pair
-from veripo.models.grouped_forward import backward_group, micro_batch_count, response_log_probs
+from veripo.models.grouped_forward import backward_group, micro_batch_plan, response_log_probs, work_tokens
+from veripo.parallel.balance import imbalance, rank_split
 from veripo.recipes.checkpoint import Progress
 from veripo.recipes.common import progress_bar
 from veripo.recipes.context import StageContext, StageResult
@@ -115,6 +116,7 @@ class DPOStage:
         self.tokens = {p.id: pair_token_ids(ctx.policy.tokenizer, p) for p in pairs}
         self.by_id = {s.id: s for s in ctx.samples}
         self.ref: dict[str, list[float]] = {}
+        self.prompt_tokens: dict[str, int] = {}  # by sample id (``prompt_length``)
 
     def start(self, loop: StageLoop) -> None:
         self.ref = reference_logps(self.ctx, self.pairs, self.tokens)
@@ -128,9 +130,22 @@ class DPOStage:
         norms = PairNorms(pairs=float(len(batch)), chosen_tokens=float(sum(len(self.tokens[p.id][0]) for p in batch)))
         rewards: list[dict[str, float]] = []
         losses: list[float] = []
-        rows_per_micro_batch = None if dpo.micro_batch_size is None else 2 * dpo.micro_batch_size
+        questions = by_question(batch)
+        lengths = [[len(seq) for p in group for seq in self.tokens[p.id]] for group in questions]
+        prompts = [self.prompt_length(group[0].sample_id) for group in questions]
+        plans = [micro_batch_plan(model, prompt, rows, micro_batch=dpo.micro_batch_size,
+                                  max_tokens=dpo.max_tokens_per_micro_batch, unit=2)
+                 for prompt, rows in zip(prompts, lengths)]
+        work = [work_tokens(model, prompt, rows) for prompt, rows in zip(prompts, lengths)]
+        split = rank_split(work, ctx.dist.world, ctx.cfg.distributed.balance_tokens)
+        mine = [(questions[i], plans[i].chunks) for i in split[ctx.dist.rank]]
+        over_budget = sum(ctx.parallel.gather([sum(plans[i].over_budget for i in split[ctx.dist.rank])]))
+        if over_budget:
+            ctx.log(f"DPO step {unit}: {over_budget} pairs over dpo.max_tokens_per_micro_batch "
+                    f"({dpo.max_tokens_per_micro_batch}) with their prompt ran alone")
 
-        def backward(group: list[Pair], micro_batches: int) -> None:
+        def backward(call: tuple[list[Pair], list[list[int]]], micro_batches: int) -> None:
+            group, chunks = call
             ids, mask = pair_rows(group, self.tokens)
 
             def loss_fn(logp: torch.Tensor, _entropy: Any, rows: torch.Tensor) -> torch.Tensor:
@@ -139,12 +154,10 @@ class DPOStage:
                 return loss
 
             stats = backward_group(model, ctx.encode(self.by_id[group[0].sample_id]), ids, mask, loss_fn,
-                                   micro_batch=rows_per_micro_batch, min_micro_batches=micro_batches,
-                                   passes=ctx.parallel.passes)
+                                   chunks=chunks, min_micro_batches=micro_batches, passes=ctx.parallel.passes)
             losses.append(float(stats.loss))
 
-        mine = ctx.dist.shard(by_question(batch))
-        counts = [micro_batch_count(2 * len(group), rows_per_micro_batch) for group in mine]
+        counts = [len(chunks) for _, chunks in mine]
         grad_norm, lr = loop.optimizer_step(mine, counts, True, backward)
         rows = ctx.parallel.gather(rewards)
         loss = sum(ctx.parallel.gather([sum(losses)]))
@@ -153,8 +166,19 @@ class DPOStage:
         loop.metrics_row(
             "dpo", epoch=epoch, lr=lr, loss=loss, grad_norm=grad_norm,
             chosen_reward=sum(r["chosen"] for r in rows) / n, rejected_reward=sum(r["rejected"] for r in rows) / n,
-            margin=margin, pair_accuracy=sum(1.0 for r in rows if r["chosen"] > r["rejected"]) / n)
+            margin=margin, pair_accuracy=sum(1.0 for r in rows if r["chosen"] > r["rejected"]) / n,
+            over_budget_micro_batches=over_budget, rank_imbalance=imbalance(work, split),
+            rank_imbalance_by_question=imbalance(work, rank_split(work, ctx.dist.world, False)))
         return {"loss": loss, "margin": margin}
+
+    def prompt_length(self, sample_id: str) -> int:
+        """A question's prompt tokens (text and visual), for the token budget and the ranks' split; 0 where
+        neither needs it (one process without a budget), which saves encoding the prompt again."""
+        if self.dpo.max_tokens_per_micro_batch is None and self.ctx.dist.world == 1:
+            return 0
+        if sample_id not in self.prompt_tokens:
+            self.prompt_tokens[sample_id] = int(self.ctx.encode(self.by_id[sample_id])["input_ids"].shape[1])
+        return self.prompt_tokens[sample_id]
 
 
 def read_pairs(path: Path) -> list[Pair]:

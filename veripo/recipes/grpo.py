@@ -14,8 +14,10 @@ Per rollout batch of Q questions (the next Q of the stage's seeded question stre
      by ``grpo.loss_agg``; ``veripo.algos.policy_loss.policy_loss``) against the sampling policy's log-probs,
      each group backpropagating its share of the step's loss (``BatchNorms``); each group's prompt runs once and
      its responses against the prompt's KV cache (``grpo.shared_prefix``; ``false`` is the per-sequence
-     baseline), ``grpo.micro_batch_size`` responses per forward/backward; ``grpo.overlong_filter`` leaves
-     truncated responses out of the loss (DAPO).
+     baseline), ``grpo.micro_batch_size`` responses and at most ``grpo.max_tokens_per_micro_batch`` tokens per
+     forward/backward (``veripo.models.micro_batches``); ``grpo.overlong_filter`` leaves truncated responses out
+     of the loss (DAPO). With several processes the step's groups go to ranks by token count
+     (``distributed.balance_tokens``; ``veripo.parallel.balance``), the imbalance logged as ``rank_imbalance``.
 
 What it is not: no value model, no reference model unless ``grpo.kl_coef > 0`` (then the policy at the
 start of the stage is kept frozen). The engine is ``rollout.engine``'s (``veripo.rollout.registry``); before each
@@ -53,9 +55,10 @@ from veripo.algos.kl import kl_divergence
 from veripo.algos.policy_loss import BatchNorms, aggregate_loss, policy_loss
 from veripo.config import ConfigError
 from veripo.errors import UnusableSample
+from veripo.parallel.balance import imbalance, rank_split
 from veripo.data.jsonl import read_jsonl
 from veripo.data.records import Rollout, Sample
-from veripo.models.grouped_forward import backward_group, micro_batch_count, response_log_probs
+from veripo.models.grouped_forward import backward_group, micro_batch_plan, response_log_probs, work_tokens
 from veripo.recipes.checkpoint import Progress
 from veripo.recipes.common import derive_seed
 from veripo.recipes.context import StageContext, StageResult
@@ -413,14 +416,19 @@ class GRPOStage:
                 "reward_mean": sum(g.totals) / len(g.totals),
                 **({} if g.shuffled_accuracy is None else {"shuffled_accuracy_mean": g.shuffled_accuracy})})
         for chunk in optimizer_chunks(groups, grpo.global_batch_size):
-            totals, grad_norm, lr = self.optimizer_step(loop, groups, chunk)
+            totals, grad_norm, lr, balance = self.optimizer_step(loop, groups, chunk)
             tokens = max(1.0, sum(t["tokens"] for t in totals))
+            over_budget = int(sum(t["over_budget"] for t in totals))
+            if over_budget:
+                ctx.log(f"rollout batch {unit}: {over_budget} responses over grpo.max_tokens_per_micro_batch "
+                        f"({grpo.max_tokens_per_micro_batch}) with their prompt ran alone")
             loop.metrics_row(
                 "grpo", rollout_batch=unit, lr=lr, loss=sum(t["loss"] for t in totals), grad_norm=grad_norm,
                 kl=sum(t["kl"] for t in totals) / tokens, clip_frac=sum(t["clip"] for t in totals) / tokens,
                 entropy=sum(t["entropy"] for t in totals) / tokens,
                 logprob_gap_mean=sum(t["gap"] for t in totals) / tokens,
                 logprob_gap_max=max(t["gap_max"] for t in totals),
+                trained_tokens=sum(t["tokens"] for t in totals), over_budget_micro_batches=over_budget, **balance,
                 old_logprobs="trainer" if self.recompute else "sampler", **batch)
         return {"acc": batch["accuracy_mean"], "reward": batch["reward_mean"], "len": batch["response_len"]}
 
@@ -436,19 +444,30 @@ class GRPOStage:
                         next(iter(self.bad.items()), None), self.ctx.stage_dir / SKIPPED_FILE)
 
     def optimizer_step(self, loop: StageLoop, groups: list[ScoredGroup],
-                       chunk: list[tuple[int, int]]) -> tuple[list[dict[str, float]], float, float]:
-        """One optimizer step on the ``chunk``'s responses: this rank's groups backpropagate their shares;
-        every rank's metric sums, the gradient norm and the lr."""
+                       chunk: list[tuple[int, int]]) -> tuple[list[dict[str, float]], float, float, dict[str, float]]:
+        """One optimizer step on the ``chunk``'s responses: this rank's groups backpropagate their shares, in
+        micro-batches by count and token budget (``micro_batch_plan``); the groups go to ranks by token count
+        (``distributed.balance_tokens``, ``veripo.parallel.balance``). Every rank's metric sums, the gradient
+        norm, the lr, and the ranks' token imbalance (max / mean) of the split used and of the by-question one."""
         ctx, grpo, model = self.ctx, self.grpo, self.ctx.policy.model
         temperature = self.rollout.temperature  # train the policy that sampled the rollouts (as TRL and verl do)
         norms = chunk_norms(groups, chunk, float(self.rollout.max_new_tokens), grpo.overlong_filter)
-        mine = {g.question for g in groups if g.question % ctx.dist.world == ctx.dist.rank}
         by_group: dict[int, list[int]] = {}
         for gi, r in chunk:
-            if groups[gi].question in mine:
-                by_group.setdefault(gi, []).append(r)
-        sums = {"clip": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0.0, "loss": 0.0, "gap": 0.0, "gap_max": 0.0}
-        calls = list(by_group.items())
+            by_group.setdefault(gi, []).append(r)
+        every = list(by_group.items())
+        plans = [micro_batch_plan(model, groups[gi].prompt_tokens, [len(groups[gi].token_ids[r]) for r in rows],
+                                  micro_batch=grpo.micro_batch_size, max_tokens=grpo.max_tokens_per_micro_batch,
+                                  shared_prefix=grpo.shared_prefix) for gi, rows in every]
+        work = [work_tokens(model, groups[gi].prompt_tokens, [len(groups[gi].token_ids[r]) for r in rows],
+                            grpo.shared_prefix) for gi, rows in every]
+        questions = [groups[gi].question for gi, _ in every]
+        split = rank_split(work, ctx.dist.world, ctx.cfg.distributed.balance_tokens, questions)
+        calls = [every[i] for i in split[ctx.dist.rank]]
+        chunks = {gi: plans[i].chunks for i, (gi, _) in enumerate(every)}
+        over_budget = sum(plans[i].over_budget for i in split[ctx.dist.rank])
+        sums = {"clip": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0.0, "loss": 0.0, "gap": 0.0, "gap_max": 0.0,
+                "over_budget": float(over_budget)}
 
         def backward(call: tuple[int, list[int]], micro_batches: int) -> None:
             gi, rows = call
@@ -482,13 +501,15 @@ class GRPOStage:
                 sums["loss"] += float(share.detach())
                 return share
 
-            backward_group(model, prompt, ids, mask, loss_fn, micro_batch=grpo.micro_batch_size,
-                           shared_prefix=grpo.shared_prefix, with_entropy=True, temperature=temperature,
-                           min_micro_batches=micro_batches, passes=ctx.parallel.passes)
+            backward_group(model, prompt, ids, mask, loss_fn, chunks=chunks[gi], shared_prefix=grpo.shared_prefix,
+                           with_entropy=True, temperature=temperature, min_micro_batches=micro_batches,
+                           passes=ctx.parallel.passes)
 
-        counts = [micro_batch_count(len(rows), grpo.micro_batch_size) for _, rows in calls]
+        counts = [len(chunks[gi]) for gi, _ in calls]
         grad_norm, lr = loop.optimizer_step(calls, counts, grpo.shared_prefix, backward)
-        return ctx.parallel.gather([sums]), grad_norm, lr
+        balance = {"rank_imbalance": imbalance(work, split),
+                   "rank_imbalance_by_question": imbalance(work, rank_split(work, ctx.dist.world, False, questions))}
+        return ctx.parallel.gather([sums]), grad_norm, lr, balance
 
 
 def _batch_metrics(groups: list[ScoredGroup], rollouts: list[Rollout]) -> dict[str, float]:

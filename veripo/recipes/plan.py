@@ -34,6 +34,7 @@ from veripo.models.footprint import (
     state_bytes,
     video_cost,
 )
+from veripo.models.micro_batches import plan_micro_batches
 from veripo.recipes.sizing import StageSize, batch_size_of, grpo_size
 
 GIB = 2**30
@@ -256,7 +257,8 @@ def plan_stage(cfg: RunConfig, stage: Stage, dims: ModelDims, a: PlanAssumptions
         plan.rollouts = plan.size.drawn * rollout.num_generations
         plan.text_tokens = plan.size.drawn * a.prompt_text_tokens + plan.rollouts * rollout.max_new_tokens
         plan.visual_tokens = round(plan.size.drawn * visual_per_question)
-        plan.rows = grpo.micro_batch_size or rollout.num_generations
+        plan.rows = widest_micro_batch(plan.prompt_tokens, rollout.max_new_tokens, rollout.num_generations,
+                                       grpo.micro_batch_size, grpo.max_tokens_per_micro_batch, grpo.shared_prefix)
         plan.response_tokens = rollout.max_new_tokens
         b = DTYPE_BYTES[cfg.model.dtype]
         # the engine prefills a question once and samples its G responses against copies of that cache
@@ -278,16 +280,26 @@ def plan_stage(cfg: RunConfig, stage: Stage, dims: ModelDims, a: PlanAssumptions
             plan.size = batch_size_of(pairs, dpo.global_batch_size, dpo.epochs, dpo.max_steps)
             plan.notes.append(f"pairs: at most {pairs} (max_pairs_per_question {verifier.max_pairs_per_question} x "
                               "the questions of the GRPO stage before); the verifier decides")
-        plan.rows = 2 * (dpo.micro_batch_size or verifier.max_pairs_per_question)
         plan.response_tokens = rollout.max_new_tokens
         plan.visual = largest = costs["video"]
         plan.prompt_tokens = a.prompt_text_tokens + largest.tokens
+        plan.rows = widest_micro_batch(plan.prompt_tokens, rollout.max_new_tokens, 2 * verifier.max_pairs_per_question,
+                                       dpo.micro_batch_size, dpo.max_tokens_per_micro_batch, True, unit=2)
         plan.notes.append("DPO prompts assumed to be videos (the pairs come from video-QA rollouts)")
     if stage.kind in ("sft", "grpo", "dpo"):
         plan.activations = activation_bytes(dims, prompt_tokens=plan.prompt_tokens,
                                             patches=plan.visual.patches if plan.visual else 0, rows=plan.rows,
                                             response_tokens=plan.response_tokens, dtype=cfg.model.dtype)
     return plan
+
+
+def widest_micro_batch(prompt_tokens: int, response_tokens: int, rows: int, size: int | None,
+                       max_tokens: int | None, shared_prefix: bool, unit: int = 1) -> int:
+    """Rows of the largest micro-batch the recipes would run for the largest prompt and ``rows`` responses of
+    ``response_tokens`` each (``plan_micro_batches``: the count and the token budget, whichever is stricter)."""
+    plan = plan_micro_batches(prompt_tokens, [response_tokens] * rows, size=size, max_tokens=max_tokens,
+                              shared_prefix=shared_prefix, unit=unit)
+    return max(len(chunk) for chunk in plan.chunks)
 
 
 def gib(n: int | float) -> str:
