@@ -8,12 +8,13 @@ the warm start, and writes a side-by-side comparison (the paper's claim: VerIPO 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from veripo.recipes.baselines import grpo_only_config
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 RECIPES = DEMO_CONFIG.parent / "recipes"  # one config per published method (docs/algorithms.md)
@@ -64,38 +65,6 @@ def summary_table(run_dir: Path, title: str):
         table.add_row(st["name"], st["kind"], fmt(ev.get("accuracy")), fmt(ev.get("response_len"), 1), fmt(inconsistency),
                       pairs, *resampled, fmt(st.get("wall_time_s"), 0))
     return table
-
-
-def grpo_only_config(cfg, veripo_run: Path):
-    """GRPO alone, from the VerIPO run's warm start, on the union of its GRPO data, for the same wall time
-    VerIPO spent after the warm start."""
-    from veripo.config import Stage
-
-    veripo_run = veripo_run.resolve()  # the new run resolves relative data paths under its own folder
-    summary = json.loads((veripo_run / "summary.json").read_text())
-    after_warm_start = sum(s["wall_time_s"] for s in summary["stages"] if s["kind"] != "sft")
-    warm = [s for s in summary["stages"] if s["kind"] == "sft"]
-    stages = list(cfg.stages) + list(cfg.loop)
-    data = tuple({d.path: d for s in stages if s.kind == "grpo" for d in (s.data or cfg.data)}.values())
-    # the time budget ends the stage; the step cap (10,000 rollout batches) only has to be out of reach
-    per_batch = cfg.grpo.rollout_batch_size * cfg.rollout.num_generations // cfg.grpo.global_batch_size
-    grpo = dataclasses.replace(cfg.grpo, epochs=None, max_steps=10_000 * per_batch, rollout_batches=None,
-                               time_budget_s=after_warm_start)
-    stage = Stage(name="grpo-only", kind="grpo", data=data)
-    model = cfg.model
-    if warm:
-        ckpt_dir = veripo_run / "stages" / f"{warm[-1]['index']:02d}-{warm[-1]['name']}"
-        pointer = json.loads((ckpt_dir / "latest.json").read_text())["checkpoint"]
-        model = dataclasses.replace(cfg.model, path=str(ckpt_dir / "checkpoints" / pointer))
-    def reuse(sources):  # synthetic sources generated inside the VerIPO run are read from there
-        return tuple(dataclasses.replace(d, path=str(veripo_run / "data" / d.path))
-                     if d.synthetic and not Path(d.path).is_absolute() else d for d in sources)
-
-    data, heldout = reuse(data), reuse(cfg.eval.heldout)
-    # data: the GRPO sources only (the warm start's own data is neither needed nor regenerated)
-    return dataclasses.replace(cfg, name=f"{cfg.name}-grpo-only", model=model, grpo=grpo, data=data,
-                               stages=(dataclasses.replace(stage, data=data),), loop=(),
-                               eval=dataclasses.replace(cfg.eval, heldout=heldout))
 
 
 def register(app: typer.Typer) -> None:

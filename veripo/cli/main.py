@@ -74,10 +74,12 @@ def _register() -> None:
     from veripo.cli import plan as plan_cli
     from veripo.cli import report as report_cli
     from veripo.cli import score as score_cli
+    from veripo.cli import study as study_cli
     from veripo.cli import train as train_cli
     from veripo.cli import verify as verify_cli
 
-    for module in (train_cli, plan_cli, config_cli, report_cli, data_cli, model_cli, demo_cli, sample_cli, score_cli, eval_cli, verify_cli, export_cli):
+    for module in (train_cli, plan_cli, config_cli, report_cli, data_cli, model_cli, demo_cli, sample_cli, score_cli, eval_cli, verify_cli, export_cli,
+                   study_cli):
         module.register(app)
 
 

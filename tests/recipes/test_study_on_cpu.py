@@ -1,0 +1,114 @@
+"""``veripo study``: a 2-seed study of every arm on the tiny model (sizes cut down), its report files, and an
+interrupted study that a rerun continues in the same run directories."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from veripo.recipes.study import find_run, run_folder
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = ["rollout.max_new_tokens=24", "grpo.max_steps=1", "sft.max_steps=2", "dpo.max_steps=1", "iterations=0",
+         "eval.max_new_tokens=16", "eval.batch_size=8", "data.0.synthetic.n=8", "stages.1.data.0.synthetic.n=8",
+         "stages.2.data.0.synthetic.n=8", "eval.heldout.0.synthetic.n=6"]
+
+
+# grpo-time differs from grpo-rollouts only in its budget (tests/report/test_demo_compare_config.py); sft-only
+# runs in the interrupted study below
+ARMS_RUN = ["veripo", "grpo-rollouts"]
+
+
+def overrides(model_dir: Path) -> list[str]:
+    return [*SHORT, f"model.path={model_dir}", "model.build_tiny=null"]
+
+
+def test_a_two_seed_study_of_every_arm(tmp_path, tiny_model_dir):
+    from veripo.cli.main import app
+
+    out = tmp_path / "study"
+    arms = ["study", "--seeds", "0-1", "--arms", ",".join(ARMS_RUN), "--out", str(out), "--n-boot", "500"]
+    result = CliRunner().invoke(app, [*arms, *overrides(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "study.json").read_text())
+    assert list(data["arms"]) == ARMS_RUN
+    veripo = data["arms"]["veripo"]["stages"]
+    assert [s["stage"] for s in veripo] == ["sft", "reasoning-activation", "group-slow-search", "pair-fast-align"]
+    for arm, entry in data["arms"].items():
+        warm = entry["stages"][0]
+        assert warm["stage"] == "sft" and warm["metrics"] == veripo[0]["metrics"], arm  # one shared warm start
+        for stage in entry["stages"]:
+            acc = stage["metrics"]["accuracy"]
+            assert acc["n_seeds"] == 2 and acc["n_items"] == 6 and set(acc["per_seed"]) == {"0", "1"}
+            assert acc["low"] <= acc["mean"] <= acc["high"]
+            assert acc["mean"] == pytest.approx(sum(acc["per_seed"].values()) / 2)
+    # the per-seed values are the runs' own held-out numbers (summary.json)
+    for seed in (0, 1):
+        run = find_run(run_folder(out, "veripo", seed))
+        summary = json.loads((run / "summary.json").read_text())
+        last = [s for s in summary["stages"] if s.get("eval")][-1]["eval"]["heldout"]
+        assert veripo[-1]["metrics"]["accuracy"]["per_seed"][str(seed)] == pytest.approx(last["accuracy"])
+        assert veripo[-1]["metrics"]["response_len"]["per_seed"][str(seed)] == pytest.approx(last["response_len"])
+    # the baselines' budgets follow the VerIPO run of their seed
+    veripo_run = find_run(run_folder(out, "veripo", 0))
+    drawn = sum(s["questions_drawn"] for s in json.loads((veripo_run / "summary.json").read_text())["stages"]
+                if s["kind"] == "grpo")
+    grpo = json.loads((find_run(run_folder(out, "grpo-rollouts", 0)) / "summary.json").read_text())["stages"][0]
+    assert grpo["questions_drawn"] == drawn
+    whats = {(d["what"], d["metric"]) for d in data["differences"]}
+    assert ("veripo: gain of the last stage over the warm start", "accuracy") in whats
+    assert ("veripo: what DPO stage pair-fast-align changed", "accuracy") in whats
+    assert ("veripo vs grpo-rollouts: last stages", "accuracy") in whats
+    assert all(d["n_seeds"] == 2 and ("significant" in d["sentence"]) for d in data["differences"])
+    rows = list(csv.DictReader((out / "study.csv").open()))
+    assert {r["arm"] for r in rows} == set(ARMS_RUN) and {"seed_0", "seed_1"} <= set(rows[0])
+    text = (out / "study.md").read_text()
+    assert "Last stage of each arm, side by side" in text and "veripo study --seeds 0-1 --arms" in text
+    assert (out / "study_intervals.png").stat().st_size > 0
+    # a rerun finds every run finished and starts none
+    again = CliRunner().invoke(app, [*arms, *overrides(tiny_model_dir)])
+    assert again.exit_code == 0, again.output
+    assert again.output.count("already finished") == 4 and "starting" not in again.output
+    # --report-only starts nothing and reports the seeds that have finished runs
+    only = CliRunner().invoke(app, ["study", "--seeds", "0-2", "--arms", ",".join(ARMS_RUN), "--out", str(out),
+                                    "--n-boot", "500", "--report-only", *overrides(tiny_model_dir)])
+    assert only.exit_code == 0, only.output
+    assert "starting" not in only.output and not run_folder(out, "veripo", 2).exists()
+    assert "seeds finished per arm: veripo [0, 1]" in (out / "study.md").read_text()
+
+
+def test_an_interrupted_study_continues_in_the_same_run_directories(tmp_path, tiny_model_dir):
+    out = tmp_path / "study"
+    command = [sys.executable, "-m", "veripo", "study", "--seeds", "0", "--arms", "veripo,sft-only", "--out", str(out),
+               "--n-boot", "200", "--parallel", "1", *overrides(tiny_model_dir), "sft.save_every=1", "sft.max_steps=6"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    study = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder = run_folder(out, "veripo", 0)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # stop it once the VerIPO run has saved an SFT checkpoint
+        run = find_run(folder)
+        if run is not None and any(run.glob("stages/00-sft/checkpoints/*")):
+            break
+        time.sleep(0.2)
+    study.send_signal(signal.SIGTERM)
+    output, _ = study.communicate(timeout=120)
+    assert study.returncode != 0, output
+    first = find_run(folder)
+    assert first is not None and not (folder / "done.json").exists()
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert f"resuming {first}" in finished.stdout
+    assert [p for p in folder.iterdir() if p.is_dir()] == [first]  # no second run directory
+    state = json.loads((first / "state.json").read_text())
+    assert len(state["completed"]) == 5 and (folder / "done.json").exists()
+    assert json.loads((out / "study.json").read_text())["arms"]["sft-only"]["stages"][-1]["stage"] == "sft-only"
