@@ -22,7 +22,7 @@ def test_cached_rollouts_equal_uncached_and_run_the_tower_once_per_video(model, 
     finally:
         hook.remove()
         use_vision_cache(model, None)
-    assert len(calls) == 2  # the first phase's two prefill batches; the second phase reads the cache
+    assert len(calls) == len(prompts)  # once per video in the first phase; the second phase reads the cache
     assert cache.counts["misses"] == len(prompts) and cache.counts["hits"] == len(prompts)
     for groups in phases:
         for got, want in zip(groups, expected, strict=True):

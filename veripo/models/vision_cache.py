@@ -183,20 +183,21 @@ def _compute_settings(tower: nn.Module) -> tuple:
 
 def _cached_features(model: nn.Module, cache: VisionFeatureCache, modality: str, pixels: torch.Tensor,
                      grid: torch.Tensor, settings: tuple) -> list[Features]:
-    """Each item's features: from the cache, the missing ones computed in one tower call and kept."""
+    """Each item's features: from the cache, the missing ones computed and kept. Each missing item runs the tower
+    alone, so its features do not depend on which other items shared a batch: a resumed run, whose cache starts
+    empty and fills in other batches, reads bit for bit what the uninterrupted run read."""
     family = family_of(model)
     rows = grid.prod(-1).tolist()
     starts = [sum(rows[:i]) for i in range(len(rows))]
     keys = [media_key(pixels[s : s + n], grid[i], settings) for i, (s, n) in enumerate(zip(starts, rows))]
     found: list[Features | None] = [cache.get(k) for k in keys]
     missing = [i for i, f in enumerate(found) if f is None]
-    if missing:
+    for i in missing:
         with torch.no_grad():
-            computed = family.vision_features(model, modality, torch.cat([pixels[starts[i] : starts[i] + rows[i]]
-                                                                          for i in missing]), grid[missing])
-        for i, features in zip(missing, computed):
-            cache.put(keys[i], features)
-            found[i] = features
+            (features,) = family.vision_features(model, modality, pixels[starts[i] : starts[i] + rows[i]],
+                                                 grid[i : i + 1])
+        cache.put(keys[i], features)
+        found[i] = features
     return found
 
 
