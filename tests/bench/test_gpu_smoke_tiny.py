@@ -3,29 +3,21 @@ GPU is lent), and its hard-coded Qwen2.5-VL-3B dimensions build the published mo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
+import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_smoke.py"
-
-
-def _smoke():
-    if "gpu_smoke" not in sys.modules:  # dataclasses look their module up there
-        spec = importlib.util.spec_from_file_location("gpu_smoke", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["gpu_smoke"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["gpu_smoke"]
+from bench_scripts import bench_script
 
 
-def test_tiny_smoke_runs_a_grpo_phase_and_a_dpo_step_in_bf16_over_fp32_masters(tmp_path):
+@pytest.fixture
+def smoke():
+    return bench_script("gpu_smoke")
+
+
+def test_tiny_smoke_runs_a_grpo_phase_and_a_dpo_step_in_bf16_over_fp32_masters(tmp_path, smoke):
     """About 6 s on one CPU thread."""
-    smoke = _smoke()
     out = tmp_path / "smoke.json"
     assert smoke.main(["--tiny", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -42,14 +34,13 @@ def test_tiny_smoke_runs_a_grpo_phase_and_a_dpo_step_in_bf16_over_fp32_masters(t
         assert math.isfinite(step["notes"]["grad norm"]) and step["notes"]["grad norm"] > 0
 
 
-def test_the_published_3b_dimensions_build_a_3_75b_parameter_model():
+def test_the_published_3b_dimensions_build_a_3_75b_parameter_model(smoke):
     """3,754,622,976 parameters: the sum of the published config.json's shapes (the model page rounds it to 3.75B);
     built on the meta device, so nothing is allocated."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from veripo.models.tokenizer import train_tokenizer
 
-    smoke = _smoke()
     config = smoke.model_config(train_tokenizer(1536), tiny=False)
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config)
@@ -59,8 +50,7 @@ def test_the_published_3b_dimensions_build_a_3_75b_parameter_model():
     assert model.config.text_config.num_hidden_layers == 36 and model.config.vision_config.depth == 32
 
 
-def test_mfu_uses_the_cards_dense_bf16_peak():
-    smoke = _smoke()
+def test_mfu_uses_the_cards_dense_bf16_peak(smoke):
     assert smoke.peak_flops(torch.device("cpu"), None) is None
     assert smoke.peak_flops(torch.device("cpu"), 500.0) == 500e12
     phase = smoke.Phase("x", wall_s=2.0, peak_bytes=2**30, tokens=1000, flops=989e12)

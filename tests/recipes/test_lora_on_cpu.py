@@ -171,3 +171,15 @@ def _app():
     from veripo.cli.main import app
 
     return app
+
+
+def test_the_visual_feature_cache_counts_reach_the_stage_metrics(lora_run):
+    """The tower is frozen: GRPO's training passes and DPO's reference and policy passes read the features its
+    rollouts (and earlier passes) computed, and each metrics row says how many were hits and misses."""
+    root, _ = lora_run
+    for stage in ("grpo", "dpo"):
+        rows = read_jsonl(next(root.glob(f"stages/*-{stage}/metrics.jsonl")))
+        assert rows and all("vision_cache_hits" in r and "vision_cache_misses" in r for r in rows)
+        assert sum(r["vision_cache_hits"] for r in rows) > 0
+    # SFT's passes over the same questions computed them first
+    assert sum(r["vision_cache_misses"] for path in root.glob("stages/*/metrics.jsonl") for r in read_jsonl(path)) > 0

@@ -102,7 +102,11 @@ def _process(pid: int) -> psutil.Process | None:
         return None
 
 
-def _records(path: Path, drop: tuple[str, ...] = ("time_s", "sample")) -> list[dict]:
+# a resumed process starts with an empty visual feature cache: its hit and miss counts differ, its results do not
+RUN_DEPENDENT = ("time_s", "sample", "vision_cache_hits", "vision_cache_misses", "vision_cache_disk_reads")
+
+
+def _records(path: Path, drop: tuple[str, ...] = RUN_DEPENDENT) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines()[1:]]
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 

@@ -40,6 +40,13 @@ class ModelConfig:
     # (training and evaluation); Qwen2.5-VL at the media defaults (16 frames of 256 x 28 x 28 pixels) needs
     # about 2,100 tokens plus the question
     max_prompt_tokens: int = 16384
+    # the vision tower's outputs per (media, frame settings, tower weights version), computed once and reused by
+    # rollouts, evaluation and reference log-probs, and by every training pass when `freeze: [vision]`
+    # (veripo.models.vision_cache; exact). Off under weight sharding (FSDP2, DeepSpeed ZeRO-3)
+    vision_cache: bool = True
+    vision_cache_memory_gib: float = 2.0  # features held in memory (on the model's device), least recent out first
+    # what no longer fits in memory is written to <run>/vision-cache-rank<r>/ up to this size; null: dropped
+    vision_cache_disk_gib: float | None = None
 
     def validate(self, prefix: str) -> None:
         if self.dtype == "float16":

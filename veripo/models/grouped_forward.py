@@ -43,6 +43,7 @@ from veripo.models.cache_api import cache_kwargs
 from veripo.models.families import family_of
 from veripo.models.micro_batches import MicroBatchPlan, plan_micro_batches
 from veripo.models.prefix_cache import ReadOnlyPrefixCache, WriteOnceCache, cache_kept_under_checkpointing
+from veripo.models.vision_cache import vision_inputs
 
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 # Loss callback of ``backward_group``: (log_probs [g, R], entropy [g, R] or None, rows [g] long) -> the
@@ -195,7 +196,8 @@ def _prompt_pass(model: nn.Module, prompt: dict[str, torch.Tensor], passes: Trai
     layers = decoder_layers(model)
     cache = WriteOnceCache(len(layers))
     with cache_kept_under_checkpointing(layers), _vision_company(model, prompt, passes) as company:
-        hidden = model.model(**prompt, position_ids=positions, use_cache=True, **cache_kwargs(model.model, cache)).last_hidden_state
+        hidden = model.model(**vision_inputs(model, prompt), position_ids=positions, use_cache=True,
+                             **cache_kwargs(model.model, cache)).last_hidden_state
     hidden = _plus_zero_times(hidden, company)
     keys, values = cache.captured()
     return _PromptState(keys, values, hidden[:, -1:], prompt["input_ids"].shape[1], delta)
@@ -257,10 +259,10 @@ def _per_sequence(
             dim=1,
         ),
     }
-    for key in VISION_KEYS:
-        if prompt.get(key) is not None:
-            value = prompt[key]
-            inputs[key] = value.repeat(g, *([1] * (value.dim() - 1)))
+    # the pixels (or the cached tower outputs) once per row
+    inputs.update(vision_inputs(model, {k: v for k, v in prompt.items() if k in VISION_KEYS}, copies=g))
+    if prompt.get("second_per_grid_ts") is not None:
+        inputs["second_per_grid_ts"] = prompt["second_per_grid_ts"].repeat(g)
     with _vision_company(model, prompt, passes) as company:
         hidden = _plus_zero_times(model.model(**inputs, use_cache=False).last_hidden_state, company)
     return token_log_probs(model.lm_head, hidden[:, size - 1 : size - 1 + length], response_ids, with_entropy,

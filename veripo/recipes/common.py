@@ -6,7 +6,8 @@ import hashlib
 import math
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 from rich.progress import (
@@ -92,3 +93,21 @@ class Stopwatch:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+
+def open_vision_cache(model: torch.nn.Module, settings: Any, spill_dir: Path, shards_weights: bool) -> str:
+    """Serve ``model``'s vision tower from a new visual feature cache per ``settings`` (``cfg.model``'s
+    ``vision_cache*`` keys), spilling to ``spill_dir``; a line saying so (empty when it is off)."""
+    from veripo.models.vision_cache import VisionFeatureCache, use_vision_cache
+
+    if not settings.vision_cache:
+        use_vision_cache(model, None)
+        return ""
+    if shards_weights:  # a rank holds a shard of the tower: every rank must run it in every pass
+        use_vision_cache(model, None)
+        return "visual feature cache: off under weight sharding"
+    disk = settings.vision_cache_disk_gib or 0.0
+    use_vision_cache(model, VisionFeatureCache(int(settings.vision_cache_memory_gib * 2**30), int(disk * 2**30),
+                                               spill_dir if disk else None))
+    spill = f", spill to {spill_dir} up to {disk:g} GiB" if disk else ""
+    return f"visual feature cache: {settings.vision_cache_memory_gib:g} GiB in memory{spill}"

@@ -28,6 +28,7 @@ import torch
 from veripo.data.jsonl import JsonlWriter
 from veripo.errors import Stopped
 from veripo.models.grouped_forward import idle_backward
+from veripo.models.vision_cache import vision_cache_counts
 from veripo.recipes.checkpoint import (
     Progress,
     latest_checkpoint,
@@ -131,7 +132,8 @@ class StageLoop:
         """One row of ``metrics.jsonl`` for the step just taken: stage, kind, counters, ``fields``, time; the
         same numbers go to the run's experiment trackers."""
         row = {"stage": self.ctx.stage.name, "kind": kind, "step": self.progress.step,
-               "global_step": self.progress.global_step, **fields, "time_s": self.clock.elapsed()}
+               "global_step": self.progress.global_step, **fields, **vision_cache_counts(self.ctx.policy.model),
+               "time_s": self.clock.elapsed()}
         self.write("metrics.jsonl", row)
         if "metrics.jsonl" in self.writers:
             self.ctx.trackers.log_row(row)

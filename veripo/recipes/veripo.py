@@ -43,7 +43,7 @@ from veripo.parallel import (
     make_strategy,
 )
 from veripo.recipes.checkpoint import latest_checkpoint, load_model_weights
-from veripo.recipes.common import Stopwatch, pick_device
+from veripo.recipes.common import Stopwatch, open_vision_cache, pick_device
 from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.dpo import run_dpo
 from veripo.recipes.evaluation import evaluate_stage
@@ -218,9 +218,11 @@ def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) ->
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trained = trainable_parts(policy.model, cfg)
     note = parallel.prepare(policy.model)
+    cached = open_vision_cache(policy.model, cfg.model, run.root / f"vision-cache-rank{dist.rank}",
+                               parallel.shards_weights)
     if dist.is_main:
         Console(stderr=True).print("\n".join(line for line in (
-            trained, f"precision: {parallel.precision.describe()}", note) if line))
+            trained, f"precision: {parallel.precision.describe()}", note, cached) if line))
     return policy
 
 

@@ -24,6 +24,7 @@ import torch
 
 from veripo.models.cache_api import cache_kwargs, output_cache
 from veripo.models.families import family_of
+from veripo.models.vision_cache import vision_inputs
 from veripo.rollout.engine import GeneratedResponse, GroupOutput, SamplingParams, check_prompt, question_seed
 from veripo.rollout.sampling import completes_stop_string, end_of_text_ids, next_token_distribution, vision_token_ids
 
@@ -213,7 +214,8 @@ class HFRolloutEngine:
             second_per_grid_ts=batch.get("second_per_grid_ts"),
             attention_mask=batch["attention_mask"],
         )
-        prefill = self.model(**batch, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+        prefill = self.model(**vision_inputs(self.model, batch), position_ids=position_ids, use_cache=True,
+                             logits_to_keep=1)
         cache = output_cache(prefill)
         if G > 1:
             cache.batch_repeat_interleave(G)

@@ -80,6 +80,20 @@ class ModelFamily:
         """The vision encoder with its patch merger(s): what ``model.freeze: [vision]`` freezes."""
         return model.model.visual
 
+    def vision_features(self, model: nn.Module, modality: str, pixels: Any, grid_thw: Any) -> list[dict[str, Any]]:
+        """Run the vision tower on the patch rows ``pixels`` of the items (images or videos) whose ``grid_thw``
+        rows are given, as the model's own forward does; each item's outputs by name, in order. What
+        ``veripo.models.vision_cache`` keeps, and ``encoder_outputs`` hands back to the model."""
+        out = getattr(model.model, f"get_{modality}_features")(pixels, grid_thw, return_dict=True)
+        return [{"pooler_output": merged} for merged in out.pooler_output]
+
+    def encoder_outputs(self, items: Sequence[Mapping[str, Any]]) -> Any:
+        """The model's ``mm_encoder_outputs[modality]`` for items of ``vision_features`` (in prompt order): what
+        its forward reads instead of running the tower on pixels."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return BaseModelOutputWithPooling(pooler_output=tuple(item["pooler_output"] for item in items))
+
     def tiny_config(self, spec: Any, tokenizer: Any, *, patch_size: int | None = None) -> Any:
         """A transformers config of this family with ``spec``'s widths and ``tokenizer``'s special token ids."""
         raise NotImplementedError(f"{self.name}: no tiny model builder")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from veripo.models.families.base import (
+    ModelFamily,
     common_text_config,
     common_vision_config,
     mrope_sections,
@@ -31,6 +32,10 @@ def layer_types(layers: int) -> list[str]:
 
 @dataclass(frozen=True)
 class Qwen35Family(Qwen3VLFamily):
+    # Qwen3-VL's vision side without DeepStack: the tower's merged features are all its forward reads
+    vision_features = ModelFamily.vision_features
+    encoder_outputs = ModelFamily.encoder_outputs
+
     def tiny_config(self, spec: Any, tokenizer: Any, *, patch_size: int | None = None) -> Any:
         from transformers import Qwen3_5Config
 

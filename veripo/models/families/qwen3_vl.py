@@ -7,7 +7,7 @@ prefix is exact. Patch 16, mean/std 0.5 (transformers' ``Qwen3VLVideoProcessor``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,21 @@ class Qwen3VLFamily(ModelFamily):
         per_frame = VISION_START + VIDEO_TOKEN * (h * w // merge_size**2) + VISION_END
         times = frame_timestamps(num_frames or t * temporal_patch_size, fps, temporal_patch_size)
         return "".join(f"<{times[i]:.1f} seconds>" + per_frame for i in range(t))
+
+    def vision_features(self, model: Any, modality: str, pixels: Any, grid_thw: Any) -> list[dict[str, Any]]:
+        """The merged features and, per DeepStack layer, the features added to the first decoder layers."""
+        out = getattr(model.model, f"get_{modality}_features")(pixels, grid_thw, return_dict=True)
+        deepstack = out.deepstack_features or []
+        return [{"pooler_output": merged, **{f"deepstack_{k}": layer[i] for k, layer in enumerate(deepstack)}}
+                for i, merged in enumerate(out.pooler_output)]
+
+    def encoder_outputs(self, items: Sequence[Mapping[str, Any]]) -> Any:
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+        layers = sum(name.startswith("deepstack_") for name in items[0]) if items else 0
+        return BaseModelOutputWithDeepstackFeatures(
+            pooler_output=tuple(item["pooler_output"] for item in items),
+            deepstack_features=[tuple(item[f"deepstack_{k}"] for item in items) for k in range(layers)])
 
     def tiny_config(self, spec: Any, tokenizer: Any, *, patch_size: int | None = None) -> Any:
         from transformers import Qwen3VLConfig
