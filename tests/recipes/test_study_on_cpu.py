@@ -94,7 +94,7 @@ def test_an_interrupted_study_continues_in_the_same_run_directories(tmp_path, ti
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     study = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     folder = run_folder(out, "veripo", 0)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # ends at the first checkpoint; generous for a loaded parallel suite
     while time.monotonic() < deadline:  # stop it once the VerIPO run has saved an SFT checkpoint
         run = find_run(folder)
         if run is not None and any(run.glob("stages/00-sft/checkpoints/*")):
