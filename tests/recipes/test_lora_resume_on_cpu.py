@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_resume_on_cpu import CONFIG, _finish, _kill_when, _records, _start
+from test_resume_on_cpu import CONFIG, _finish, _kill_and_resume, _records, _start
 
 from veripo.models.adapters import ADAPTER_WEIGHTS
 
@@ -33,14 +33,9 @@ def test_killed_and_resumed_lora_run_equals_uninterrupted(tmp_path: Path):
     clean = tmp_path / _finish(_start(["cfg.yaml", "output_dir=clean"], tmp_path))
 
     out = tmp_path / "killed"
-    proc = _start(["cfg.yaml", f"output_dir={out}"], tmp_path)
-    kills = 0
-    for pattern in ("*/stages/00-sft/checkpoints/ckpt-000001", "*/stages/01-grpo/checkpoints/ckpt-000001",
-                    "*/stages/03-dpo/reference_logps.json", "*/stages/03-dpo/checkpoints/ckpt-000002"):
-        if not _kill_when(proc, out, pattern):
-            break
-        kills += 1
-        proc = _start(["--resume", str(next(out.iterdir()))], tmp_path)
+    proc, kills = _kill_and_resume(["cfg.yaml", f"output_dir={out}"], tmp_path, out, (
+        "*/stages/00-sft/checkpoints/ckpt-000001", "*/stages/01-grpo/checkpoints/ckpt-000001",
+        "*/stages/03-dpo/reference_logps.json", "*/stages/03-dpo/checkpoints/ckpt-000002"))
     resumed = _finish(proc)
     assert kills >= 3, f"the run finished before most kill points ({kills} kills)"
 

@@ -89,6 +89,21 @@ def _kill_when(proc: subprocess.Popen, root: Path, pattern: str, timeout: float 
     raise AssertionError(f"{pattern} never appeared under {root}")
 
 
+def _kill_and_resume(args: list[str], cwd: Path, out: Path, kill_points, processes: int = 1,
+                     **extra_env: str) -> tuple[subprocess.Popen, int]:
+    """Start ``veripo run ARGS`` writing under ``out``; at each of ``kill_points`` in turn SIGKILL it and resume
+    its run directory the same way (same processes and environment). Returns the last, still running process and
+    how many kills happened (fewer than the points when the run finished first)."""
+    proc = _start(args, cwd, processes, **extra_env)
+    kills = 0
+    for pattern in kill_points:
+        if not _kill_when(proc, out, pattern):
+            break
+        kills += 1
+        proc = _start(["--resume", str(next(out.iterdir()))], cwd, processes, **extra_env)
+    return proc, kills
+
+
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     stage = sorted((run / "stages").glob("*-dpo"))[0]
     pointer = json.loads((stage / "latest.json").read_text())["checkpoint"]
@@ -124,7 +139,6 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path, clean_run: 
     clean = clean_run
 
     out = tmp_path / "killed"
-    proc = _start(["cfg.yaml", f"output_dir={out}"], tmp_path)
     kill_points = [
         "*/stages/00-sft/checkpoints/ckpt-000001",      # mid SFT
         "*/stages/01-grpo/checkpoints/ckpt-000001",     # mid GRPO, after the first rollout batch
@@ -133,14 +147,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path: Path, clean_run: 
         "*/stages/02-verify/verify_summary.json",      # right after the verifier
         "*/stages/03-dpo/reference_logps.json",        # DPO, before its first step
     ]
-    kills = 0
-    for pattern in kill_points:
-        if _kill_when(proc, out, pattern):
-            kills += 1
-        else:
-            break
-        run_dir = next(out.iterdir())
-        proc = _start(["--resume", str(run_dir)], tmp_path)
+    proc, kills = _kill_and_resume(["cfg.yaml", f"output_dir={out}"], tmp_path, out, kill_points)
     resumed = _finish(proc)
     assert kills >= 3, f"the run finished before most kill points ({kills} kills)"
 
@@ -182,14 +189,9 @@ def test_killed_and_resumed_run_of_each_family_equals_uninterrupted(tmp_path: Pa
     clean = tmp_path / _finish(_start(["cfg.yaml", "output_dir=clean"], tmp_path))
     assert json.loads((clean / "base-model" / "config.json").read_text())["model_type"] == family.replace(".", "_").replace("-", "_")
     out = tmp_path / "killed"
-    proc = _start(["cfg.yaml", f"output_dir={out}"], tmp_path)
-    kills = 0
-    for pattern in ("*/stages/00-sft/checkpoints/ckpt-000001", "*/stages/01-grpo/checkpoints/ckpt-000001",
-                    "*/stages/03-dpo/reference_logps.json"):
-        if not _kill_when(proc, out, pattern):
-            break
-        kills += 1
-        proc = _start(["--resume", str(next(out.iterdir()))], tmp_path)
+    proc, kills = _kill_and_resume(["cfg.yaml", f"output_dir={out}"], tmp_path, out, (
+        "*/stages/00-sft/checkpoints/ckpt-000001", "*/stages/01-grpo/checkpoints/ckpt-000001",
+        "*/stages/03-dpo/reference_logps.json"))
     resumed = _finish(proc)
     assert kills >= 2, f"the run finished before most kill points ({kills} kills)"
     a, b = _final_weights(clean), _final_weights(resumed)
@@ -243,17 +245,12 @@ def test_killed_and_resumed_sharded_run_equals_uninterrupted(tmp_path: Path, sha
     tensors; each resumed rank takes its shards of the weights and of the AdamW state back)."""
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     out = tmp_path / "killed"
-    proc = _start(["cfg.yaml", f"output_dir={out}", SHARDED], tmp_path, processes=2)
-    kills = 0
-    for pattern in ("*/stages/01-grpo/checkpoints/ckpt-000001",  # mid GRPO (SFT is too quick to hit)
-                    "*/stages/01-grpo/eval/heldout/predictions.jsonl",  # during the held-out evaluation
-                    # mid DPO, where AdamW's moments are not zero (GRPO's are: no reward varies in a group
-                    # of this short run), so a resumed rank must take its shards of them back
-                    "*/stages/03-dpo/checkpoints/ckpt-00000[3-9]"):
-        if not _kill_when(proc, out, pattern):
-            break
-        kills += 1
-        proc = _start(["--resume", str(next(out.iterdir()))], tmp_path, processes=2)
+    proc, kills = _kill_and_resume(["cfg.yaml", f"output_dir={out}", SHARDED], tmp_path, out, (
+        "*/stages/01-grpo/checkpoints/ckpt-000001",  # mid GRPO (SFT is too quick to hit)
+        "*/stages/01-grpo/eval/heldout/predictions.jsonl",  # during the held-out evaluation
+        # mid DPO, where AdamW's moments are not zero (GRPO's are: no reward varies in a group of this short
+        # run), so a resumed rank must take its shards of them back
+        "*/stages/03-dpo/checkpoints/ckpt-00000[3-9]"), processes=2)
     resumed = _finish(proc)
     assert kills == 3, f"the run finished before a kill point ({kills} kills)"
     assert "shard_weights: true" in (resumed / "config.yaml").read_text()
@@ -321,13 +318,9 @@ def test_killed_and_resumed_deepspeed_run_equals_uninterrupted(tmp_path: Path, d
     from the plain-format checkpoint and keeps its partitions."""
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     out = tmp_path / "killed"
-    proc = _start(["cfg.yaml", f"output_dir={out}"], tmp_path, processes=2, **DEEPSPEED_LAUNCH)
-    kills = 0
-    for pattern in ("*/stages/01-grpo/checkpoints/ckpt-000001", "*/stages/03-dpo/checkpoints/ckpt-00000[3-9]"):
-        if not _kill_when(proc, out, pattern):
-            break
-        kills += 1
-        proc = _start(["--resume", str(next(out.iterdir()))], tmp_path, processes=2, **DEEPSPEED_LAUNCH)
+    proc, kills = _kill_and_resume(["cfg.yaml", f"output_dir={out}"], tmp_path, out, (
+        "*/stages/01-grpo/checkpoints/ckpt-000001", "*/stages/03-dpo/checkpoints/ckpt-00000[3-9]"),
+        processes=2, **DEEPSPEED_LAUNCH)
     out_text, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out_text[-3000:]
     assert kills == 2, f"the run finished before a kill point ({kills} kills)"
@@ -351,13 +344,8 @@ def test_a_killed_bf16_run_over_fp32_masters_resumes_exactly(tmp_path: Path):
              "grpo.max_steps=2"]
     clean = _finish(_start(["cfg.yaml", "output_dir=clean", *mixed], tmp_path))
     out = tmp_path / "killed"
-    proc = _start(["cfg.yaml", f"output_dir={out}", *mixed], tmp_path)
-    kills = 0
-    for pattern in ("*/stages/01-grpo/checkpoints/ckpt-000001", "*/stages/03-dpo/reference_logps.json"):
-        if not _kill_when(proc, out, pattern):
-            break
-        kills += 1
-        proc = _start(["--resume", str(next(out.iterdir()))], tmp_path)
+    proc, kills = _kill_and_resume(["cfg.yaml", f"output_dir={out}", *mixed], tmp_path, out, (
+        "*/stages/01-grpo/checkpoints/ckpt-000001", "*/stages/03-dpo/reference_logps.json"))
     resumed = _finish(proc)
     assert kills == 2, f"the run finished before a kill point ({kills} kills)"
     a, b = _final_weights(tmp_path / clean), _final_weights(resumed)
