@@ -23,6 +23,21 @@ def test_a_replicate_is_the_mean_over_the_drawn_seeds_and_items():
     assert resampled_means(table, seeds, items).tolist() == [1.5, 3.0, 3.0]
 
 
+def test_a_seed_s_value_is_its_mean_over_the_items_it_has():
+    nan = float("nan")
+    table = np.array([[1.0, nan], [3.0, 5.0]])
+    # seed 0: 1 (item 1 missing), seed 1: 4; the statistic is the mean of the seeds' values, 2.5, not the
+    # mean over all present cells (3)
+    assert mean_interval(table).mean == 2.5
+    seeds = np.array([[1, 1], [1, 1], [2, 0]])
+    items = np.array([[2, 0], [0, 2], [1, 1]])
+    # item 0 twice: (1 + 3) / 2; item 1 twice: seed 0 drew none of its items and keeps its full mean 1,
+    # seed 1 gives 5, so 3; seed 0 twice: 1
+    assert resampled_means(table, seeds, items).tolist() == [2.0, 3.0, 1.0]
+    # a paired difference counts an item for a seed where both tables have it
+    assert paired_difference([[1.0, nan], [2.0, 2.0]], [[0.0, 7.0], [nan, 1.0]]) == Interval(1.0, 1.0, 1.0)
+
+
 def test_draws_are_with_replacement_of_the_right_sizes():
     seeds, items = draw_counts(3, 5, 200, np.random.default_rng(0))
     assert seeds.shape == (200, 3) and items.shape == (200, 5)
@@ -65,7 +80,8 @@ def test_a_fixed_bootstrap_seed_gives_the_same_interval_and_another_seed_may_not
 
 @pytest.mark.parametrize(("a", "b", "message"), [
     ([[1.0, 2.0]], [[1.0, 2.0, 3.0]], "one shape"),
-    ([[1.0, float("nan")]], [[1.0, 2.0]], "NaN"),
+    ([[1.0, float("inf")]], [[1.0, 2.0]], "infinite"),
+    ([[1.0, float("nan")], [1.0, 2.0]], [[float("nan"), 2.0], [1.0, 2.0]], "no value"),
     ([1.0, 2.0], [1.0, 2.0], "shape"),
 ])
 def test_tables_that_cannot_be_paired_are_refused(a, b, message):

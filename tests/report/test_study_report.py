@@ -27,6 +27,20 @@ def test_a_difference_pairs_the_shared_seeds_and_items():
     assert d["low"] == d["high"] == 1.0 and d["significant"] and "significant: the 95%" in d["sentence"]
 
 
+def test_an_item_one_seed_lacks_still_counts_for_the_other_seeds():
+    # inconsistency labels exist only where the answer had a chain: seed 1 lacks item y in stage a
+    a = stage("veripo", "dpo", "dpo", {0: {"x": 0.0, "y": 0.0}, 1: {"x": 0.0}})
+    b = stage("veripo", "grpo", "grpo", {0: {"x": 1.0, "y": 1.0}, 1: {"x": 1.0, "y": 0.0}})
+    d = difference(a, b, "accuracy", "dpo", n_boot=2000, boot_seed=0)
+    # seed 0 over x and y: -1; seed 1 over x alone: -1 (dropping y for every seed would leave one item)
+    assert d["per_seed"] == {"0": -1.0, "1": -1.0} and (d["n_seeds"], d["n_items"]) == (2, 2)
+    assert d["low"] == d["high"] == -1.0
+    lopsided = stage("veripo", "dpo", "dpo", {0: {"x": 1.0, "y": 0.0}, 1: {"y": 1.0}})
+    d = difference(lopsided, b, "accuracy", "dpo", n_boot=200, boot_seed=0)
+    # seed 0: (0 + -1) / 2; seed 1: y alone, 1 - 0; the mean is the mean of the seeds' values
+    assert d["per_seed"] == {"0": -0.5, "1": 1.0} and d["mean"] == 0.25
+
+
 def test_the_differences_a_study_reports():
     warm = {0: {"x": 0.0, "y": 1.0}}
     arms = {"veripo": [stage("veripo", "sft", "sft", warm), stage("veripo", "grpo", "grpo", {0: {"x": 1.0, "y": 1.0}}),

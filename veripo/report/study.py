@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from veripo.data.jsonl import read_jsonl
-from veripo.report.bootstrap import BOOT_SEED, LEVEL, N_BOOT, Interval, mean_interval, paired_difference
+from veripo.report.bootstrap import (
+    BOOT_SEED,
+    LEVEL,
+    N_BOOT,
+    Interval,
+    mean_interval,
+    paired_difference,
+    seed_means,
+)
 from veripo.report.pages import Page, render_html, render_markdown
 from veripo.report.plots import RenderedPlot
 from veripo.report.style import SERIES_COLORS, new_figure, save_figure
@@ -103,15 +111,22 @@ def arm_stages(arm: str, runs: Mapping[int, Path], warm_start: Mapping[int, Path
 
 
 def aligned(stages: Sequence[StudyStage], metric: str) -> tuple[list[int], list[str], list[np.ndarray]]:
-    """The seeds and items every stage has a ``metric`` value for, and each stage's (seeds, items) table."""
-    seeds = sorted(set.intersection(*(set(s.values[metric]) for s in stages)))
-    items = sorted(set.intersection(*(set(s.values[metric][seed]) for s in stages for seed in seeds))) if seeds else []
-    tables = [np.array([[s.values[metric][seed][i] for i in items] for seed in seeds]) for s in stages]
+    """The seeds and items the ``stages`` share a ``metric`` value for, and each stage's (seeds, items) table.
+    An item counts for a seed where every stage has a value for it in that seed (NaN elsewhere in that seed's
+    row), so an inconsistency label one seed lacks does not drop the item for the other seeds; a seed that
+    shares no item is left out."""
+    common = [set(s.values[metric]) for s in stages]
+    per_seed = {seed: set.intersection(*(set(s.values[metric][seed]) for s in stages))
+                for seed in sorted(set.intersection(*common))}
+    seeds = [seed for seed, found in per_seed.items() if found]
+    items = sorted(set().union(*(per_seed[seed] for seed in seeds)))
+    tables = [np.array([[s.values[metric][seed][i] if i in per_seed[seed] else np.nan for i in items]
+                        for seed in seeds], dtype=float).reshape(len(seeds), len(items)) for s in stages]
     return seeds, items, tables
 
 
 def _per_seed(seeds: Sequence[int], table: np.ndarray) -> dict[str, float]:
-    return {str(seed): float(row.mean()) for seed, row in zip(seeds, table)}
+    return {str(seed): float(value) for seed, value in zip(seeds, seed_means(table))}
 
 
 def _interval_json(interval: Interval, seeds, items, table) -> dict:
