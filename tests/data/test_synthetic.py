@@ -15,6 +15,7 @@ from veripo.data.media import load_image, load_video
 from veripo.data.records import PROBLEM_TYPES, reference_completion
 from veripo.data.synthetic import (
     COLOURS,
+    MULTI_STEP,
     TASKS,
     Canvas,
     generate_task,
@@ -64,7 +65,7 @@ def test_loads_with_every_problem_type_and_reference_chains(dataset: Path) -> No
     assert result.format == "videor1" and not result.skipped and len(result.samples) == 42
     assert {s.problem_type for s in result.samples} == set(PROBLEM_TYPES)
     assert Counter(s.data_type for s in result.samples) == {"video": 14, "image": 14, "text": 14}
-    assert {s.extra["task"] for s in result.samples if s.data_type == "video"} == set(TASKS["video"])
+    assert {s.extra["task"] for s in result.samples if s.data_type == "video"} == set(TASKS["video"]) - set(MULTI_STEP)
     for s in result.samples:
         assert s.reasoning and s.reasoning.endswith(f"the answer is {s.answer}."), s
         assert reference_completion(s) == f"<think>{s.reasoning}</think><answer>{s.answer}</answer>"
@@ -123,7 +124,7 @@ def test_brief_chains_state_the_finding_with_the_same_conclusion(dataset: Path, 
             finding, lookup = s.reasoning.split(". ", 1)
             assert value in finding.split() and lookup.startswith(f"{value.capitalize()} is option {s.answer},"), s
         seen.add(s.extra["task"])
-    assert seen >= set(TASKS["video"]) | set(TASKS["image"])
+    assert seen >= (set(TASKS["video"]) | set(TASKS["image"])) - set(MULTI_STEP)
     cc = generate_task(3, 0, "video", canvas=Canvas(size=56), frames=(4, 4), difficulties=(1,), tasks=["colour_change"])
     before, after = cc.problem.split()[1], dict(o.split(". ") for o in cc.options)[cc.answer]
     assert cc.brief == (f"The {before} square turns {after}. {after.capitalize()} is option {cc.answer}, "
@@ -150,10 +151,13 @@ def test_every_task_draws_at_the_edges_of_the_settings(size: int) -> None:
     canvas = Canvas(size=size)
     for frames in ((4, 4), (16, 16)):
         for kind, tasks in TASKS.items():
-            for i in range(3 * len(tasks)):
-                task = generate_task(1, i, kind, canvas=canvas, frames=frames, difficulties=(1, 2, 3))
-                if task.scene is not None:
-                    assert render(task, canvas).shape[1:] == (size, size, 3)
+            for name in tasks:
+                for i in range(6):
+                    task = generate_task(1, i, kind, canvas=canvas, frames=frames, difficulties=(1, 2, 3),
+                                         tasks=[name])
+                    assert task.name == name
+                    if task.scene is not None:
+                        assert render(task, canvas).shape[1:] == (size, size, 3)
 
 
 def test_corpus_covers_the_words_of_generated_datasets(dataset: Path) -> None:
@@ -182,3 +186,59 @@ def test_options_keep_a_fixed_order_below_difficulty_3() -> None:
                 else:
                     shuffled += ranks != sorted(ranks)
     assert shuffled > 0  # difficulty 3 does shuffle
+
+
+def _runs(colours: list[str]) -> list[str]:
+    """Consecutive repeats merged: the colour of each run."""
+    return [c for i, c in enumerate(colours) if i == 0 or c != colours[i - 1]]
+
+
+def test_multi_step_tasks_count_the_runs_the_video_shows(dataset: Path, tmp_path: Path) -> None:
+    """colour_steps and colour_before: the decoded frames' runs of colour give the answer, a colour may come
+    back (so counting colours is not counting changes), the brief chain lists every run before concluding
+    (longer with more changes) in words the tiny tokenizer knows, the text variant states the same runs, and
+    the unnamed default (the tokenizer's corpus, every earlier dataset) never draws them."""
+    multi = make_synthetic(tmp_path / "multi", n=96, seed=5, kinds=("video", "text"), difficulties=(1, 2, 3),
+                           tasks=MULTI_STEP, chain="brief")
+    from veripo.models.tokenizer import training_corpus
+
+    words = {w for line in training_corpus() for w in re.findall("[A-Za-z]+", line)}
+    lengths: dict[int, list[int]] = {}
+    returned = 0
+    for s in load_samples(multi).samples:
+        assert s.extra["task"] in MULTI_STEP and s.reasoning.endswith(f"the answer is {s.answer}.")
+        for text in (s.problem, s.reasoning, *s.options):
+            assert set(re.findall("[A-Za-z]+", text)) <= words, text
+        if s.data_type == "video":
+            video = load_video(s.video, **PIXELS)
+            per_frame = []
+            for frame in video.frames:
+                (colour,) = _cell_colours(frame).values()  # one square, always visible
+                per_frame.append(colour)
+        else:  # "Frame 1: red. Frames 2-3: green. ..." before the question
+            per_frame = []
+            for first, last, colour in re.findall(r"Frames? (\d+)(?:-(\d+))?: (\w+)\.", s.problem):
+                per_frame += [colour] * (int(last or first) - int(first) + 1)
+        runs = _runs(per_frame)
+        assert s.reasoning.startswith(f"The square is {', then '.join(runs)}."), (runs, s.reasoning)
+        returned += len(set(runs)) < len(runs)
+        if s.extra["task"] == "colour_steps":
+            assert int(s.answer) == len(runs) - 1
+            lengths.setdefault(len(runs) - 1, []).append(len(s.reasoning.split()))
+        else:
+            assert runs[-1] not in runs[:-1] and s.problem.rstrip("?").endswith(f"before it turns {runs[-1]}")
+            value = dict(o.split(". ") for o in s.options)[s.answer]
+            assert value == runs[-2] and runs[-1] not in s.options
+            finding, lookup = s.reasoning.rsplit(". ", 1)
+            assert finding.endswith(f"Before {runs[-1]} it is {value}") and lookup.startswith(
+                f"{value.capitalize()} is option {s.answer},")
+    assert set(lengths) == {1, 2, 3} and returned > 0
+    means = [np.mean(lengths[k]) for k in (1, 2, 3)]
+    assert means == sorted(means) and means[0] < means[2]  # more changes, longer chain
+    default = make_synthetic(tmp_path / "default", n=60, seed=5, kinds=("video", "text"))
+    assert not {s.extra["task"] for s in load_samples(default).samples} & set(MULTI_STEP)
+    assert not any("How many times" in line for line in synthetic_corpus(n_per_kind=60))
+    ordered = generate_task(5, 0, "video", canvas=Canvas(size=56), frames=(8, 8), difficulties=(2,),
+                            tasks=["colour_before"])
+    ranks = [list(COLOURS).index(o.split(". ", 1)[1]) for o in ordered.options]
+    assert ranks == sorted(ranks)  # below difficulty 3 the options keep the colours' fixed order

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from veripo.data.loaders import DATASET_FILE
-from veripo.data.synthetic_tasks import COLOURS, DIGIT_BITMAPS, FPS, TASKS, Canvas, Task
+from veripo.data.synthetic_tasks import COLOURS, DIGIT_BITMAPS, FPS, MULTI_STEP, TASKS, Canvas, Task
 
 CHAINS = ("frames", "brief")  # reference chain styles, see make_synthetic
 
-__all__ = ["COLOURS", "TASKS", "Canvas", "Task", "generate_task", "make_synthetic", "render", "synthetic_corpus",
-           "write_mp4"]
+__all__ = ["COLOURS", "MULTI_STEP", "TASKS", "Canvas", "Task", "generate_task", "make_synthetic", "render",
+           "synthetic_corpus", "write_mp4"]
 
 
 # ---------------------------------------------------------------------------------------------- render
@@ -105,7 +105,8 @@ def generate_task(seed: int, index: int, kind: str, *, canvas: Canvas, frames: t
 
     The task name cycles with ``cycle`` (default ``index``) so that each task is equally common."""
     rng = np.random.default_rng([seed, index])
-    names = [t for t in (tasks or TASKS[kind]) if t in TASKS[kind]] or list(TASKS[kind])
+    default = [t for t in TASKS[kind] if t not in MULTI_STEP]  # the multi-step family only when named
+    names = [t for t in (tasks or default) if t in TASKS[kind]] or default
     name = names[(index if cycle is None else cycle) % len(names)]
     lo, hi = frames
     n_frames = int(rng.integers(lo // 2, hi // 2 + 1)) * 2  # even, as Qwen's video sampler needs
@@ -137,7 +138,8 @@ def make_synthetic(out_dir: str | os.PathLike[str], n: int = 300, seed: int = 0,
         size: frame side in pixels (a multiple of 28, 56..112 advised); frames: (min, max) frames per video,
             even numbers in 2..16; difficulties: levels to draw from (1 easy .. 3 hard).
         tasks: restrict to these task names (see TASKS; an unknown name is an error); a kind with none of
-            them keeps all of its own; None = all of each kind.
+            them keeps its default; None = the default of each kind: all of its tasks but the multi-step
+            family (``MULTI_STEP``: colour_steps, colour_before), drawn only when named.
         chain: the reference chain of thought written as ``process``: "frames" describes every frame before
             the finding, "brief" states the finding only (``veripo.data.synthetic_tasks`` says why).
     Returns: the folder, loadable with ``load_samples(folder)``.
