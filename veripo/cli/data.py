@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
         min_frames: int = typer.Option(4, "--min-frames", min=1),
         max_frames: int = typer.Option(8, "--max-frames", min=1),
         difficulty: str = typer.Option("1,2", "--difficulty", help="Comma-separated levels from 1 (easy) to 3."),
-        tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task names (default: all)."),
+        tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task names (default: all but "
+                                            "the multi-step colour_steps and colour_before)."),
         chain: str = typer.Option("frames", "--chain", help="Reference chains: frames (every frame) or brief."),
     ) -> None:
         """Render synthetic video/image/text reasoning tasks as a Video-R1-format dataset folder."""
