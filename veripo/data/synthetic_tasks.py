@@ -17,6 +17,7 @@ over the frames, and its brief chain lists them, so its length grows with the nu
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -386,23 +387,21 @@ def task_text_change(rng: np.random.Generator, canvas: Canvas, frames: int, diff
                 _conclude(f"It starts {before} and ends {after}.", answer, []))
 
 
+def _as_text(task: Task) -> Task:
+    """A multi-step video task without pixels: its runs of colour given as text before the question, its brief
+    chain as the reference (the steps are the same)."""
+    assert task.scene is not None
+    runs = [(colour, len(list(frames))) for colour, frames in itertools.groupby(objs[0][0] for objs in task.scene)]
+    task.problem, task.reasoning, task.brief, task.scene = f"{_runs_text(runs)} {task.problem}", task.brief, "", None
+    return task
+
+
 def task_text_colour_steps(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
-    """The multi-step chain without pixels: the runs are given as text, the steps are the same."""
-    runs = _colour_runs(rng, frames, _steps_changes(rng, frames, difficulty))
-    changes = len(runs) - 1
-    chain = _conclude(f"{_runs_sentence(runs)} It changes colour {_times(changes)}.", str(changes), [])
-    return Task("colour_steps", f"{_runs_text(runs)} The square changes colour. How many times?", "numerical",
-                str(changes), chain, difficulty=difficulty)
+    return _as_text(task_colour_steps(rng, canvas, frames, difficulty))
 
 
 def task_text_colour_before(rng: np.random.Generator, canvas: Canvas, frames: int, difficulty: int) -> Task:
-    runs = _colour_runs(rng, frames, _steps_changes(rng, frames, difficulty), unique_last=True)
-    last, before = runs[-1][0], runs[-2][0]
-    options, letter = _multiple_choice(rng, before, [c for c in COLOURS if c != last], 2 if difficulty == 1 else 3,
-                                       shuffle=difficulty >= 3)
-    return Task("colour_before", f"{_runs_text(runs)} What colour is the square before it turns {last}?",
-                "multiple choice", letter, _conclude(f"{_runs_sentence(runs)} Before {last} it is {before}.", letter,
-                                                      options), options, difficulty=difficulty)
+    return _as_text(task_colour_before(rng, canvas, frames, difficulty))
 
 
 TaskFn = Callable[[np.random.Generator, Canvas, int, int], Task]
