@@ -128,3 +128,11 @@ def test_a_token_budget_narrows_the_planned_micro_batches():
     whole, narrowed = activations("grpo.micro_batch_size=null"), activations("grpo.micro_batch_size=null",
                                                                               "grpo.max_tokens_per_micro_batch=1")
     assert float(narrowed) < float(whole), (whole, narrowed)
+
+
+def test_dpo_pairs_are_bounded_by_the_rollout_groups_not_the_questions():
+    # the demo's slow-search stage has 64 questions and 24 rollout batches of 8: 192 groups (each question on three
+    # passes), at most 4 pairs each; the verify stage of a demo run makes 700+ pairs, more than 4 x 64
+    out = plan(str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"))
+    assert "[pair-fast-align] pairs: at most 768 (max_pairs_per_question 4 x the 192 rollout groups" in out
+    assert row(out, "pair-fast-align")[2] == "768 pairs"

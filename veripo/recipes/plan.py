@@ -207,11 +207,13 @@ def plan_run(cfg: RunConfig, *, model_config: str | Path | None = None, gpus: in
                          shard_group=cfg.distributed.shard_group_size, shard_optimizer=cfg.distributed.shard_optimizer)
     run = RunPlan(origin, dims, dtype, master_dtype, strategy, world, memory, cfg.model.gradient_checkpointing,
                   states, [], assumptions)
-    last_grpo_questions: int | None = None
+    last_grpo_groups: int | None = None
     for stage in stage_order(cfg):
-        plan = plan_stage(cfg, stage, dims, assumptions, data_base, last_grpo_questions)
+        plan = plan_stage(cfg, stage, dims, assumptions, data_base, last_grpo_groups)
         if stage.kind == "grpo":
-            last_grpo_questions = plan.questions
+            # the verifier pairs within each rollout group the stage kept: one per question drawn into a rollout
+            # batch (a question drawn on two passes is two groups), so the questions in its data undercount them
+            last_grpo_groups = plan.size.drawn if plan.size else None
         run.stages.append(plan)
     return run
 
@@ -230,7 +232,7 @@ def _visual_costs(cfg: RunConfig, dims: ModelDims, a: PlanAssumptions) -> dict[s
 
 
 def plan_stage(cfg: RunConfig, stage: Stage, dims: ModelDims, a: PlanAssumptions, data_base: Path | None,
-               last_grpo_questions: int | None) -> StagePlan:
+               last_grpo_groups: int | None) -> StagePlan:
     plan = StagePlan(stage.name, stage.kind)
     costs = _visual_costs(cfg, dims, a)
     if stage.kind in ("sft", "grpo"):
@@ -275,11 +277,11 @@ def plan_stage(cfg: RunConfig, stage: Stage, dims: ModelDims, a: PlanAssumptions
     elif stage.kind == "dpo":
         dpo = cfg.section_for(stage, "dpo")
         verifier = cfg.section_for(stage, "verifier")
-        if last_grpo_questions:
-            pairs = verifier.max_pairs_per_question * last_grpo_questions
+        if last_grpo_groups:
+            pairs = verifier.max_pairs_per_question * last_grpo_groups
             plan.size = batch_size_of(pairs, dpo.global_batch_size, dpo.epochs, dpo.max_steps)
             plan.notes.append(f"pairs: at most {pairs} (max_pairs_per_question {verifier.max_pairs_per_question} x "
-                              "the questions of the GRPO stage before); the verifier decides")
+                              f"the {last_grpo_groups} rollout groups of the GRPO stage before); the verifier decides")
         plan.response_tokens = rollout.max_new_tokens
         plan.visual = largest = costs["video"]
         plan.prompt_tokens = a.prompt_text_tokens + largest.tokens
