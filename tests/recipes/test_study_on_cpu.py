@@ -112,3 +112,57 @@ def test_an_interrupted_study_continues_in_the_same_run_directories(tmp_path, ti
     state = json.loads((first / "state.json").read_text())
     assert len(state["completed"]) == 5 and (folder / "done.json").exists()
     assert json.loads((out / "study.json").read_text())["arms"]["sft-only"]["stages"][-1]["stage"] == "sft-only"
+
+
+def _last_eval(run: Path) -> dict:
+    """The last stage's held-out numbers, wall time left out."""
+    last = [s for s in json.loads((run / "summary.json").read_text())["stages"] if s.get("eval")][-1]
+    return {k: v for k, v in last["eval"]["heldout"].items() if k != "wall_time_s"}
+
+
+def test_a_fork_continues_another_studys_runs_from_a_stage(tmp_path, tiny_model_dir):
+    from veripo.cli.main import app
+
+    def study(out: Path, *extra: str):
+        return CliRunner().invoke(app, ["study", "--seeds", "0", "--arms", "veripo", "--out", str(out), "--n-boot",
+                                        "200", *extra, *overrides(tiny_model_dir)])
+
+    source = tmp_path / "source"
+    assert study(source).exit_code == 0
+    source_run = find_run(run_folder(source, "veripo", 0))
+    # the same config from the verify stage on: the fork trains verify and DPO again and lands where the source did
+    same = tmp_path / "same"
+    result = study(same, "--fork-from", str(source), "--from-stage", "verify")
+    assert result.exit_code == 0, result.output
+    assert "forked" in result.output and "before stage verify" in result.output
+    folder = run_folder(same, "veripo", 0)
+    fork = find_run(folder)
+    assert fork.name == source_run.name and fork != source_run
+    assert json.loads((folder / "forked.json").read_text()) == {"from": str(source_run.resolve()),
+                                                                "before_stage": "verify"}
+    state = json.loads((fork / "state.json").read_text())
+    assert [e["name"] for e in state["completed"]] == ["sft", "reasoning-activation", "group-slow-search", "verify",
+                                                       "pair-fast-align"]
+    (change,) = state["config_changes"]  # the run's folder is the only difference, and it is recorded
+    lines = [ln for ln in change["diff"].splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
+    assert change["completed_stages"] == 3 and len(lines) == 2 and all("output_dir:" in ln for ln in lines)
+    assert _last_eval(fork) == _last_eval(source_run)  # a resumed run is exact
+    # the kept stages were copied, not trained: their checkpoints are byte-identical
+    kept = sorted(p.relative_to(source_run) for p in (source_run / "stages" / "02-group-slow-search").rglob("*")
+                  if p.is_file())
+    assert kept and all((fork / p).read_bytes() == (source_run / p).read_bytes() for p in kept)
+    # a stage-level change from the fork point on: recorded in the run's state as a config change
+    beta = tmp_path / "beta"
+    result = study(beta, "--fork-from", str(source), "--from-stage", "verify", "stages.4.dpo.beta=0.5")
+    assert result.exit_code == 0, result.output
+    changed = json.loads((find_run(run_folder(beta, "veripo", 0)) / "state.json").read_text())["config_changes"]
+    assert len(changed) == 1 and changed[0]["completed_stages"] == 3 and "+    beta: 0.5" in changed[0]["diff"]
+    # what the kept stages were trained with cannot change: a global key, or a stage before the fork point
+    for bad, where in (("dpo.lr=0.001", "dpo.lr"), ("stages.2.grpo.lr=0.001", "stage 'group-slow-search'")):
+        refused = study(tmp_path / "refused", "--fork-from", str(source), "--from-stage", "verify", bad)
+        assert refused.exit_code == 2 and where in refused.output, refused.output
+        assert not (tmp_path / "refused").exists()
+    unknown = study(tmp_path / "unknown", "--fork-from", str(source), "--from-stage", "dpo2")
+    assert unknown.exit_code == 2 and "no finished stage of that name" in unknown.output
+    alone = study(tmp_path / "alone", "--from-stage", "verify")
+    assert alone.exit_code == 2 and "go together" in alone.output

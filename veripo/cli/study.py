@@ -41,21 +41,31 @@ def register(app: typer.Typer) -> None:
         n_boot: int = typer.Option(10_000, "--n-boot", help="Bootstrap replicates per interval."),
         report_only: bool = typer.Option(False, "--report-only", help="Start no run: write the study's files "
                                          "from the runs that have finished so far."),
+        fork_from: Optional[Path] = typer.Option(None, "--fork-from", help="Another study folder: each VerIPO run "
+                                                 "continues that study's run of its seed from before --from-stage "
+                                                 "(a screen of the later stages' settings; see docs/evaluation.md)."),
+        from_stage: Optional[str] = typer.Option(None, "--from-stage", help="With --fork-from: the first stage "
+                                                 "trained again (a stage name of those runs, e.g. verify-it1)."),
     ) -> None:
         """Run VerIPO and its baselines over seeds; write per arm and stage the mean, per-seed values and 95%
         bootstrap intervals, the paired differences in words, and a plot."""
         from veripo.cli.train import _load
-        from veripo.recipes.study import ARMS, VERIPO, run_study, study_runs
+        from veripo.recipes.study import ARMS, VERIPO, ForkPoint, run_study, study_runs
         from veripo.report.study import arm_stages, write_study
 
         if not config.exists():
             typer.secho(f"error: config {config} not found", fg="red", err=True)
             raise typer.Exit(2)
+        if (fork_from is None) != (from_stage is None):
+            typer.secho("error: --fork-from and --from-stage go together", fg="red", err=True)
+            raise typer.Exit(2)
+        fork = ForkPoint(fork_from, from_stage) if fork_from is not None and from_stage is not None else None
         seed_list = _seeds(seeds)
         arm_list = [a.strip() for a in arms.split(",") if a.strip()]
         cfg = _load([str(config), *(args or [])])
         study_dir = out if out is not None else Path(cfg.output_dir) / f"study-{cfg.name}"
-        failed = {} if report_only else run_study(cfg, study_dir, seed_list, arm_list, parallel, log=typer.echo)
+        failed = {} if report_only else run_study(cfg, study_dir, seed_list, arm_list, parallel, log=typer.echo,
+                                                  fork=fork)
         runs = study_runs(study_dir, seed_list, arm_list)
         if VERIPO not in runs:
             typer.secho("error: no VerIPO run finished; nothing to report", fg="red", err=True)
@@ -64,7 +74,8 @@ def register(app: typer.Typer) -> None:
                                   {s: runs[VERIPO][s] for s in per_seed})
                   for arm, per_seed in runs.items()}
         command = " ".join(["veripo study", *(["--config", str(config)] if config != DEMO_CONFIG else []),
-                            f"--seeds {seeds}", f"--arms {','.join(arm_list)}", *(args or [])])
+                            f"--seeds {seeds}", f"--arms {','.join(arm_list)}",
+                            *([f"--fork-from {fork.study} --from-stage {fork.stage}"] if fork else []), *(args or [])])
         meta = [f"command: {command}", f"machine: {_cpu_name()} ({platform.machine()}), "
                 f"{platform.system()}, {_cpus()} CPU(s), {parallel} run(s) at a time",
                 "seeds finished per arm: " + "; ".join(f"{a} {sorted(r)}" for a, r in runs.items())]

@@ -9,7 +9,16 @@ Layout (``veripo study`` then writes its tables and plots beside, ``veripo.repor
     <study>/<arm>/seed-<k>/log.txt     the run's output; done.json once it finished
 
 Running it again skips finished runs (``done.json``), resumes interrupted ones (``veripo run --resume``) and
-starts the rest. A baseline starts only when the VerIPO run of its seed has finished: it takes that run's
+starts the rest.
+
+A fork (``ForkPoint``: ``veripo study --fork-from STUDY --from-stage NAME``) screens the settings of one stage
+without training the ones before it again: each VerIPO run is a copy of that study's VerIPO run of the same seed,
+cut back to before stage NAME (its state, and the folders of that stage and the later ones, removed), which then
+resumes under this study's config (``veripo run --resume --allow-config-change``, the diff recorded in its
+state.json). A resumed run is exact, so each seed's fork is what a whole run of this config trains. The config may
+differ from the forked runs' only in the stages from NAME on (stage-level keys) and in ``iterations``; any other
+difference is refused, as the stages before NAME were trained without it. ``<arm>/seed-<k>/forked.json`` names
+the run it was copied from. A baseline starts only when the VerIPO run of its seed has finished: it takes that run's
 warm start, its data and (for ``grpo-time``) its wall time. Each run is a ``veripo run`` process of its own
 (one torch thread each unless VERIPO_THREADS says otherwise); SIGTERM or Ctrl-C on the study stops them all
 after their next checkpoint.
@@ -19,17 +28,21 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from veripo.config import RunConfig, dump_yaml
+from veripo.config import RunConfig, dump_yaml, load
+from veripo.config.core import to_dict
 from veripo.errors import RunStateError, Stopped, UserError
 from veripo.recipes.baselines import grpo_only_config, sft_only_config
-from veripo.recipes.run_dir import atomic_write_json, atomic_write_text, config_sha256, read_json
+from veripo.recipes.run_dir import RunDir, atomic_write_json, atomic_write_text, config_sha256, read_json
+from veripo.recipes.veripo import plan
 
 VERIPO = "veripo"
 ARMS: dict[str, str] = {  # name -> what it is, in the order the report shows them
@@ -40,6 +53,90 @@ ARMS: dict[str, str] = {  # name -> what it is, in the order the report shows th
                  "wall time is neither reproducible nor exact on resume)",
 }
 DONE = "done.json"
+FORKED = "forked.json"
+# what a fork's config may change besides the stages from the fork point on
+FORK_FREE_KEYS = ("output_dir", "stages", "loop", "iterations")
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    """Another study's finished VerIPO runs, continued from before the stage named ``stage``."""
+
+    study: Path
+    stage: str
+
+    def source_run(self, seed: int) -> Path:
+        run = finished_run(run_folder(self.study, VERIPO, seed))
+        if run is None:
+            raise UserError(f"--fork-from {self.study}: no finished VerIPO run of seed {seed} "
+                            f"({run_folder(self.study, VERIPO, seed)})")
+        return run
+
+    def cut(self, source: Path) -> int:
+        """How many of the source run's stages the fork keeps: those before ``stage``."""
+        names = [entry["name"] for entry in RunDir.open_existing(source).read_state().get("completed", [])]
+        if self.stage not in names:
+            raise UserError(f"--from-stage {self.stage!r}: {source} has no finished stage of that name "
+                            f"(its stages: {', '.join(names) or 'none'})")
+        return names.index(self.stage)
+
+
+def fork_difference(source: RunConfig, fork: RunConfig, cut: int) -> str | None:
+    """Where ``fork`` differs from ``source`` in something the first ``cut`` stages were trained with (a global
+    key, or those stages' own settings), as a dotted key; None when only the later stages differ."""
+    a, b = to_dict(source), to_dict(fork)
+    for key in a.keys() | b.keys():
+        if key not in FORK_FREE_KEYS and a.get(key) != b.get(key):
+            inner = a.get(key), b.get(key)
+            if all(isinstance(x, dict) for x in inner):
+                sub = next(k for k in inner[0].keys() | inner[1].keys() if inner[0].get(k) != inner[1].get(k))
+                return f"{key}.{sub}"
+            return key
+    before = plan(source)[:cut], plan(fork)[:cut]
+    for stage_a, stage_b in zip(*before):
+        if stage_a != stage_b:
+            return f"the settings of stage {stage_a.name!r}"
+    if len(before[1]) < cut:
+        return f"the number of stages (the fork has {len(plan(fork))}, the fork point is stage {cut + 1})"
+    return None
+
+
+def check_fork(fork: ForkPoint, cfg: RunConfig, seeds: Sequence[int]) -> None:
+    """Refuse a fork whose config changes what the kept stages were trained with, before any run starts."""
+    for seed in seeds:
+        source = fork.source_run(seed)
+        where = fork_difference(load(RunConfig, source / "config.yaml"), dataclasses.replace(cfg, seed=seed),
+                                fork.cut(source))
+        if where is not None:
+            raise UserError(f"--fork-from {fork.study} --from-stage {fork.stage}: the config differs from "
+                            f"{source / 'config.yaml'} in {where}, which the stages before {fork.stage!r} were "
+                            "trained without; a fork may change only the stages from the fork point on (stage-level "
+                            "keys: stages.N.dpo.lr, loop.N.verifier.pair_types, ...) and iterations")
+
+
+def copy_run_before(source: Path, folder: Path, cut: int) -> Path:
+    """Copy run ``source`` into ``folder`` without the folders of stage ``cut`` and later ones, its state cut back
+    to the first ``cut`` stages; returns the copy (made under ``folder/.partial`` first, so an interrupted copy is
+    never taken for a run)."""
+    partial = folder / ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    stages = source / "stages"
+
+    def later_stages(directory: str, names: list[str]) -> list[str]:
+        if Path(directory) != stages:
+            return [".lock"] if Path(directory) == source else []
+        return [n for n in names if n[:2].isdigit() and int(n[:2]) >= cut]
+
+    copy = partial / source.name
+    shutil.copytree(source, copy, ignore=later_stages, symlinks=True)
+    run = RunDir.open_existing(copy)
+    state = run.read_state()
+    state["completed"], state["current"] = state.get("completed", [])[:cut], None
+    run.write_state(state)
+    target = folder / source.name
+    copy.rename(target)
+    shutil.rmtree(partial, ignore_errors=True)
+    return target
 
 
 def run_folder(study_dir: Path, arm: str, seed: int) -> Path:
@@ -82,10 +179,12 @@ def check_arms(arms: Sequence[str]) -> None:
         raise UserError(f"the arms must include {VERIPO!r}: every baseline starts from its warm start")
 
 
-def record_study_config(study_dir: Path, cfg: RunConfig) -> None:
+def record_study_config(study_dir: Path, cfg: RunConfig, fork: ForkPoint | None = None) -> None:
     """Keep the study's config in ``study-config.json``; a rerun with another config is refused (its finished
-    runs would be compared with runs of a different setting)."""
+    runs would be compared with runs of a different setting). A fork's source and stage count as config."""
     text = dump_yaml(cfg)
+    if fork is not None:
+        text += f"# forked from {fork.study.resolve()} before stage {fork.stage}\n"
     path = study_dir / "study-config.json"
     recorded = read_json(path)
     if recorded is None:
@@ -99,8 +198,8 @@ class _Scheduler:
     """Starts the runs in order, at most ``parallel`` at once, a baseline after its seed's VerIPO run."""
 
     def __init__(self, study_dir: Path, cfg: RunConfig, tasks: list[tuple[str, int]], parallel: int,
-                 log: Callable[[str], None]):
-        self.study_dir, self.cfg, self.parallel, self.log = study_dir, cfg, parallel, log
+                 log: Callable[[str], None], fork: ForkPoint | None = None):
+        self.study_dir, self.cfg, self.parallel, self.log, self.fork = study_dir, cfg, parallel, log, fork
         self.pending = list(tasks)
         self.running: dict[tuple[str, int], subprocess.Popen] = {}
         self.failed: dict[tuple[str, int], str] = {}
@@ -113,7 +212,17 @@ class _Scheduler:
         folder = run_folder(self.study_dir, arm, seed)
         folder.mkdir(parents=True, exist_ok=True)
         existing = find_run(folder)
-        if existing is not None:
+        forked = arm == VERIPO and self.fork is not None
+        if forked and existing is None:
+            source = self.fork.source_run(seed)
+            existing = copy_run_before(source, folder, self.fork.cut(source))
+            atomic_write_json(folder / FORKED, {"from": str(source.resolve()), "before_stage": self.fork.stage})
+            self.log(f"{arm} seed {seed}: forked {source} before stage {self.fork.stage}")
+        if forked:
+            run_cfg = dataclasses.replace(arm_config(arm, self.cfg, seed, None), output_dir=str(folder.resolve()))
+            atomic_write_text(existing / "config.yaml", dump_yaml(run_cfg))  # this study's config from the fork on
+            args, what = ["--resume", str(existing), "--allow-config-change"], f"continuing the fork {existing}"
+        elif existing is not None:
             args, what = ["--resume", str(existing)], f"resuming {existing}"
         else:
             veripo_run = self.finished(VERIPO, seed) if arm != VERIPO else None
@@ -169,16 +278,22 @@ class _Scheduler:
 
 
 def run_study(cfg: RunConfig, study_dir: Path, seeds: Sequence[int], arms: Sequence[str], parallel: int = 2,
-              log: Callable[[str], None] = print, poll_s: float = 0.5) -> dict[str, str]:
+              log: Callable[[str], None] = print, poll_s: float = 0.5, fork: ForkPoint | None = None) -> dict[str, str]:
     """Run (or continue) every arm x seed under ``study_dir``; returns the runs that failed ("arm seed-k" ->
-    why). SIGTERM stops the running runs after their next checkpoint and raises ``Stopped``."""
+    why). SIGTERM stops the running runs after their next checkpoint and raises ``Stopped``. With ``fork``
+    the VerIPO runs continue that study's runs from before its stage (module docstring)."""
     check_arms(arms)
     if parallel < 1:
         raise UserError(f"--parallel {parallel}: expected at least 1 run at a time")
+    if fork is not None:
+        if fork.study.resolve() == study_dir.resolve():
+            raise UserError(f"--fork-from {fork.study}: a study cannot fork its own runs; give a new --out folder")
+        check_fork(fork, cfg, seeds)
     study_dir.mkdir(parents=True, exist_ok=True)
-    record_study_config(study_dir, cfg)
+    record_study_config(study_dir, cfg, fork)
     tasks = [(arm, seed) for seed in seeds for arm in ARMS if arm in arms]
-    scheduler = _Scheduler(study_dir, cfg, [t for t in tasks if scheduler_needed(study_dir, *t)], parallel, log)
+    scheduler = _Scheduler(study_dir, cfg, [t for t in tasks if scheduler_needed(study_dir, *t)], parallel, log,
+                           fork)
     for arm, seed in tasks:
         if (arm, seed) not in scheduler.pending:
             log(f"{arm} seed {seed}: already finished")
