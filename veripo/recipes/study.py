@@ -120,12 +120,13 @@ def copy_run_before(source: Path, folder: Path, cut: int) -> Path:
     never taken for a run)."""
     partial = folder / ".partial"
     shutil.rmtree(partial, ignore_errors=True)
-    stages = source / "stages"
+    original = RunDir.open_existing(source)
+    # the later stages' folders, named as the run names them (RunDir.stage_path)
+    later = {original.stage_path(e["index"], e["name"]) for e in original.read_state().get("completed", [])[cut:]}
 
     def later_stages(directory: str, names: list[str]) -> list[str]:
-        if Path(directory) != stages:
-            return [".lock"] if Path(directory) == source else []
-        return [n for n in names if n[:2].isdigit() and int(n[:2]) >= cut]
+        skip = [".lock"] if Path(directory) == source else []
+        return skip + [n for n in names if Path(directory) / n in later]
 
     copy = partial / source.name
     shutil.copytree(source, copy, ignore=later_stages, symlinks=True)
