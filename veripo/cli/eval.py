@@ -43,6 +43,9 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16, float16."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
         cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Decoded-frame cache folder."),
+        workers: int = typer.Option(1, "--workers", min=1, max=64, help="CPU processes decoding: this one and "
+                                    "N-1 spawned, each with a copy of the model and one torch thread, taking "
+                                    "whole batches (the same predictions as one process)."),
     ) -> None:
         """Greedy-decode every question, score it with every profile, write predictions (our JSONL plus the
         Video-R1 and VerIPO formats) and metrics.json per benchmark; a killed run resumes where it stopped.
@@ -85,6 +88,9 @@ def register(app: typer.Typer) -> None:
                                max_pixels=max_pixels, cache_dir=str(cache_dir) if cache_dir else None,
                                max_prompt_tokens=max_prompt_tokens)
         dist = init_distributed()  # one process unless launched with several
+        if workers > 1 and (dist.world > 1 or _device(device) != "cpu"):
+            fail(f"--workers {workers} works in one CPU process; under torchrun every process already decodes a "
+                 "share, and on a GPU launch several processes instead")
         if not dist.is_main:
             options = dataclasses.replace(options, show_progress=False)
         try:
@@ -93,11 +99,23 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
         out_dir = out or Path("eval") / model.resolve().name
         judge_fn = _make_judge(judge, judge_url, judge_model, out_dir, fail) if dist.is_main else None
+        decode_workers = None
+        if workers > 1:
+            import torch
+
+            from veripo.eval.workers import DecodeWorkers
+
+            torch.set_num_threads(1)  # one core per process
+            decode_workers = DecodeWorkers(workers - 1, model, dtype=dtype, batch_size=batch_size)
         try:
             results = evaluate_files(policy, bench, out_dir, options, judge=judge_fn,
-                                     judge_name=judge if judge != "none" else None, dist=dist)
+                                     judge_name=judge if judge != "none" else None, dist=dist,
+                                     workers=decode_workers)
         except (DataError, ValueError) as e:
             fail(str(e))
+        finally:
+            if decode_workers is not None:
+                decode_workers.close()
         if not dist.is_main:
             return
         print_results(console, results)

@@ -135,7 +135,7 @@ NUMBER_RULES: tuple[tuple[str, tuple[str, ...], float, bool, float], ...] = (
     ("count", ("batch_size", "_batch_size", "_group_size", "_batches", "num_generations", "max_steps", "size", "gpus",
                "max_new_tokens", "save_every", "eval_every", "concurrency", "_frames", "_pixels", "_tokens",
                "repetition_ngram", "max_pairs_per_question", "batch_questions", "limit", "min_correct", "rank", "_model_len",
-               "temporal_generations", "max_tokens_per_micro_batch"), 1.0, True, math.inf),
+               "temporal_generations", "max_tokens_per_micro_batch", "workers"), 1.0, True, math.inf),
     # epochs may be fractional (a share of one pass over the stage's data)
     ("positive", ("lr", "beta", "alpha", "fps", "_s", "_gib", "epochs", "temperature", "temporal_ratio", "max_grad_norm", "repetition_penalty"),
      0.0, False, math.inf),

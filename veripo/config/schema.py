@@ -508,9 +508,15 @@ class EvalConfig:
     prompt: Literal["veripo", "videor1"] = "veripo"
     heldout: tuple[DataSource, ...] = ()  # evaluated (greedy) after every training stage of a run
     judge: str = "rule"  # for the inconsistency rate in evaluations (as verifier.judge)
+    # processes decoding the held-out sets of a one-process CPU run: this one plus workers - 1 spawned once, each
+    # with a copy of the model, handed whole batches (veripo.eval.workers: the same predictions, one core each);
+    # under torchrun every rank decodes a share instead
+    workers: int = 1
 
     def validate(self, prefix: str) -> None:
         check_judge_name(self.judge, f"{prefix}.judge")
+        if self.workers > 64:
+            raise ConfigError(f"config key '{prefix}.workers': got {self.workers}; expected at most 64 processes.")
 
 
 TrackerName = Literal["tensorboard", "wandb", "mlflow", "trackio"]

@@ -12,7 +12,8 @@ The loop::
 
 With several processes (``dist``, launched by torchrun or accelerate) every rank decodes its share of the
 remaining items (item ``i`` on rank ``i % world``, ``batch_size`` per rank per round) and rank 0 gathers
-each round's responses, scores and judges them and writes the rows; the other ranks return ``{}``.
+each round's responses, scores and judges them and writes the rows; the other ranks return ``{}``. One process
+can instead hand whole batches to local decode workers (``veripo.eval.workers``; the same predictions).
 
 Decoding follows VerIPO's evaluation: greedy, repetition penalty 1.05, stop after ``</answer>`` or an
 end-of-text token. A killed evaluation continues where it stopped: rows already written are never decoded
@@ -27,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from veripo.data.jsonl import JsonlWriter
 from veripo.data.records import Sample
@@ -45,6 +46,9 @@ from veripo.eval.predictions import (
 )
 from veripo.rewards import PROFILES, get_profile, parse_completion, score_batch
 from veripo.rollout.engine import GroupOutput, SamplingParams
+
+if TYPE_CHECKING:
+    from veripo.eval.workers import DecodeWorkers
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +141,8 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
              benchmark: str, profile: str = "veripo-eval", max_new_tokens: int = 1024, batch_size: int = 8,
              repetition_penalty: float = 1.05, judge: ConsistencyJudge | None = None, judge_name: str | None = None,
              key: str | None = None, profiles: Sequence[str] | None = None, engine: Any = None,
-             settings: dict[str, Any] | None = None, show_progress: bool = True, dist: Any = None) -> dict[str, Any]:
+             settings: dict[str, Any] | None = None, show_progress: bool = True, dist: Any = None,
+             workers: DecodeWorkers | None = None) -> dict[str, Any]:
     """Evaluate ``samples`` and write ``predictions.jsonl``, ``metrics.json`` and the peer exports to ``out_dir``.
 
     Args:
@@ -159,6 +164,9 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
             settings it is kept in ``out_dir/settings.json``, and resuming under different ones is refused.
         dist: a ``veripo.parallel.DistInfo``; with ``world > 1`` every rank must call this with the
             same samples and settings (only rank 0 needs the judge, only rank 0 touches ``out_dir``).
+        workers: ``veripo.eval.workers.DecodeWorkers`` holding the same model, to decode a share of the batches
+            in other local processes (one process only: with ``dist.world > 1`` the ranks share the work);
+            the predictions are the same as without them.
     Returns: the metrics dict (also written to ``out_dir/metrics.json``); ``{}`` on ranks other than 0.
     Raises:
         ValueError: repeated sample ids, a bad batch size, or ``out_dir`` holding predictions made with
@@ -166,6 +174,8 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if workers is not None and dist is not None and dist.world > 1:
+        raise ValueError("evaluate: decode workers serve one process; with several ranks each decodes a share")
     profiles = list(profiles or PROFILES)
     get_profile(profile)
     if profile not in profiles:
@@ -202,16 +212,35 @@ def evaluate(model: Any, tokenizer: Any, encode: Encode, samples: Sequence[Sampl
         engine = HFRolloutEngine(model, tokenizer, max_batch_questions=batch_size)
     params = greedy_params(max_new_tokens, repetition_penalty)
     started = time.perf_counter()
+
+    def decode_here(batch: Sequence[Sample]) -> Any:
+        return _decode_batch(list(batch), encode, engine, params, benchmark)
+
     if not dist.is_main:
         for r in range(rounds):
-            gather_objects(dist, [_decode_batch(mine[r * batch_size:(r + 1) * batch_size], encode, engine, params,
-                                                benchmark)])
+            gather_objects(dist, [decode_here(mine[r * batch_size:(r + 1) * batch_size])])
         return {}
+    if workers is not None and todo:
+        workers.begin(model, encode)
+
+    def decoded_rounds() -> Any:
+        """Each round's decoded batches, in item order: gathered from the ranks, or decoded by this process and
+        its decode workers (consecutive batches of the remaining items, one per participant)."""
+        if workers is None:
+            for r in range(rounds):
+                yield gather_objects(dist, [decode_here(mine[r * batch_size:(r + 1) * batch_size])])
+            return
+        batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+        start = 0
+        while start < len(batches):
+            group = batches[start:start + 1 + workers.alive]
+            start += len(group)
+            yield workers.decode(group, decode_here, params, benchmark)
+
     with JsonlWriter(path, kind="prediction", fsync="batch", batch_size=batch_size) as writer, \
             _progress(show_progress, benchmark, len(todo)) as advance:
-        for r in range(rounds):
-            local = _decode_batch(mine[r * batch_size:(r + 1) * batch_size], encode, engine, params, benchmark)
-            for missing, ready_ids, outputs in gather_objects(dist, [local]):
+        for decoded in decoded_rounds():
+            for missing, ready_ids, outputs in decoded:
                 for row in missing:
                     writer.write(row)
                 ready = [by_id[i] for i in ready_ids]

@@ -54,7 +54,8 @@ class SuiteOptions:
 
 def evaluate_files(policy: Any, benches: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
                    options: SuiteOptions = SuiteOptions(), *, judge: ConsistencyJudge | None = None,
-                   judge_name: str | None = None, engine: Any = None, dist: Any = None) -> dict[str, dict[str, Any]]:
+                   judge_name: str | None = None, engine: Any = None, dist: Any = None,
+                   workers: Any = None) -> dict[str, dict[str, Any]]:
     """Evaluate ``policy`` (a ``veripo.models.Policy``) on each benchmark file; returns {benchmark: metrics}.
 
     With ``dist`` (a ``veripo.parallel.DistInfo`` of several processes) every rank decodes a share
@@ -86,7 +87,7 @@ def evaluate_files(policy: Any, benches: Sequence[str | os.PathLike[str]], out_d
                            benchmark=name, key=settings.key, profile=profile, max_new_tokens=options.max_new_tokens,
                            batch_size=options.batch_size, repetition_penalty=options.repetition_penalty,
                            judge=judge, judge_name=judge_name, engine=engine, settings=decided_by,
-                           show_progress=options.show_progress, dist=dist)
+                           show_progress=options.show_progress, dist=dist, workers=workers)
         if not metrics:  # a rank other than 0: its share is decoded, rank 0 writes
             continue
         metrics["source_file"] = str(bench)

@@ -44,6 +44,10 @@ class SampleEncoder:
         self.memo_size = memo_size
         self._memo: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (e.g. for ``veripo.eval.workers``) without its memo: the copy encodes afresh."""
+        return {**self.__dict__, "_memo": OrderedDict()}
+
     def __call__(self, sample: Sample, shuffle_seed: int | None = None) -> dict[str, Any]:
         """The sample's prompt inputs; with ``shuffle_seed`` its video's frames in a seeded random order (the
         temporally shuffled prompt of Video-R1's T-GRPO; timestamps stay in place, as there)."""

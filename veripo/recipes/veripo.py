@@ -46,7 +46,7 @@ from veripo.recipes.checkpoint import latest_checkpoint, load_model_weights
 from veripo.recipes.common import Stopwatch, open_vision_cache, pick_device
 from veripo.recipes.context import StageContext, StageResult
 from veripo.recipes.dpo import run_dpo
-from veripo.recipes.evaluation import evaluate_stage
+from veripo.recipes.evaluation import check_eval_workers, evaluate_stage, start_eval_workers
 from veripo.recipes.grpo import run_grpo
 from veripo.errors import RunStateError
 from veripo.recipes.run_dir import RunDir, atomic_write_text, config_drift, config_sha256
@@ -198,16 +198,20 @@ def check_lora(cfg: RunConfig, parallel: ParallelStrategy) -> None:
                           "train LoRA on one process or data parallel.")
 
 
+def base_model_dir(cfg: RunConfig, run: RunDir) -> Path:
+    """The model directory the run starts from: ``model.path``, or the tiny model built in the run folder."""
+    return Path(cfg.model.path) if cfg.model.path is not None else run.root / "base-model"
+
+
 def load_base_policy(cfg: RunConfig, run: RunDir, parallel: ParallelStrategy) -> Any:
     """The policy the run starts from, handed to the parallel strategy (which may shard or wrap it)."""
     from veripo.models import build_tiny, load_policy
 
     dist = parallel.info
-    path = cfg.model.path
-    if path is None:
+    path = base_model_dir(cfg, run)
+    if cfg.model.path is None:
         if cfg.model.build_tiny is None:
             raise ConfigError("config: set model.path to a local model directory, or model.build_tiny to tiny|small")
-        path = run.root / "base-model"
         if dist.is_main and not (path / "config.json").exists():
             build_tiny(path, size=cfg.model.build_tiny, seed=cfg.seed, family=cfg.model.family)
         barrier(dist)
@@ -252,9 +256,12 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
         check_algorithm_names(cfg)
         check_available(cfg.logging.trackers, cfg.logging.mode == "online")  # one line naming the extra
         check_engines_installed(cfg)
-        check_lora(cfg, make_strategy(cfg.distributed, os.environ, dist, Precision.of(cfg.model)))
+        strategy = make_strategy(cfg.distributed, os.environ, dist, Precision.of(cfg.model))
+        check_lora(cfg, strategy)
+        check_eval_workers(cfg, strategy)
     run_dir = open_run(cfg, resume, dist)
     trackers = Trackers()
+    eval_workers = None
     try:
         state = run_dir.read_state()
         if resume is not None:
@@ -273,10 +280,13 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
                 console.print(f"[yellow]warning[/yellow]: {warning}")
         parallel = make_strategy(cfg.distributed, os.environ, dist, Precision.of(cfg.model))
         check_lora(cfg, parallel)  # again for a resumed run, whose launch may differ
+        check_eval_workers(cfg, parallel)
         if inputs:
             state["inputs"] = {k: str(Path(v).resolve()) for k, v in inputs.items()}
         done = {entry["index"]: entry for entry in state.get("completed", [])}
         policy = load_base_policy(cfg, run_dir, parallel)
+        if dist.is_main:
+            eval_workers = start_eval_workers(cfg, base_model_dir(cfg, run_dir), parallel)
         if dist.is_main:
             trackers = open_trackers(cfg, run_dir)
         store = SampleStore(cfg, run_dir, console)
@@ -329,7 +339,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
                 ctx.samples = drop_unusable(samples, encode, stage=stage.name, max_share=cfg.max_bad_share, log=ctx.log,
                                             record=stage_dir / SKIPPED_FILE if dist.is_main else None)
             if cfg.eval.heldout:
-                ctx.evaluate = lambda out_root, ctx=ctx: evaluate_stage(ctx, store, out_root)
+                ctx.evaluate = lambda out_root, ctx=ctx: evaluate_stage(ctx, store, out_root, eval_workers)
             state["current"] = {"index": index, "name": stage.name, "kind": stage.kind}
             if dist.is_main:
                 run_dir.write_state(state)
@@ -347,7 +357,7 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
             summary = {"index": index, "name": stage.name, "kind": stage.kind, "wall_time_s": wall,
                        "steps": result.steps, **{k: v for k, v in result.numbers.items() if k != "wall_time_s"}}
             if stage.kind in TRAINING and cfg.eval.heldout:
-                summary["eval"] = evaluate_stage(ctx, store)
+                summary["eval"] = evaluate_stage(ctx, store, workers=eval_workers)
             trackers.log_metrics({f"summary/{stage.name}": {k: v for k, v in summary.items() if k not in ("index", "eval")},
                                   "eval": summary.get("eval", {})}, step=global_step)
             if dist.is_main:
@@ -364,6 +374,8 @@ def run(cfg: RunConfig | None, *, resume: str | Path | None = None, show_progres
                                 global_step)
             console.print(f"[bold green]done[/bold green]: report at {report}")
     finally:
+        if eval_workers is not None:
+            eval_workers.close()
         trackers.close()
         run_dir.unlock()
     return run_dir
