@@ -89,6 +89,19 @@ def test_a_dead_worker_costs_time_not_predictions(setup, tiny_model_dir, tmp_pat
     assert "decode worker 0 dropped" in caplog.text
 
 
+@pytest.mark.slow  # a spawned worker loads torch
+def test_an_encoder_that_cannot_be_pickled_leaves_the_work_to_this_process(setup, tiny_model_dir, tmp_path, caplog):
+    policy, samples, encode, _ = setup
+    alone = _predict(setup, tmp_path / "alone")
+    with DecodeWorkers(1, tiny_model_dir, batch_size=3) as workers:
+        evaluate(policy.model, policy.tokenizer, lambda sample: encode(sample), samples, out_dir=tmp_path / "lambda",
+                 benchmark="bench", max_new_tokens=16, batch_size=3, judge=None, show_progress=False, workers=workers)
+        assert workers.alive == 0 and workers.batches_decoded == 0
+    rows = [json.loads(line) for line in (tmp_path / "lambda" / "predictions.jsonl").read_text().splitlines()[1:]]
+    assert rows == alone
+    assert "the encoder cannot be sent to it" in caplog.text
+
+
 def test_settings_a_worker_cannot_follow_are_refused_by_key():
     check_eval_workers(build(RunConfig, {"eval": {"workers": 2}}), ParallelStrategy())
     for changes, what in (({"lora": {"enabled": True}}, "lora.enabled"),

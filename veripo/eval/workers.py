@@ -62,13 +62,18 @@ class DecodeWorkers:
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
         weights = buffer.getvalue()
-        for worker in self._live():
-            encoder = None
-            if self._encoder_sent.get(worker.index) != id(encode):
+        encoder: bytes | None = None
+        if any(self._encoder_sent.get(w.index) != id(encode) for w in self._live()):
+            try:
                 encoder = pickle.dumps(encode)
-            if worker.call("begin", (weights, encoder)) is _FAILED:
-                continue
-            self._encoder_sent[worker.index] = id(encode)
+            except (pickle.PicklingError, TypeError, AttributeError) as e:  # e.g. a lambda
+                for worker in self._live():
+                    worker._drop(f"the encoder cannot be sent to it ({type(e).__name__}: {e})")
+                return
+        for worker in self._live():
+            fresh = self._encoder_sent.get(worker.index) != id(encode)
+            if worker.call("begin", (weights, encoder if fresh else None)) is not _FAILED:
+                self._encoder_sent[worker.index] = id(encode)
 
     def decode(self, batches: Sequence[Sequence[Any]], decode_here: Callable[[Sequence[Any]], Decoded],
                params: Any, benchmark: str) -> list[Decoded]:
