@@ -195,7 +195,7 @@ def run_setting(label: str, cfg: Any, run: Any, policy: Any, start: dict, store:
     prompts = {p.sample_id: encode(store_sample(questions, p.sample_id))["input_ids"].shape[1] for p in pairs}
     times.tokens["DPO/update"] = sum(prompts.values()) + sum(
         len(c) + len(r) for c, r in (pair_token_ids(policy.tokenizer, p) for p in pairs))
-    cache_rows = [r for path in run.root.glob(f"stages/*/metrics.jsonl") for r in read_jsonl(path)
+    cache_rows = [r for path in run.root.glob("stages/*/metrics.jsonl") for r in read_jsonl(path)
                   if "vision_cache_hits" in r]
     return {"label": label, "note": cached, "times": times, "evals": evals, "pairs": len(pairs),
             "grpo_steps": grpo.steps, "dpo_steps": dpo.steps if dpo else 0, "rollouts": len(rollouts),

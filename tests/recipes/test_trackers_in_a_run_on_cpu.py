@@ -45,7 +45,7 @@ def test_every_stage_metric_eval_result_and_plot_reaches_the_trackers(tmp_path: 
     expected["grpo/reward_mean"] = [(r["global_step"], r["reward_mean"]) for r in rows if r["kind"] == "grpo"]
     summary = json.loads((root / "summary.json").read_text())
     for stage, step in zip(summary["stages"], (2, 4)):
-        expected[f"eval/held/accuracy"] = expected.get("eval/held/accuracy", []) + [(step, stage["eval"]["held"]["accuracy"])]
+        expected["eval/held/accuracy"] = expected.get("eval/held/accuracy", []) + [(step, stage["eval"]["held"]["accuracy"])]
         expected[f"summary/{stage['name']}/steps"] = [(step, float(stage["steps"]))]
 
     store = root / "trackers"

@@ -108,7 +108,7 @@ def shard_group_size(configured: int | None, env: Mapping[str, str], world: int)
         unsupported = [f"{name.lower()}={size}" for name, size in other.items() if size > 1]
         if unsupported:
             raise ValueError("accelerate parallelism_config: veripo shards data-parallel only (dp_replicate_size, "
-                             f"dp_shard_size); tensor, context and sequence parallelism are not implemented: "
+                             "dp_shard_size); tensor, context and sequence parallelism are not implemented: "
                              + ", ".join(unsupported))
         shard, replicate = number("DP_SHARD_SIZE"), number("DP_REPLICATE_SIZE")
         if shard * replicate != world:
