@@ -61,6 +61,11 @@ def test_workers_predict_the_same_bits_as_one_process(setup, tiny_model_dir, tmp
     with DecodeWorkers(2, tiny_model_dir, batch_size=3) as workers:
         shared = _predict(setup, tmp_path / "shared", workers)
         assert workers.batches_decoded >= 2  # 5 batches: the workers took batches 2, 3 and 5 or so
+        # unchanged weights and encoder (a second benchmark after the same stage): nothing is sent again
+        calls = []
+        for worker in workers._workers:
+            worker.call = lambda kind, payload, call=worker.call: calls.append(kind) or call(kind, payload)
+        assert _predict(setup, tmp_path / "second", workers) == alone and calls == []
         # a second evaluation with changed weights: the workers take the new weights, not the old ones
         policy = setup[0]
         before = {k: v.clone() for k, v in policy.model.state_dict().items()}

@@ -5,8 +5,8 @@ videos of the demo took 28 s on one thread and 25 s on two, the same predictions
 a second batch at full speed. ``DecodeWorkers(n, model_dir)`` spawns ``n`` processes (spawned, never forked: the
 parent's OpenMP pool does not survive a fork), each loading the model directory once. At every evaluation the
 parent sends them the current weights (``torch.save`` bytes, read back with ``weights_only=True``) and the
-prompt encoder, then whole batches: batch ``j`` of an evaluation goes to participant ``j % (n + 1)`` (0: the
-parent), so every batch is decoded exactly as one process decodes it and the predictions are the same bits as
+prompt encoder (each only when changed since the last evaluation), then whole batches, consecutive ones to
+the parent and each live worker in turn, so every batch is decoded exactly as one process decodes it and the predictions are the same bits as
 without workers (``tests/eval/test_decode_workers_on_cpu.py``). A worker that fails or dies is dropped with a
 warning and the parent decodes its batches, so a broken worker costs time, never predictions.
 """
@@ -49,6 +49,7 @@ class DecodeWorkers:
             child.close()
             self._workers.append(_Worker(index, process, parent))
         self._encoder_sent: dict[int, int] = {}  # worker index -> id() of the encoder it holds
+        self._weights_sent: dict[int, Any] = {}  # worker index -> the weights' version it holds (tower_version)
         self.batches_decoded = 0  # by the workers, over every evaluation
 
     @property
@@ -56,24 +57,33 @@ class DecodeWorkers:
         return sum(w.alive for w in self._workers)
 
     def begin(self, model: Any, encode: Callable[..., Any]) -> None:
-        """Hand every live worker the model's current weights (and ``encode``, unless it already has this one)."""
+        """Hand every live worker the model's current weights and ``encode``, each unless it already has them
+        (several benchmarks evaluated after one stage send the weights once)."""
         import torch
 
+        from veripo.models.vision_cache import tower_version
+
+        version = tower_version(model)  # changes with any in-place update of a parameter (optimizer step, load)
+        stale = [w for w in self._live() if self._weights_sent.get(w.index) != version
+                 or self._encoder_sent.get(w.index) != id(encode)]
+        if not stale:
+            return
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
         weights = buffer.getvalue()
         encoder: bytes | None = None
-        if any(self._encoder_sent.get(w.index) != id(encode) for w in self._live()):
+        if any(self._encoder_sent.get(w.index) != id(encode) for w in stale):
             try:
                 encoder = pickle.dumps(encode)
             except (pickle.PicklingError, TypeError, AttributeError) as e:  # e.g. a lambda
                 for worker in self._live():
                     worker._drop(f"the encoder cannot be sent to it ({type(e).__name__}: {e})")
                 return
-        for worker in self._live():
+        for worker in stale:
             fresh = self._encoder_sent.get(worker.index) != id(encode)
             if worker.call("begin", (weights, encoder if fresh else None)) is not _FAILED:
                 self._encoder_sent[worker.index] = id(encode)
+                self._weights_sent[worker.index] = version
 
     def decode(self, batches: Sequence[Sequence[Any]], decode_here: Callable[[Sequence[Any]], Decoded],
                params: Any, benchmark: str) -> list[Decoded]:

@@ -68,7 +68,7 @@ def check_eval_workers(cfg: RunConfig, parallel: ParallelStrategy) -> None:
     if parallel.info.world > 1:
         raise ConfigError(f"{key} with {parallel.info.world} processes (torchrun / accelerate launch): every rank "
                           "already decodes a share of the held-out items; set eval.workers: 1.")
-    if cfg.model.device not in ("cpu", "auto") or pick_device(cfg.model.device).type != "cpu":
+    if pick_device(cfg.model.device).type != "cpu":
         raise ConfigError(f"{key} on {cfg.model.device}: decode workers are CPU processes, each with a copy of "
                           "the model; on a GPU launch several processes instead, or set eval.workers: 1.")
     if cfg.lora.enabled:
@@ -81,12 +81,11 @@ def check_eval_workers(cfg: RunConfig, parallel: ParallelStrategy) -> None:
 
 def start_eval_workers(cfg: RunConfig, model_dir: Path, parallel: ParallelStrategy) -> DecodeWorkers | None:
     """``eval.workers - 1`` decode workers loading ``model_dir`` (started now: they load while the first stage
-    trains), or None when there is nothing for them to do."""
+    trains), or None when there is nothing for them to do. The run has checked the setting (``check_eval_workers``)."""
     if cfg.eval.workers == 1 or not cfg.eval.heldout:
         return None
     import torch
 
-    check_eval_workers(cfg, parallel)
     return DecodeWorkers(cfg.eval.workers - 1, model_dir, dtype=str(parallel.load_dtype).removeprefix("torch."),
                          batch_size=cfg.eval.batch_size, threads=torch.get_num_threads(),
                          attn_implementation=cfg.model.attn_implementation)
