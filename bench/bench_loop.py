@@ -135,6 +135,7 @@ def overrides_for(work: Workload) -> list[str]:
         f"{heldout}.size={work.side}", f"{heldout}.frames=[{work.frames},{work.frames}]",
         f"{heldout}.n={work.eval_items}",
         f"grpo.rollout_batch_size={work.questions}", f"grpo.max_steps={work.rollout_batches}",
+        f"loop.0.grpo.max_steps={work.rollout_batches}",  # the demo's video GRPO stage sets its own
         f"grpo.global_batch_size={work.questions * 8}", "grpo.filter_equal_groups=false",
         f"rollout.max_new_tokens={work.new_tokens}", f"eval.max_new_tokens={work.new_tokens}",
         "verifier.reference_chosen=true", "dpo.epochs=1",
@@ -261,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     # not timed either: the whole loop once on one question with 2-token responses, so that lazy imports and
     # first calls (reward parsers, optimizer, checkpoint writer) are not charged to the first setting
     warm = load(RunConfig, DEMO_CONFIG, [*base, "model.vision_cache=false", "grpo.rollout_batch_size=1",
-                                         "grpo.max_steps=1", "grpo.global_batch_size=8", "rollout.max_new_tokens=2",
+                                         "grpo.max_steps=1", "loop.0.grpo.max_steps=1", "grpo.global_batch_size=8",
+                                         "rollout.max_new_tokens=2",
                                          "eval.max_new_tokens=2"])
     run_setting("warm-up", warm, run, policy, start, store, encode, questions[:1], console, 90)
     results = [run_setting(label, configs[label], run, policy, start, store, encode, questions, console, 10 * k)
