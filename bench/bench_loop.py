@@ -263,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     # first calls (reward parsers, optimizer, checkpoint writer) are not charged to the first setting
     warm = load(RunConfig, DEMO_CONFIG, [*base, "model.vision_cache=false", "grpo.rollout_batch_size=1",
                                          "grpo.max_steps=1", "loop.0.grpo.max_steps=1", "grpo.global_batch_size=8",
-                                         "rollout.max_new_tokens=2",
-                                         "eval.max_new_tokens=2"])
+                                         "rollout.max_new_tokens=2", "eval.max_new_tokens=2"])
     run_setting("warm-up", warm, run, policy, start, store, encode, questions[:1], console, 90)
     results = [run_setting(label, configs[label], run, policy, start, store, encode, questions, console, 10 * k)
                for k, label in enumerate(settings)]
