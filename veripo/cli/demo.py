@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         family: str = typer.Option("qwen2.5-vl", "--family", help="The tiny model's family: qwen2.5-vl, "
                                    "qwen3-vl or qwen3.5."),
     ) -> None:
-        """The VerIPO loop on synthetic video tasks with the tiny model, on CPU (6-11 minutes on 2 cores)."""
+        """The VerIPO loop on synthetic video tasks with the tiny model, on CPU (6-12 minutes on 2 cores)."""
         from rich.console import Console
 
         from veripo.cli.train import _load, run_config
